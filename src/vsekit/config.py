@@ -1,0 +1,373 @@
+"""Typed configuration.
+
+Every run is described by one :class:`TrainConfig`, a tree of dataclasses. It is written into the run
+folder as ``config.yaml`` and saved inside every checkpoint, so a checkpoint alone rebuilds its model.
+Configs come from a preset (:mod:`vsekit.presets`), a YAML/JSON file, and ``key=value`` overrides:
+
+>>> cfg = apply_overrides(TrainConfig(), ["optim.lr=1e-3", "model.image.pooling=max"])
+>>> cfg.optim.lr, cfg.model.image.pooling
+(0.001, 'max')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ImageEncoderConfig:
+    """Image branch: precomputed region/grid features -> embedding."""
+
+    kind: str = "precomp"  # 'precomp': a set of precomputed feature vectors per image
+    img_dim: int = 2048  # dimension of each input feature vector
+    mlp: bool = True  # VSE∞ region encoder: fc + two-layer residual MLP with BatchNorm; False: fc only
+    pooling: str = "gpo"  # 'gpo' | 'mean' | 'max' | 'kmax:K' (see vsekit.pooling)
+    size_augment: float = 0.2  # training: drop each region independently with this probability
+    normalize: bool = True  # l2-normalise the embedding
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text branch: token ids -> embedding."""
+
+    kind: str = "bigru"  # 'bigru': BiGRU, directions averaged, then pooling | 'gru': GRU last state (VSE++)
+    word_dim: int = 300  # word embedding size
+    num_layers: int = 1  # GRU layers
+    pooling: str = "gpo"  # pooling over the words (see vsekit.pooling); 'last' for kind='gru'
+    augment: float = 0.2  # training: per-token probability of mask (50%) / random (10%) / delete (40%)
+    word_vectors: str | None = None  # optional GloVe-style text file ("word v1 v2 ...") to initialise embeddings
+    normalize: bool = True  # l2-normalise the embedding
+
+
+@dataclass
+class ModelConfig:
+    """A two-branch embedding model."""
+
+    embed_size: int = 1024  # joint embedding dimension
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+
+
+@dataclass
+class LossConfig:
+    """Hinge triplet loss (VSE0 / VSE++)."""
+
+    margin: float = 0.2
+    negatives: str = "hardest"  # 'hardest' (VSE++, max of hinges) | 'sum' (VSE0, sum of hinges)
+    warmup_epochs: int = 0  # VSE∞ warm-up: use 'sum' for the first N epochs, then `negatives`
+    same_image_positives: bool = False  # other captions of the same image in the batch are not negatives
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with per-group learning rates and step decay."""
+
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    image_lr_mult: float = 1.0  # learning-rate multiplier of the image encoder's parameter group
+    text_lr_mult: float = 1.0  # learning-rate multiplier of the text encoder's parameter group
+    lr_decay_epochs: list[int] = field(default_factory=lambda: [15])  # multiply the lr by lr_decay at these epochs
+    lr_decay: float = 0.1
+    grad_clip: float = 2.0  # global gradient-norm clip; 0 disables
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from.
+
+    ``kind``:
+      * ``synthetic``: the built-in generated scenes (no files); ``synthetic`` holds overrides of
+        :class:`vsekit.data.SyntheticConfig`.
+      * ``precomp``: the SCAN / VSE∞ layout in ``path``: ``{split}_ims.npy`` + ``{split}_caps.txt``.
+      * ``karpathy``: captions from a Karpathy-style JSON (``path``), features from
+        ``{features}/{split}_ims.npy`` whose rows follow the JSON's image order for that split.
+    """
+
+    kind: str = "synthetic"
+    path: str | None = None
+    features: str | None = None  # karpathy only: folder of {split}_ims.npy
+    train_split: str = "train"
+    val_split: str = "val"  # "dev" in the SCAN precomp layout
+    test_split: str = "test"
+    captions_per_image: int = 5
+    val_max_images: int | None = 1000  # the official validation uses the first 1000 dev images
+    vocab_min_count: int = 4  # words seen fewer times in the training captions map to <unk>
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs."""
+
+    name: str = "vse"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 25
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    workers: int = 0  # DataLoader worker processes
+    checkpoint_every: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
+    seed: int = 0
+    device: str = "auto"  # 'auto' (CUDA when present) | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
+    precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 adds a grad scaler)
+    eval_protocol: str = "kcaptions"  # protocol of the final test evaluation (see vsekit.evaluation.PROTOCOLS)
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain nested dicts (JSON/YAML-able)."""
+    return dataclasses.asdict(cfg)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``, converting where it is safe (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from nested dicts, strictly: unknown or mistyped fields are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def merge_dict(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "synthetic":
+            out[k] = merge_dict(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict (no validation yet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML (so ``1e-3``, ``true``, ``[1, 2]`` work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)
+    return key.split("."), value
+
+
+def _looks_like_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return any(c in s.lower() for c in ".e") and s.strip().lower() not in {"nan", "inf", "-inf"}
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | None) -> TrainConfig:
+    """Return a copy of ``cfg`` with ``key=value`` overrides applied and validated."""
+    data = to_dict(cfg)
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"override {item!r}: unknown field {'.'.join(path[: i + 1])!r}")
+            node = node[part]
+        free_form = path[:-1] == ["data", "synthetic"]  # SyntheticConfig fields, checked when the data is made
+        if not isinstance(node, dict) or (path[-1] not in node and not free_form):
+            raise ConfigError(f"override {item!r}: unknown field {'.'.join(path)!r}")
+        node[path[-1]] = value
+    return from_dict(TrainConfig, data)
+
+
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Resolve a config: a preset (or the file's ``preset:`` key), then the file, then overrides."""
+    from .presets import get_preset
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_config_file(path)
+        preset = data.pop("preset", None) or preset
+        if preset is not None and not isinstance(preset, str):
+            raise ConfigError(f"{path}: preset: expected a preset name")
+    base = to_dict(get_preset(preset)) if preset else to_dict(TrainConfig())
+    try:
+        cfg = from_dict(TrainConfig, merge_dict(base, data))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+    cfg = apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "model.image.kind": ("precomp",),
+    "model.text.kind": ("bigru", "gru"),
+    "loss.negatives": ("hardest", "sum"),
+    "data.kind": ("synthetic", "precomp", "karpathy"),
+    "precision": ("fp32", "bf16", "fp16"),
+}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check values that the type system cannot; raise :class:`ConfigError` naming the field."""
+    flat = {
+        "model.image.kind": cfg.model.image.kind,
+        "model.text.kind": cfg.model.text.kind,
+        "loss.negatives": cfg.loss.negatives,
+        "data.kind": cfg.data.kind,
+        "precision": cfg.precision,
+    }
+    for key, value in flat.items():
+        if value not in _CHOICES[key]:
+            raise ConfigError(f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}")
+    positive = {
+        "model.embed_size": cfg.model.embed_size,
+        "model.image.img_dim": cfg.model.image.img_dim,
+        "model.text.word_dim": cfg.model.text.word_dim,
+        "model.text.num_layers": cfg.model.text.num_layers,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "eval_batch_size": cfg.eval_batch_size,
+        "data.captions_per_image": cfg.data.captions_per_image,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: expected a positive integer, got {value}")
+    for key, p in (("model.image.size_augment", cfg.model.image.size_augment), ("model.text.augment", cfg.model.text.augment)):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"{key}: expected a probability in [0, 1), got {p}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: expected a positive number, got {cfg.optim.lr}")
+    if cfg.loss.margin < 0:
+        raise ConfigError(f"loss.margin: expected a non-negative number, got {cfg.loss.margin}")
+    if cfg.workers < 0:
+        raise ConfigError(f"workers: expected >= 0, got {cfg.workers}")
+    if cfg.data.kind in ("precomp", "karpathy") and not cfg.data.path:
+        raise ConfigError(f"data.path: required for data.kind={cfg.data.kind!r}")
+    if cfg.data.kind == "karpathy" and not cfg.data.features:
+        raise ConfigError("data.features: required for data.kind='karpathy' (folder of {split}_ims.npy)")
+    from .pooling import create_pooling
+
+    poolings = [("model.image.pooling", cfg.model.image.pooling)]
+    if cfg.model.text.kind == "gru":
+        if cfg.model.text.pooling != "last":
+            raise ConfigError(f"model.text.pooling: kind 'gru' takes the last hidden state: expected 'last', got {cfg.model.text.pooling!r}")
+    else:
+        poolings.append(("model.text.pooling", cfg.model.text.pooling))
+    for key, name in poolings:
+        try:
+            create_pooling(name)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

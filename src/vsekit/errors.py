@@ -1,0 +1,25 @@
+"""Exceptions for user mistakes.
+
+Every error a user can cause (a missing file, a malformed field, a bad option) is raised as a
+:class:`VsekitError` whose message is one line naming the file or field and what was expected.
+The CLI prints such errors as ``error: <message>`` and exits with status 2, never with a traceback.
+Anything else that escapes is a bug in vsekit.
+"""
+
+from __future__ import annotations
+
+
+class VsekitError(Exception):
+    """Base class of all user-facing errors."""
+
+
+class ConfigError(VsekitError):
+    """A config file, preset or override is invalid."""
+
+
+class DataError(VsekitError):
+    """A data file is missing, malformed or inconsistent."""
+
+
+class CheckpointError(VsekitError):
+    """A checkpoint is missing, malformed or does not match the model."""

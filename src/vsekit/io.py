@@ -1,0 +1,56 @@
+"""Atomic file writes: a reader never sees a half-written checkpoint, index or result file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file in the same folder,
+    which is flushed, fsynced and renamed over ``path``.
+
+    Args:
+        path: destination file.
+        write: a function that writes the content to the open file object it is given.
+        mode: ``"wb"`` for bytes or ``"w"`` for text.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON through :func:`atomic_write`."""
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent) + "\n"), mode="w")
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda f: f.write(text), mode="w")

@@ -1,0 +1,59 @@
+"""Typed configs: presets, files, overrides and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from vsekit.config import TrainConfig, apply_overrides, from_dict, load_config, to_dict
+from vsekit.errors import ConfigError
+from vsekit.presets import get_preset, list_presets
+
+
+def test_presets_match_the_papers():
+    v = get_preset("vse_infty_region_bigru")
+    assert (v.model.image.pooling, v.model.text.pooling) == ("gpo", "gpo")
+    assert v.model.image.size_augment == 0.2 and v.model.text.augment == 0.2
+    assert (v.loss.margin, v.loss.negatives, v.loss.warmup_epochs) == (0.2, "hardest", 1)
+    assert (v.optim.lr, v.epochs, v.optim.lr_decay_epochs, v.optim.grad_clip, v.batch_size) == (5e-4, 25, [15], 2.0, 128)
+    pp, p0 = get_preset("vsepp"), get_preset("vse0")
+    assert (pp.loss.negatives, p0.loss.negatives) == ("hardest", "sum")
+    assert pp.model.text.kind == "gru" and pp.optim.lr == 2e-4 and pp.epochs == 30
+    assert set(list_presets()) >= {"vse_infty_region_bigru", "vsepp", "vse0", "demo_gpo", "demo_mean", "demo_max"}
+
+
+def test_round_trip_through_dict():
+    cfg = get_preset("vse_infty_region_bigru")
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(TrainConfig(), ["optim.lr=1e-3", "epochs=3", "model.image.mlp=false", "optim.lr_decay_epochs=[2, 4]"])
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.epochs == 3 and cfg.model.image.mlp is False and cfg.optim.lr_decay_epochs == [2, 4]
+    cfg = apply_overrides(TrainConfig(), ["data.synthetic.num_train=50"])
+    assert cfg.data.synthetic == {"num_train": 50}
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("optim.lr=abc", "optim.lr"), ("epochs=1.5", "epochs"), ("nope=1", "nope"), ("model.image.mlp=3", "model.image.mlp"), ("epochs", "KEY=VALUE")],
+)
+def test_bad_overrides(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        apply_overrides(TrainConfig(), [override])
+
+
+def test_file_with_preset_and_validation(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: demo_max\nepochs: 2\noptim:\n  lr: 0.01\n")
+    cfg = load_config(f, overrides=["batch_size=16"])
+    assert cfg.model.image.pooling == "max" and cfg.epochs == 2 and cfg.optim.lr == 0.01 and cfg.batch_size == 16
+    f.write_text("loss:\n  negatives: most\n")
+    with pytest.raises(ConfigError, match="loss.negatives"):
+        load_config(f)
+    f.write_text("modle: {}\n")
+    with pytest.raises(ConfigError, match="modle"):
+        load_config(f)
+    f.write_text("data:\n  kind: precomp\n")
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config(f)
