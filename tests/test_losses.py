@@ -1,0 +1,91 @@
+"""The hinge triplet loss against values computed by hand."""
+
+import pytest
+import torch
+
+from vsekit.errors import ConfigError
+from vsekit.losses import ContrastiveLoss, triplet_hinge_loss
+
+# Rows are images, columns captions; positives on the diagonal d = [0.5, 0.4, 0.7]; margin 0.2.
+S = torch.tensor([[0.5, 0.6, 0.1], [0.25, 0.4, 0.55], [0.2, 0.1, 0.7]])
+# Image queries, [0.2 + S[i, j] - d_i]+ for j != i:
+#   row 0: j=1 -> 0.3,  j=2 -> 0       (sum 0.3, max 0.3)
+#   row 1: j=0 -> 0.05, j=2 -> 0.35    (sum 0.4, max 0.35)
+#   row 2: j=0 -> 0,    j=1 -> 0       (sum 0,   max 0)
+# Caption queries, [0.2 + S[i, j] - d_j]+ for i != j:
+#   col 0: i=1 -> 0,   i=2 -> 0        (sum 0,    max 0)
+#   col 1: i=0 -> 0.4, i=2 -> 0        (sum 0.4,  max 0.4)
+#   col 2: i=0 -> 0,   i=1 -> 0.05     (sum 0.05, max 0.05)
+SUM_LOSS = 0.3 + 0.4 + 0.4 + 0.05  # 1.15
+HARDEST_LOSS = 0.3 + 0.35 + 0.4 + 0.05  # 1.1
+
+
+def test_sum_of_hinges_by_hand():
+    assert triplet_hinge_loss(S, 0.2, "sum").item() == pytest.approx(SUM_LOSS, abs=1e-6)
+
+
+def test_hardest_negative_by_hand():
+    assert triplet_hinge_loss(S, 0.2, "hardest").item() == pytest.approx(HARDEST_LOSS, abs=1e-6)
+
+
+def test_same_image_positives_by_hand():
+    # Batch entries 0 and 1 show the same image: pairs (0, 1) and (1, 0) are no longer negatives.
+    #   rows: row 0 -> 0 (j=1 masked), row 1 -> 0.35 (j=2; j=0 masked), row 2 -> 0
+    #   cols: col 1's violation (i=0) is masked -> 0; col 2 keeps i=1 -> 0.05
+    ids = torch.tensor([7, 7, 3])
+    assert triplet_hinge_loss(S, 0.2, "sum", image_ids=ids).item() == pytest.approx(0.4, abs=1e-6)
+    assert triplet_hinge_loss(S, 0.2, "hardest", image_ids=ids).item() == pytest.approx(0.4, abs=1e-6)
+    # distinct ids behave like the plain loss
+    assert triplet_hinge_loss(S, 0.2, "sum", image_ids=torch.arange(3)).item() == pytest.approx(SUM_LOSS, abs=1e-6)
+
+
+def test_margin_zero_and_perfect_separation():
+    perfect = torch.eye(4)
+    assert triplet_hinge_loss(perfect, 0.2, "hardest").item() == 0.0
+    # margin 0: row 0 j=1 -> 0.1, row 1 j=2 -> 0.15, col 1 i=0 -> 0.2
+    assert triplet_hinge_loss(S, 0.0, "sum").item() == pytest.approx(0.1 + 0.15 + 0.2, abs=1e-6)
+
+
+def test_collapsed_model_gives_2_b_margin():
+    # all similarities equal: every negative violates by exactly the margin (VSE++ issue #27 sanity value)
+    b = 8
+    assert triplet_hinge_loss(torch.full((b, b), 0.3), 0.2, "hardest").item() == pytest.approx(2 * b * 0.2)
+    assert triplet_hinge_loss(torch.full((b, b), 0.3), 0.2, "sum").item() == pytest.approx(2 * b * (b - 1) * 0.2)
+
+
+def test_hardest_gradient_flows_only_to_hardest_negatives():
+    s = S.clone().requires_grad_(True)
+    triplet_hinge_loss(s, 0.2, "hardest").backward()
+    # each active hinge [m + S[neg] - S[pos]] adds +1 to its negative and -1 to its positive
+    expected = torch.zeros(3, 3)
+    expected[0, 1] += 1; expected[0, 0] -= 1  # row 0: hardest negative j=1
+    expected[1, 2] += 1; expected[1, 1] -= 1  # row 1: hardest negative j=2
+    expected[0, 1] += 1; expected[1, 1] -= 1  # column 1: hardest negative i=0
+    expected[1, 2] += 1; expected[2, 2] -= 1  # column 2: hardest negative i=1
+    assert torch.allclose(s.grad, expected)
+
+
+def test_warmup_switches_from_sum_to_hardest():
+    loss = ContrastiveLoss(margin=0.2, negatives="hardest", warmup_epochs=1)
+    loss.set_epoch(0)
+    assert loss.current_negatives == "sum"
+    assert loss(S).item() == pytest.approx(SUM_LOSS, abs=1e-6)
+    loss.set_epoch(1)
+    assert loss.current_negatives == "hardest"
+    assert loss(S).item() == pytest.approx(HARDEST_LOSS, abs=1e-6)
+
+
+def test_module_same_image_option_needs_ids():
+    loss = ContrastiveLoss(same_image_positives=True)
+    with pytest.raises(ValueError, match="image_ids"):
+        loss(S)
+    assert loss(S, torch.tensor([7, 7, 3])).item() == pytest.approx(0.4, abs=1e-6)
+    # off by default: ids are ignored
+    assert ContrastiveLoss()(S, torch.tensor([7, 7, 3])).item() == pytest.approx(HARDEST_LOSS, abs=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError, match="negatives"):
+        triplet_hinge_loss(S, 0.2, "hard")
+    with pytest.raises(ValueError, match="square"):
+        triplet_hinge_loss(torch.zeros(2, 3))
