@@ -1,0 +1,484 @@
+"""The dataset contract, datasets of precomputed image features, and the Karpathy JSON reader.
+
+Every dataset is a map-style dataset indexed by *caption*: image ``i`` has the ``k`` consecutive captions
+``i*k .. i*k+k-1`` (``k = captions_per_image``, fixed per dataset), so caption ``j`` belongs to image
+``j // k``. An image is a set of ``K_i`` feature vectors of dimension ``D`` (regions or grid cells); ``K_i``
+may differ between images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vsekit.errors import DataError
+from vsekit.io import atomic_write, atomic_write_text
+
+
+class CaptionDataset(ABC):
+    """Base class of all datasets: ``num_images`` images, each with ``captions_per_image`` captions.
+
+    Subclasses set :attr:`num_images`, :attr:`captions_per_image` and :attr:`feature_dim` and implement
+    :meth:`image` and :meth:`caption`.
+
+    Attributes:
+        num_images: number of images ``N``.
+        captions_per_image: captions per image ``k``.
+        feature_dim: feature dimension ``D``.
+    """
+
+    num_images: int
+    captions_per_image: int
+    feature_dim: int
+
+    @abstractmethod
+    def image(self, i: int) -> np.ndarray:
+        """Return the feature set of image ``i`` as a float32 array of shape ``(K_i, D)``."""
+
+    @abstractmethod
+    def caption(self, j: int) -> str:
+        """Return caption ``j`` (of image ``j // captions_per_image``)."""
+
+    def __len__(self) -> int:
+        """Number of captions, ``num_images * captions_per_image``."""
+        return self.num_images * self.captions_per_image
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        """Return caption ``j`` with its image.
+
+        Args:
+            j: caption index in ``[0, len(self))``; negative indices count from the end.
+
+        Returns:
+            ``{"image": float32 (K, D) array, "caption": str, "image_id": j // k, "caption_id": j}``.
+        """
+        n = len(self)
+        j = int(j)
+        if j < 0:
+            j += n
+        if not 0 <= j < n:
+            raise IndexError(f"caption index {j} out of range for a dataset of {n} captions")
+        i = j // self.captions_per_image
+        return {"image": self.image(i), "caption": self.caption(j), "image_id": i, "caption_id": j}
+
+    def captions(self) -> list[str]:
+        """Return all captions in order."""
+        return [self.caption(j) for j in range(len(self))]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_images={self.num_images}, "
+            f"captions_per_image={self.captions_per_image}, feature_dim={self.feature_dim})"
+        )
+
+
+def _check_float_features(arr: np.ndarray, where: str) -> None:
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"{where}: expected floating-point features, got dtype {arr.dtype}")
+
+
+class FeatureCaptionDataset(CaptionDataset):
+    """A dataset from feature arrays (in memory or memory-mapped) and a list of captions.
+
+    Args:
+        features: a ``(N, K, D)`` array (possibly a ``np.memmap``), a ``(N, D)`` array (one vector per image,
+            viewed as a set of one), or a list of ``N`` arrays of shape ``(K_i, D)``.
+        captions: ``N * captions_per_image`` captions, those of image ``i`` at ``i*k .. i*k+k-1``.
+        captions_per_image: ``k``.
+
+    Raises:
+        DataError: if the shapes or counts are inconsistent.
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray | Sequence[np.ndarray],
+        captions: Sequence[str],
+        captions_per_image: int,
+    ) -> None:
+        if not isinstance(captions_per_image, int) or captions_per_image < 1:
+            raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
+        if isinstance(features, np.ndarray):
+            _check_float_features(features, "features")
+            if features.ndim == 2:
+                features = features[:, None, :]
+            if features.ndim != 3:
+                raise DataError(f"features: expected a (N, K, D) or (N, D) array, got shape {features.shape}")
+            if features.shape[1] < 1:
+                raise DataError("features: expected at least one region per image, got K=0")
+            num_images, dim = features.shape[0], features.shape[2]
+        else:
+            features = list(features)
+            dims = set()
+            for i, f in enumerate(features):
+                if not isinstance(f, np.ndarray) or f.ndim != 2 or f.shape[0] < 1:
+                    shape = getattr(f, "shape", type(f).__name__)
+                    raise DataError(f"features[{i}]: expected a (K, D) array with K >= 1, got {shape}")
+                _check_float_features(f, f"features[{i}]")
+                dims.add(f.shape[1])
+            if len(dims) > 1:
+                raise DataError(f"features: expected one feature dimension, got {sorted(dims)}")
+            num_images, dim = len(features), (dims.pop() if dims else 0)
+        if num_images == 0:
+            raise DataError("features: expected at least one image")
+        captions = [str(c) for c in captions]
+        if len(captions) != num_images * captions_per_image:
+            raise DataError(
+                f"captions: expected {num_images} images x {captions_per_image} = "
+                f"{num_images * captions_per_image} captions, got {len(captions)}"
+            )
+        self._features = features
+        self._captions = captions
+        self.num_images = num_images
+        self.captions_per_image = captions_per_image
+        self.feature_dim = int(dim)
+
+    def image(self, i: int) -> np.ndarray:
+        """Return a float32 copy of the feature set of image ``i``, shape ``(K_i, D)``."""
+        return np.array(self._features[i], dtype=np.float32)
+
+    def caption(self, j: int) -> str:
+        """Return caption ``j``."""
+        return self._captions[j]
+
+    def captions(self) -> list[str]:
+        """Return all captions in order."""
+        return list(self._captions)
+
+    def num_regions(self) -> np.ndarray:
+        """Return the number of regions ``K_i`` of every image as an int64 array."""
+        if isinstance(self._features, np.ndarray):
+            return np.full(self.num_images, self._features.shape[1], dtype=np.int64)
+        return np.array([f.shape[0] for f in self._features], dtype=np.int64)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file as a list of stripped lines, without trailing blank lines."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: expected UTF-8 text") from None
+    lines = [line.strip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """Memory-map an ``.npy`` file of floating-point features, shape ``(N, K, D)`` or ``(N, D)``."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: expected a single .npy array")
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: expected a 3-D (images, regions, dim) or 2-D (images, dim) array, "
+                        f"got shape {arr.shape}")
+    _check_float_features(arr, str(path))
+    if arr.shape[0] == 0 or arr.shape[-1] == 0 or (arr.ndim == 3 and arr.shape[1] == 0):
+        raise DataError(f"{path}: expected a non-empty array, got shape {arr.shape}")
+    return arr
+
+
+class PrecompDataset(CaptionDataset):
+    """Precomputed features in the SCAN / VSE++ / VSE∞ ``*_precomp`` layout.
+
+    Files: ``{root}/{split}_ims.npy`` and ``{root}/{split}_caps.txt`` (one caption per line, the ``k``
+    captions of an image on consecutive lines). The array is memory-mapped, never read whole: :meth:`image`
+    copies one row and converts it to float32 (float16 files are fine).
+
+    Two layouts are recognised, from the ``N`` rows of the array and the ``L`` caption lines:
+
+    * one row per image (SCAN BUTD, ``N x 36 x 2048``): ``L = N * k``; ``k`` is ``L // N`` unless given;
+    * one row per caption (the VSE++ ``10crop_precomp`` style): ``N == L``; the ``k`` rows of an image hold
+      the same image, and image ``i`` uses row ``i * k``. ``k`` is ``captions_per_image`` (default 5). To
+      read such files as one caption per image instead, pass ``captions_per_image=1``.
+
+    A 2-D array ``(N, D)`` of global CNN vectors (VSE++) is read as sets of one vector (``K = 1``).
+
+    Args:
+        root: the folder, e.g. ``data/coco_precomp``.
+        split: ``train``, ``dev``, ``test``, ``testall``, ...
+        captions_per_image: ``k``; inferred if None (see above).
+        max_images: keep only the first ``max_images`` images and their captions (e.g. 1000 for validation
+            on the COCO dev split, as the official code does).
+
+    Raises:
+        DataError: if a file is missing or malformed, or the caption count does not fit the array.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        captions_per_image: int | None = None,
+        max_images: int | None = None,
+    ) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"precomputed-feature folder not found: {root}")
+        if captions_per_image is not None and (not isinstance(captions_per_image, int) or captions_per_image < 1):
+            raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
+        if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+            raise DataError(f"max_images: expected a positive integer, got {max_images!r}")
+        self.root = root
+        self.split = split
+        self.ims_path = root / f"{split}_ims.npy"
+        self.caps_path = root / f"{split}_caps.txt"
+        captions = _read_lines(self.caps_path)
+        if not captions:
+            raise DataError(f"{self.caps_path}: expected one caption per line, the file is empty")
+        arr = _load_npy(self.ims_path)
+        rows, lines = arr.shape[0], len(captions)
+        k = captions_per_image
+        if rows == lines and k != 1:
+            k = 5 if k is None else k
+            if lines % k:
+                raise DataError(
+                    f"{self.caps_path}: {lines} captions for {rows} feature rows (one row per caption) is not "
+                    f"a multiple of captions_per_image={k} (pass captions_per_image=1 if every row is its own "
+                    f"image)"
+                )
+            self.rows_per_image = k
+        elif lines % rows == 0 and (k is None or lines == rows * k):
+            k = lines // rows
+            self.rows_per_image = 1
+        else:
+            expected = f"{rows} x {k} = {rows * k}" if k else f"a multiple of {rows}"
+            raise DataError(
+                f"{self.caps_path}: expected {expected} captions for the {rows} images of {self.ims_path}, "
+                f"got {lines}"
+            )
+        num_images = lines // k
+        if max_images is not None:
+            num_images = min(num_images, max_images)
+        self._ims = arr
+        self._captions = captions[: num_images * k]
+        self.num_images = num_images
+        self.captions_per_image = k
+        self.feature_dim = int(arr.shape[-1])
+
+    @property
+    def features(self) -> np.ndarray:
+        """The memory-mapped feature array as stored (all rows, original dtype)."""
+        return self._ims
+
+    def image(self, i: int) -> np.ndarray:
+        """Return a float32 copy of the features of image ``i``, shape ``(K, D)``."""
+        if not 0 <= i < self.num_images:
+            raise IndexError(f"image index {i} out of range for {self.num_images} images")
+        row = self._ims[i * self.rows_per_image]
+        return np.array(row if self._ims.ndim == 3 else row[None, :], dtype=np.float32)
+
+    def caption(self, j: int) -> str:
+        """Return caption ``j``."""
+        return self._captions[j]
+
+    def captions(self) -> list[str]:
+        """Return all captions in order."""
+        return list(self._captions)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle (e.g. DataLoader workers started with "spawn") without copying the mapped array.
+        state = self.__dict__.copy()
+        state["_ims"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._ims = _load_npy(self.ims_path)
+
+
+def write_precomp(
+    root: str | os.PathLike,
+    split: str,
+    features: np.ndarray,
+    captions: Sequence[str],
+) -> tuple[Path, Path]:
+    """Write ``{root}/{split}_ims.npy`` and ``{root}/{split}_caps.txt`` (the SCAN layout), atomically.
+
+    Args:
+        root: destination folder (created if needed).
+        split: split name.
+        features: ``(N, K, D)`` or ``(N, D)`` floating-point array, one row per image.
+        captions: ``N * k`` captions, the ``k`` captions of each image consecutive.
+
+    Returns:
+        The paths of the ``.npy`` and the captions file.
+
+    Raises:
+        DataError: if the counts do not fit or a caption contains a line break.
+    """
+    features = np.asarray(features)
+    _check_float_features(features, "features")
+    if features.ndim not in (2, 3) or features.shape[0] == 0:
+        raise DataError(f"features: expected a non-empty (N, K, D) or (N, D) array, got shape {features.shape}")
+    captions = [str(c).strip() for c in captions]
+    if not captions or len(captions) % features.shape[0]:
+        raise DataError(
+            f"captions: expected a positive multiple of {features.shape[0]} captions, got {len(captions)}"
+        )
+    for j, c in enumerate(captions):
+        if "\n" in c or "\r" in c:
+            raise DataError(f"captions[{j}]: a caption cannot contain a line break")
+    root = Path(root)
+    ims_path = atomic_write(root / f"{split}_ims.npy", lambda f: np.save(f, features, allow_pickle=False))
+    caps_path = atomic_write_text("\n".join(captions) + "\n", root / f"{split}_caps.txt")
+    return ims_path, caps_path
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a Karpathy-split JSON file.
+
+    Attributes:
+        filename: image file name, e.g. ``COCO_val2014_000000391895.jpg``.
+        filepath: sub-folder (``val2014`` for COCO), or ``""`` if the file gives none.
+        split: ``train``, ``restval``, ``val`` or ``test``.
+        captions: the raw captions, stripped, in file order.
+        image_id: ``cocoid`` if present, else ``imgid``, else the position in the file.
+    """
+
+    filename: str
+    filepath: str
+    split: str
+    captions: tuple[str, ...]
+    image_id: int
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class KarpathyJSON:
+    """Reader of Karpathy-split JSON files (``dataset_coco.json``, ``dataset_flickr30k.json``,
+    ``dataset_rsicd.json``).
+
+    The file is read and validated once, at construction.
+
+    Args:
+        path: the JSON file.
+
+    Raises:
+        DataError: naming the file and the field, if the file is missing or malformed.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        name = str(self.path)
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise DataError(f"Karpathy JSON file not found: {self.path}") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{name}: expected UTF-8 JSON") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        except OSError as e:
+            raise DataError(f"cannot read {name}: {e.strerror}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise DataError(f"{name}: expected a JSON object with an 'images' list")
+        self.dataset: str = str(data.get("dataset", ""))
+        self._records = [self._parse(name, n, im) for n, im in enumerate(data["images"])]
+
+    @staticmethod
+    def _parse(name: str, n: int, im: Any) -> ImageRecord:
+        where = f"{name}: images[{n}]"
+        if not isinstance(im, dict):
+            raise DataError(f"{where}: expected an object with filename, split and sentences")
+        for field in ("filename", "split"):
+            if not isinstance(im.get(field), str) or not im[field]:
+                raise DataError(f"{where}.{field}: expected a non-empty string")
+        filepath = im.get("filepath", "")
+        if not isinstance(filepath, str):
+            raise DataError(f"{where}.filepath: expected a string")
+        sentences = im.get("sentences")
+        if not isinstance(sentences, list):
+            raise DataError(f"{where}.sentences: expected a list of {{raw, tokens}}")
+        captions = []
+        for s, sent in enumerate(sentences):
+            raw = sent.get("raw") if isinstance(sent, dict) else None
+            if raw is None and isinstance(sent, dict) and isinstance(sent.get("tokens"), list):
+                raw = " ".join(str(t) for t in sent["tokens"])
+            if not isinstance(raw, str):
+                raise DataError(f"{where}.sentences[{s}]: expected an object with a string 'raw'")
+            captions.append(raw.strip())
+        image_id = n
+        for field in ("cocoid", "imgid"):
+            if field in im:
+                if not _is_int(im[field]):
+                    raise DataError(f"{where}.{field}: expected an integer, got {im[field]!r}")
+                image_id = im[field]
+                break
+        return ImageRecord(im["filename"], filepath, im["split"], tuple(captions), image_id)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def splits(self) -> dict[str, int]:
+        """Return the number of images of every split, in order of first appearance."""
+        return dict(Counter(r.split for r in self._records))
+
+    def records(self, split: str | Sequence[str]) -> list[ImageRecord]:
+        """Return the images of one split or of several (e.g. ``["train", "restval"]``), in file order.
+
+        Args:
+            split: a split name or a list of them.
+
+        Returns:
+            The image records.
+
+        Raises:
+            DataError: if a split does not occur in the file.
+        """
+        wanted = {split} if isinstance(split, str) else set(split)
+        if not wanted:
+            raise DataError(f"{self.path}: expected at least one split name")
+        unknown = sorted(wanted - set(self.splits()))
+        if unknown:
+            raise DataError(
+                f"{self.path}: no images with split {', '.join(map(repr, unknown))}; "
+                f"the file has {', '.join(map(repr, self.splits()))}"
+            )
+        return [r for r in self._records if r.split in wanted]
+
+
+def captions_from_records(records: Sequence[ImageRecord], k: int) -> list[str]:
+    """Return the first ``k`` captions of every record, in order (``len(records) * k`` captions).
+
+    Args:
+        records: image records, e.g. from :meth:`KarpathyJSON.records`.
+        k: captions per image.
+
+    Returns:
+        The captions.
+
+    Raises:
+        DataError: naming the image if one has fewer than ``k`` captions.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise DataError(f"captions_per_image: expected a positive integer, got {k!r}")
+    out: list[str] = []
+    for r in records:
+        if len(r.captions) < k:
+            raise DataError(f"image {r.filename}: expected at least {k} captions, got {len(r.captions)}")
+        out.extend(c.strip() for c in r.captions[:k])
+    return out

@@ -1,0 +1,74 @@
+"""Build the datasets a :class:`vsekit.config.DataConfig` describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from .datasets import CaptionDataset
+
+
+def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None):
+    """The caption-indexed dataset of one split.
+
+    Args:
+        cfg: the data config.
+        split: a split name of that data (``train``/``val``/``test`` for synthetic and Karpathy data;
+            the file prefix for the precomp layout, e.g. ``dev`` or ``testall``).
+        max_images: keep only the first images (the official validation uses 1000).
+    """
+    from .datasets import FeatureCaptionDataset, KarpathyJSON, PrecompDataset, captions_from_records
+    from .synthetic import SyntheticConfig, make_synthetic
+
+    k = cfg.captions_per_image
+    if cfg.kind == "synthetic":
+        known = set(SyntheticConfig.__dataclass_fields__)
+        unknown = sorted(set(cfg.synthetic) - known)
+        if unknown:
+            raise ConfigError(f"data.synthetic.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+        overrides = dict(cfg.synthetic)
+        overrides.setdefault("captions_per_image", k)
+        splits = make_synthetic(SyntheticConfig(**overrides))
+        if split not in splits:
+            raise ConfigError(f"split {split!r}: the synthetic data has splits {', '.join(splits)}")
+        ds = splits[split]
+    elif cfg.kind == "precomp":
+        ds = PrecompDataset(cfg.path, split, captions_per_image=k)
+    elif cfg.kind == "karpathy":
+        records = KarpathyJSON(cfg.path).records(split.split("+"))
+        feats_path = Path(cfg.features) / f"{split}_ims.npy"
+        if not feats_path.is_file():
+            raise DataError(f"{feats_path}: feature file not found (expected rows in the JSON's {split!r} image order)")
+        feats = np.load(feats_path, mmap_mode="r")
+        if feats.ndim != 3 or feats.shape[0] != len(records):
+            raise DataError(
+                f"{feats_path}: expected {len(records)}×K×D features for split {split!r}, got shape {feats.shape}"
+            )
+        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k)
+    else:
+        raise ConfigError(f"data.kind: unknown kind {cfg.kind!r}")
+    if max_images is not None and max_images < ds.num_images:
+        ds = FirstImages(ds, max_images)
+    return ds
+
+
+class FirstImages(CaptionDataset):
+    """A view of the first ``n`` images of a dataset and their captions (the official validation uses
+    the first 1000 dev images)."""
+
+    def __init__(self, base: CaptionDataset, n: int) -> None:
+        self.base = base
+        self.num_images = n
+        self.captions_per_image = base.captions_per_image
+        self.feature_dim = base.feature_dim
+
+    def image(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.num_images:
+            raise IndexError(f"image index {i} out of range for {self.num_images} images")
+        return self.base.image(i)
+
+    def caption(self, j: int) -> str:
+        return self.base.caption(j)
