@@ -66,6 +66,7 @@ class SyntheticConfig:
         num_categories: object categories used (at most ``len(NOUNS)``).
         num_colors: colours used (at most ``len(COLORS)``).
         num_clutter_types: distinct background types.
+        min_mentions: fewest objects a caption describes (when the scene has that many).
         max_mentions: most objects a caption describes.
         p_color: probability that a caption gives an object's colour.
         p_size: probability that a caption gives an object's size.
@@ -87,8 +88,9 @@ class SyntheticConfig:
     num_categories: int = 24
     num_colors: int = 8
     num_clutter_types: int = 8
+    min_mentions: int = 2
     max_mentions: int = 4
-    p_color: float = 0.7
+    p_color: float = 0.9
     p_size: float = 0.4
     attribute_scale: float = 0.8
     noise: float = 0.3
@@ -98,7 +100,7 @@ class SyntheticConfig:
     def validate(self) -> None:
         """Raise :class:`~vsekit.errors.ConfigError` naming the first invalid field."""
         positive = ("captions_per_image", "feature_dim", "min_objects", "num_categories", "num_colors",
-                    "num_clutter_types", "max_mentions")
+                    "num_clutter_types", "min_mentions", "max_mentions")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -110,6 +112,9 @@ class SyntheticConfig:
         if self.max_objects < self.min_objects:
             raise ConfigError(f"synthetic.max_objects: expected >= min_objects={self.min_objects}, "
                               f"got {self.max_objects}")
+        if self.max_mentions < self.min_mentions:
+            raise ConfigError(f"synthetic.max_mentions: expected >= min_mentions={self.min_mentions}, "
+                              f"got {self.max_mentions}")
         if self.max_clutter < self.min_clutter:
             raise ConfigError(f"synthetic.max_clutter: expected >= min_clutter={self.min_clutter}, "
                               f"got {self.max_clutter}")
@@ -166,7 +171,7 @@ def _caption(
     text_rng: random.Random, cfg: SyntheticConfig, cats: np.ndarray, colors: np.ndarray, sizes: np.ndarray
 ) -> str:
     n = len(cats)
-    chosen = text_rng.sample(range(n), text_rng.randint(1, min(cfg.max_mentions, n)))
+    chosen = text_rng.sample(range(n), text_rng.randint(min(cfg.min_mentions, n), min(cfg.max_mentions, n)))
     groups: dict[tuple[int, int | None, str | None], int] = {}
     for o in chosen:
         color = int(colors[o]) if text_rng.random() < cfg.p_color else None

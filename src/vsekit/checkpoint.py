@@ -1,0 +1,121 @@
+"""Checkpoints: one self-describing file per model.
+
+A vsekit checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights_only=True``)::
+
+    format      "vsekit-checkpoint"
+    version     1
+    config      the resolved TrainConfig as nested dicts (rebuilds the model)
+    vocab       the vocabulary (Vocabulary.to_dict())
+    model       the model's state_dict
+    epoch       number of completed epochs
+    step        number of completed optimisation steps
+    best_rsum   best validation rsum so far, best_epoch its epoch
+    optimizer, scaler, rng   training state (only in ``last.pt``; used to resume)
+
+Files are written atomically, so a killed run never leaves a truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig, from_dict
+from .data import Vocabulary
+from .errors import CheckpointError, ConfigError
+from .io import atomic_torch_save
+
+FORMAT = "vsekit-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: Any, config: TrainConfig, **state: Any) -> Path:
+    """Write a checkpoint for ``model`` (a :class:`vsekit.models.VSEModel`) atomically.
+
+    Extra keyword arguments (epoch, step, best_rsum, optimizer, ...) are stored as they are.
+    """
+    from .config import to_dict
+
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": to_dict(config),
+        "vocab": model.vocab.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **state,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a vsekit checkpoint file into its dict (tensors on the CPU)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: folder holds no best.pt or last.pt checkpoint")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from None
+    except Exception as e:  # unpickling refused (e.g. an official checkpoint with a pickled Namespace)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a vsekit checkpoint ({first}); official checkpoints need conversion") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a vsekit checkpoint (missing format={FORMAT!r})")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r} is not supported (expected {VERSION})")
+    for key in ("config", "vocab", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def config_from_checkpoint(ckpt: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig stored in a checkpoint dict."""
+    try:
+        return from_dict(TrainConfig, ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: stored config is invalid ({e})") from None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
+    """Rebuild the model of a checkpoint dict and load its weights strictly."""
+    from .models import create_model
+
+    cfg = config_from_checkpoint(ckpt)
+    vocab = Vocabulary.from_dict(ckpt["vocab"])
+    model = create_model(cfg.model, vocab)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: weights do not match the model ({detail})") from None
+    return model
+
+
+def load(path: str | Path, device: str | torch.device | None = "cpu") -> Any:
+    """Load a trained model for inference.
+
+    Args:
+        path: a checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``).
+        device: where to put the model (``"auto"`` picks CUDA when present).
+
+    Returns:
+        A :class:`vsekit.models.VSEModel` in eval mode with ``encode_image``, ``encode_text`` and
+        ``similarity``.
+    """
+    from .training import resolve_device
+
+    model = model_from_checkpoint(read_checkpoint(path))
+    return model.to(resolve_device(device or "cpu")).eval()
