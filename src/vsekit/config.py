@@ -285,9 +285,15 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | None) -> TrainConfi
 
 
 def load_config(
-    path: str | Path | None = None, preset: str | None = None, overrides: list[str] | None = None
+    path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    require_data: bool = True,
 ) -> TrainConfig:
-    """Resolve a config: a preset (or the file's ``preset:`` key), then the file, then overrides."""
+    """Resolve a config: a preset (or the file's ``preset:`` key), then the file, then overrides.
+
+    With ``require_data=False`` a config may leave ``data.path`` unset (to print or edit a preset).
+    """
     from .presets import get_preset
 
     data: dict[str, Any] = {}
@@ -302,7 +308,7 @@ def load_config(
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
     cfg = apply_overrides(cfg, overrides)
-    validate(cfg)
+    validate(cfg, require_data=require_data)
     return cfg
 
 
@@ -315,7 +321,7 @@ _CHOICES = {
 }
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     """Check values that the type system cannot; raise :class:`ConfigError` naming the field."""
     flat = {
         "model.image.kind": cfg.model.image.kind,
@@ -349,9 +355,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"loss.margin: expected a non-negative number, got {cfg.loss.margin}")
     if cfg.workers < 0:
         raise ConfigError(f"workers: expected >= 0, got {cfg.workers}")
-    if cfg.data.kind in ("precomp", "karpathy") and not cfg.data.path:
+    if require_data and cfg.data.kind in ("precomp", "karpathy") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.kind={cfg.data.kind!r}")
-    if cfg.data.kind == "karpathy" and not cfg.data.features:
+    if require_data and cfg.data.kind == "karpathy" and not cfg.data.features:
         raise ConfigError("data.features: required for data.kind='karpathy' (folder of {split}_ims.npy)")
     from .pooling import create_pooling
 

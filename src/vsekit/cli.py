@@ -1,0 +1,196 @@
+"""The ``vsekit`` command line: a thin layer over the Python API.
+
+    vsekit demo                                   train on built-in data, compare GPO / mean / max
+    vsekit train --preset demo_gpo epochs=3       train (config file and/or preset, KEY=VALUE overrides)
+    vsekit eval runs/demo_gpo --split test        evaluate a checkpoint (or run folder)
+    vsekit eval --sims a.npy b.npy --folds 5      evaluate (an ensemble of) saved similarity matrices
+    vsekit presets                                list the presets
+    vsekit config vse_infty_region_bigru          print a preset's resolved config
+
+User mistakes print ``error: <one line>`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DataError, VsekitError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vsekit", description="Visual-semantic embedding: train, evaluate, demo.")
+    p.add_argument("--version", action="version", version=f"vsekit {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train on built-in data with GPO, mean and max pooling and print the R@K table")
+    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--poolings", default="gpo,mean,max", help="comma-separated poolings to compare")
+    d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run, e.g. epochs=3")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train", help="train a model")
+    t.add_argument("--config", help="YAML or JSON config file (may name a 'preset:' to start from)")
+    t.add_argument("--preset", help="start from this preset (see 'vsekit presets')")
+    t.add_argument("--run-dir", help="run folder (default: runs/<name>); an existing run there is resumed")
+    t.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in --run-dir")
+    t.add_argument("--max-steps", type=int, help="stop after this many steps (resumable)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3 epochs=5")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint, or saved similarity matrices")
+    e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder")
+    e.add_argument("--split", help="split to evaluate (default: the config's test split)")
+    e.add_argument("--data-path", help="data folder/file (default: the one in the checkpoint's config)")
+    e.add_argument("--features", help="feature folder for Karpathy-JSON data")
+    e.add_argument("--protocol", help="coco1k, coco5k, f30k or kcaptions (default: folds=1)")
+    e.add_argument("--sims", nargs="+", help="evaluate these saved images×captions .npy matrices (averaged if several)")
+    e.add_argument("--captions-per-image", type=int, default=5, help="with --sims (default 5)")
+    e.add_argument("--folds", type=int, default=1, help="sequential folds averaged (5 for COCO 1K)")
+    e.add_argument("--save-sims", help="save the similarity matrix to this .npy (for ensembles)")
+    e.add_argument("--json", help="also write the metrics to this JSON file")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+
+    sub.add_parser("presets", help="list the config presets")
+    c = sub.add_parser("config", help="print the resolved config of a preset/file with overrides")
+    c.add_argument("preset", nargs="?", help="preset name")
+    c.add_argument("--config", help="config file")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("vsekit")
+    except Exception:
+        return "unknown"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    poolings = tuple(p.strip() for p in args.poolings.split(",") if p.strip())
+    summary = run_demo(
+        args.out, poolings, args.overrides, log=print, progress_stream=None if args.quiet else sys.stderr
+    )
+    print()
+    print(summary["table"])
+    print(f"chance level: R@1 = {summary['chance_r1']:.2f}%")
+    res = summary["results"]
+    if {"gpo", "mean", "max"} <= set(res):
+        ranking = sorted(res, key=lambda p: -res[p]["rsum"])
+        print("pooling comparison (rsum, same data and seed): " + " > ".join(f"{p} {res[p]['rsum']:.1f}" for p in ranking))
+    print(f"runs, curves.png, recall.png and results.json in {args.out}/")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    cfg = load_config(args.config, args.preset, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    if (run_dir / "last.pt").is_file() and not args.no_resume:
+        print(f"resuming the run in {run_dir}")
+    result = train(
+        cfg, run_dir, resume=not args.no_resume, log=print, max_steps=args.max_steps,
+        progress_stream=None if args.quiet else sys.stderr,
+    )  # fmt: skip
+    if result.completed:
+        print(f"best validation rsum {result.best_rsum:.2f} at epoch {result.best_epoch}; checkpoints in {run_dir}/")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .evaluation import ensemble_sims, evaluate_protocol, evaluate_sims, format_metrics_table
+    from .io import atomic_write_json
+
+    if args.sims:
+        mats = []
+        for path in args.sims:
+            if not Path(path).is_file():
+                raise DataError(f"{path}: similarity file not found")
+            try:
+                mats.append(np.load(path, mmap_mode="r"))
+            except ValueError as exc:
+                raise DataError(f"{path}: not a .npy array ({exc})") from None
+        sims = ensemble_sims(mats) if len(mats) > 1 else np.asarray(mats[0])
+        if args.protocol:
+            metrics = evaluate_protocol(sims, args.protocol)
+        else:
+            metrics = evaluate_sims(sims, args.captions_per_image, args.folds)
+        title = f"{len(mats)} similarity matri{'ces (averaged)' if len(mats) > 1 else 'x'}"
+    else:
+        if not args.checkpoint:
+            raise DataError("eval: give a checkpoint (file or run folder) or --sims FILES")
+        from .checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
+        from .data.factory import build_dataset
+        from .evaluation.retrieval import similarity_matrix
+        from .training import resolve_device
+
+        ckpt = read_checkpoint(args.checkpoint)
+        cfg = config_from_checkpoint(ckpt)
+        if args.data_path:
+            cfg.data.path = args.data_path
+        if args.features:
+            cfg.data.features = args.features
+        split = args.split or cfg.data.test_split
+        model = model_from_checkpoint(ckpt).to(resolve_device(args.device)).eval()
+        dataset = build_dataset(cfg.data, split)
+        sims = similarity_matrix(model, dataset, cfg.eval_batch_size)
+        if args.save_sims:
+            from .io import atomic_write
+
+            atomic_write(args.save_sims, lambda f: np.save(f, sims))
+        if args.protocol:
+            metrics = evaluate_protocol(sims, args.protocol)
+        else:
+            metrics = evaluate_sims(sims, dataset.captions_per_image, args.folds)
+        title = f"{ckpt['path']} on split {split!r} ({dataset.num_images} images)"
+    print(format_metrics_table({"result": metrics}, title=title))
+    if args.json:
+        atomic_write_json(metrics, args.json)
+    return 0
+
+
+def _cmd_presets(_args: argparse.Namespace) -> int:
+    from .presets import list_presets
+
+    presets = list_presets()
+    width = max(len(n) for n in presets)
+    for name, desc in presets.items():
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .config import dump_yaml, load_config
+
+    print(dump_yaml(load_config(args.config, args.preset, args.overrides, require_data=False)), end="")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval, "presets": _cmd_presets, "config": _cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vsekit`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VsekitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (a training run resumes from its last checkpoint with the same command)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The training program: one function, :func:`train`, driven by a :class:`vsekit.config.TrainConfig`.
+
+A run folder holds::
+
+    config.yaml     the resolved config
+    metrics.jsonl   one JSON line per epoch (train loss, lr, validation metrics, timing)
+    best.pt         the checkpoint with the best validation rsum (model selection)
+    last.pt         the latest checkpoint with optimizer and RNG state (resume point)
+    curves.png      training loss and validation rsum per epoch
+
+All files are written atomically. Calling :func:`train` again on the same folder resumes from ``last.pt``
+and continues exactly as an uninterrupted run would (same batches, same augmentation draws).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
+from .config import TrainConfig, dump_yaml, to_dict
+from .data import Collator, Vocabulary, build_vocab
+from .data.factory import build_dataset
+from .encoders import load_word_vectors
+from .errors import ConfigError
+from .evaluation import evaluate_sims
+from .evaluation.retrieval import encode_dataset
+from .io import atomic_write_text
+from .losses import ContrastiveLoss
+from .models import VSEModel, create_model
+from .progress import Progress
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``'auto'`` -> CUDA when available, else Apple MPS when available, else CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``'bf16'``/``'fp16'``; a null context for ``'fp32'``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The shuffled batches of one epoch, a pure function of (seed, epoch): a resumed run replays them.
+
+    The last incomplete batch is dropped when there is at least one full batch.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(num_items)
+    n_full = num_items // batch_size
+    stop = n_full * batch_size if n_full > 0 else num_items
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def lr_at_epoch(base_lr: float, epoch: int, decay_epochs: list[int], decay: float) -> float:
+    """Step decay: ``base_lr * decay ** (number of decay epochs <= epoch)``."""
+    return base_lr * decay ** sum(1 for e in decay_epochs if epoch >= e)
+
+
+def build_optimizer(model: VSEModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with one parameter group per encoder (each with its learning-rate multiplier)."""
+    groups = [
+        {"params": list(model.image_encoder.parameters()), "lr_mult": cfg.optim.image_lr_mult, "name": "image"},
+        {"params": list(model.text_encoder.parameters()), "lr_mult": cfg.optim.text_lr_mult, "name": "text"},
+    ]
+    for g in groups:
+        g["lr"] = cfg.optim.lr * g["lr_mult"]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    model: VSEModel  # with the best validation weights loaded
+    best_rsum: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    completed: bool = True  # False when stopped early by ``max_steps``
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    """The parts of a config that must not change when a run is resumed."""
+    d = to_dict(cfg)
+    for key in ("epochs", "workers", "device", "eval_batch_size"):
+        d.pop(key)
+    return d
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+    progress_stream: TextIO | None = sys.stderr,
+    max_steps: int | None = None,
+    datasets: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train (or resume training) a model as ``cfg`` describes, in ``run_dir``.
+
+    Args:
+        cfg: the resolved training config.
+        run_dir: the run folder (created if needed).
+        resume: continue from ``run_dir/last.pt`` when it exists; otherwise such a folder is an error.
+        log: called with one human-readable line per event (epoch summaries); ``None`` is silent.
+        progress_stream: where the progress bar goes (``None``: no bar).
+        max_steps: stop after this many optimisation steps in total, writing ``last.pt`` (as if killed).
+        datasets: optional ``{"train": ..., "val": ...}`` datasets instead of those of ``cfg.data``.
+
+    Returns:
+        A :class:`TrainResult` with the best model.
+    """
+    say = log or (lambda _msg: None)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+
+    ckpt = None
+    if (run_dir / "last.pt").is_file():
+        if not resume:
+            raise ConfigError(f"{run_dir}: already holds a run (last.pt); resume it or choose another run folder")
+        ckpt = read_checkpoint(run_dir / "last.pt")
+        if _comparable(config_from_checkpoint(ckpt)) != _comparable(cfg):
+            raise ConfigError(f"{run_dir}: holds a run with a different config; resume it unchanged or use another folder")
+
+    if datasets is None:
+        datasets = {
+            "train": build_dataset(cfg.data, cfg.data.train_split),
+            "val": build_dataset(cfg.data, cfg.data.val_split, max_images=cfg.data.val_max_images),
+        }
+    train_set, val_set = datasets["train"], datasets["val"]
+
+    torch.manual_seed(cfg.seed)
+    if ckpt is not None:
+        vocab = Vocabulary.from_dict(ckpt["vocab"])
+        word_vectors = None
+    else:
+        vocab = build_vocab(train_set.captions(), min_count=cfg.data.vocab_min_count)
+        word_vectors = None
+        if cfg.model.text.word_vectors:
+            word_vectors, found = load_word_vectors(cfg.model.text.word_vectors, vocab.idx2word, cfg.model.text.word_dim)
+            say(f"word vectors: {found}/{len(vocab)} vocabulary words found in {cfg.model.text.word_vectors}")
+    model = create_model(cfg.model, vocab, word_vectors=word_vectors).to(device)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    loss_fn = ContrastiveLoss(cfg.loss.margin, cfg.loss.negatives, cfg.loss.warmup_epochs, cfg.loss.same_image_positives)
+
+    start_epoch, start_batch, step = 0, 0, 0
+    best_rsum, best_epoch, history = -math.inf, -1, []
+    epoch_loss_sum, epoch_loss_n = 0.0, 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
+        best_rsum, best_epoch = ckpt["best_rsum"], ckpt["best_epoch"]
+        history = json.loads(ckpt.get("history", "[]"))
+        epoch_loss_sum, epoch_loss_n = ckpt.get("epoch_loss", (0.0, 0))
+        _set_rng_state(ckpt["rng"])
+        say(f"resumed from {run_dir / 'last.pt'} at epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+    atomic_write_text(dump_yaml(cfg), run_dir / "config.yaml")
+    _write_metrics(run_dir, history)
+
+    collator = Collator(vocab)
+    n_params = sum(p.numel() for p in model.parameters())
+    if ckpt is None:
+        say(
+            f"training {cfg.name}: {len(train_set)} pairs ({train_set.num_images} images), "
+            f"{val_set.num_images} val images, {n_params / 1e6:.2f}M parameters, vocab {len(vocab)}, device {device}"
+        )
+
+    def save_last(epoch: int, batch_in_epoch: int, loss_state: tuple[float, int]) -> None:
+        save_checkpoint(
+            run_dir / "last.pt", model, cfg,
+            epoch=epoch, batch_in_epoch=batch_in_epoch, step=step, best_rsum=best_rsum, best_epoch=best_epoch,
+            optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else {},
+            rng=_rng_state(), history=json.dumps(history), epoch_loss=loss_state,
+        )  # fmt: skip
+
+    for epoch in range(start_epoch, cfg.epochs):
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at_epoch(cfg.optim.lr, epoch, cfg.optim.lr_decay_epochs, cfg.optim.lr_decay) * g["lr_mult"]
+        loss_fn.set_epoch(epoch)
+        batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch)
+        first = start_batch if epoch == start_epoch else 0
+        if epoch != start_epoch:
+            epoch_loss_sum, epoch_loss_n = 0.0, 0
+        loader = DataLoader(
+            train_set,
+            batch_sampler=batches[first:],
+            collate_fn=collator,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator(),  # keeps the global RNG (augmentation draws) untouched
+        )
+        bar = Progress(len(batches) * cfg.batch_size, f"epoch {epoch + 1}/{cfg.epochs}", "pairs", progress_stream)
+        bar.count = first * cfg.batch_size
+        model.train()
+        t0 = time.perf_counter()
+        for b, batch in enumerate(loader, start=first):
+            batch = batch.to(device, non_blocking=True)
+            with autocast_context(device, cfg.precision):
+                img = model.forward_image(batch.images, batch.image_lengths)
+                cap = model.forward_text(batch.captions, batch.caption_lengths)
+            loss = loss_fn(model.similarity(img.float(), cap.float()), batch.image_ids)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            loss_value = float(loss.detach())
+            epoch_loss_sum += loss_value
+            epoch_loss_n += 1
+            bar.update(len(batch.caption_ids), loss=loss_value)
+            done = max_steps is not None and step >= max_steps
+            if done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < len(batches)):
+                save_last(epoch, b + 1, (epoch_loss_sum, epoch_loss_n))
+            if done:
+                bar.close()
+                say(f"stopped after {step} steps (max_steps); resume with the same run folder")
+                return TrainResult(run_dir, model.eval(), best_rsum, best_epoch, history, completed=False)
+        bar.close()
+        train_time = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        model.eval()
+        img_emb, cap_emb = encode_dataset(model, val_set, cfg.eval_batch_size)
+        val = evaluate_sims(model.similarity(img_emb, cap_emb), captions_per_image=val_set.captions_per_image)
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "negatives": loss_fn.current_negatives,
+            "train_loss": epoch_loss_sum / max(1, epoch_loss_n),
+            **{f"val_{k}": v for k, v in val.items()},
+            "train_seconds": round(train_time, 3),
+            "pairs_per_second": round(len(batches) * cfg.batch_size / max(train_time, 1e-9), 1),
+            "val_seconds": round(time.perf_counter() - t1, 3),
+        }
+        history.append(record)
+        improved = val["rsum"] > best_rsum
+        if improved:
+            best_rsum, best_epoch = val["rsum"], epoch + 1
+            save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch + 1, step=step, best_rsum=best_rsum, best_epoch=best_epoch)
+        save_last(epoch + 1, 0, (0.0, 0))
+        _write_metrics(run_dir, history)
+        _plot_curves(run_dir, history)
+        say(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.3f} ({record['negatives']}), "
+            f"val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})"
+            f"{' *best*' if improved else ''}, {record['pairs_per_second']:.0f} pairs/s"
+        )
+
+    best = read_checkpoint(run_dir / "best.pt") if (run_dir / "best.pt").is_file() else None
+    if best is not None:
+        model.load_state_dict(best["model"])
+    return TrainResult(run_dir, model.eval(), best_rsum, best_epoch, history, completed=True)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
+
+
+def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    from .plots import plot_training_curves
+
+    plot_training_curves({run_dir.name: history}, run_dir / "curves.png")

@@ -1,0 +1,146 @@
+"""Training end to end on built-in data: it learns, it resumes identically, the run folder is complete."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vsekit
+from vsekit.data import make_synthetic
+from vsekit.data.factory import build_dataset
+from vsekit.errors import ConfigError
+from vsekit.evaluation import evaluate_model
+from vsekit.models import create_model
+from vsekit.data import build_vocab
+from vsekit.training import epoch_batches, lr_at_epoch, train
+
+from .conftest import tiny_config
+
+
+def _without_timing(records):
+    drop = {"train_seconds", "pairs_per_second", "val_seconds"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+def test_training_improves_rsum(tmp_path):
+    cfg = tiny_config("epochs=4", "optim.lr_decay_epochs=[3]")  # sum of hinges (the demo's loss)
+    val = build_dataset(cfg.data, "val")
+    torch.manual_seed(cfg.seed)
+    untrained = create_model(cfg.model, build_vocab(build_dataset(cfg.data, "train").captions(), 1))
+    before = evaluate_model(untrained, val)["rsum"]
+    result = train(cfg, tmp_path / "run", progress_stream=None)
+    after = result.history[-1]["val_rsum"]
+    # chance rsum on 100 images is 2 * (1 + 5 + 10) = 32
+    assert after > before + 60, (before, after)
+    assert after > 100
+    assert result.best_rsum == max(r["val_rsum"] for r in result.history)
+    # the run folder contract
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "curves.png"):
+        assert (run / name).is_file(), name
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    # the step decay
+    assert result.history[2]["lr"] == pytest.approx(cfg.optim.lr * 0.1)
+
+
+def test_loss_warmup_switches_to_hardest_negatives(tmp_path):
+    cfg = tiny_config("epochs=3", "loss.negatives=hardest", "loss.warmup_epochs=1")
+    result = train(cfg, tmp_path, progress_stream=None)
+    assert [r["negatives"] for r in result.history] == ["sum", "hardest", "hardest"]
+    sum_loss, hardest_loss = result.history[0]["train_loss"], result.history[1]["train_loss"]
+    # with B=50 a sum-of-hinges loss is of order B*(B-1)*margin, a hardest-negative one at most ~2*B*(margin+2)
+    assert sum_loss > 3 * hardest_loss
+
+
+@pytest.mark.parametrize("preset", ["vsepp", "vse0"])
+def test_vsepp_presets_learn_on_built_in_data(tmp_path, preset):
+    cfg = tiny_config(
+        "epochs=3", "data.kind=synthetic", "data.val_split=val", "data.test_split=test", "data.val_max_images=null",
+        "data.vocab_min_count=1", "model.image.img_dim=64", "optim.lr=1e-3", preset=preset,
+    )
+    result = train(cfg, tmp_path, progress_stream=None)
+    assert result.best_rsum > 60  # chance is 32 on 100 images
+
+
+def test_best_checkpoint_alone_rebuilds_the_model(tmp_path):
+    cfg = tiny_config("epochs=1")
+    result = train(cfg, tmp_path, progress_stream=None)
+    model = vsekit.load(tmp_path / "best.pt")
+    test = build_dataset(cfg.data, "test")
+    a = evaluate_model(model, test)
+    b = evaluate_model(result.model, test)
+    assert a == b
+    texts = ["a red car next to a small tree", "two boats"]
+    emb = model.encode_text(texts)
+    assert emb.shape == (2, 64)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    img = model.encode_image([test.image(0), test.image(1)])
+    sims = model.similarity(img, emb)
+    assert sims.shape == (2, 2)
+    # a run folder loads its best checkpoint
+    assert torch.equal(vsekit.load(tmp_path).encode_text(texts), emb)
+
+
+@pytest.mark.parametrize("stop_after", [3, 8])  # mid-epoch 1, and mid-epoch 2 (8 steps per epoch)
+def test_resumed_run_matches_uninterrupted(tmp_path, stop_after):
+    cfg = tiny_config("epochs=2", "checkpoint_every=2")
+    full = train(cfg, tmp_path / "full", progress_stream=None)
+    partial = train(cfg, tmp_path / "resumed", progress_stream=None, max_steps=stop_after)
+    assert not partial.completed
+    resumed = train(cfg, tmp_path / "resumed", progress_stream=None)
+    assert resumed.completed
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert _without_timing(full.history) == _without_timing(resumed.history)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(tiny_config("epochs=1"), tmp_path, progress_stream=None)
+    with pytest.raises(ConfigError, match="different config"):
+        train(tiny_config("epochs=1", "optim.lr=0.1"), tmp_path, progress_stream=None)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config("epochs=1"), tmp_path, progress_stream=None, resume=False)
+    # extending the number of epochs continues the run
+    more = train(tiny_config("epochs=2"), tmp_path, progress_stream=None)
+    assert [r["epoch"] for r in more.history] == [1, 2]
+
+
+def test_same_image_positives_option_trains(tmp_path):
+    cfg = tiny_config("epochs=1", "loss.same_image_positives=true")
+    result = train(cfg, tmp_path, progress_stream=None)
+    assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_epoch_batches_are_a_function_of_seed_and_epoch():
+    a = epoch_batches(103, 10, seed=1, epoch=0)
+    assert len(a) == 10 and all(len(b) == 10 for b in a)
+    assert len(set(np.concatenate(a))) == 100
+    assert all(np.array_equal(x, y) for x, y in zip(a, epoch_batches(103, 10, 1, 0)))
+    assert not np.array_equal(a[0], epoch_batches(103, 10, 1, 1)[0])
+    assert len(epoch_batches(7, 10, 0, 0)) == 1  # smaller than one batch: one short batch
+
+
+def test_lr_schedule():
+    assert lr_at_epoch(1.0, 14, [15], 0.1) == 1.0
+    assert lr_at_epoch(1.0, 15, [15], 0.1) == pytest.approx(0.1)
+    assert lr_at_epoch(1.0, 30, [15, 25], 0.1) == pytest.approx(0.01)
+
+
+def test_bf16_training_learns(tmp_path):
+    cfg = tiny_config("epochs=3", "precision=bf16")
+    result = train(cfg, tmp_path, progress_stream=None)
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+    assert result.best_rsum > 80
+
+
+def test_synthetic_data_is_shared_between_calls():
+    a = make_synthetic(num_train=10, num_val=5, num_test=5)
+    b = make_synthetic(num_train=10, num_val=5, num_test=5)
+    assert np.array_equal(a["train"].image(3), b["train"].image(3))
