@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     d.add_argument("--poolings", default="gpo,mean,max", help="comma-separated poolings to compare")
     d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run, e.g. epochs=3")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--jobs", type=int, default=0, help="models trained at once (default: one per model, up to the cores)")
+    d.add_argument("--quiet", action="store_true", help="only the final table")
 
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--config", help="YAML or JSON config file (may name a 'preset:' to start from)")
@@ -74,9 +75,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     poolings = tuple(p.strip() for p in args.poolings.split(",") if p.strip())
-    summary = run_demo(
-        args.out, poolings, args.overrides, log=print, progress_stream=None if args.quiet else sys.stderr
-    )
+    summary = run_demo(args.out, poolings, args.overrides, log=None if args.quiet else print, jobs=args.jobs)
     print()
     print(summary["table"])
     print(f"chance level: R@1 = {summary['chance_r1']:.2f}%")
@@ -84,7 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if {"gpo", "mean", "max"} <= set(res):
         ranking = sorted(res, key=lambda p: -res[p]["rsum"])
         print("pooling comparison (rsum, same data and seed): " + " > ".join(f"{p} {res[p]['rsum']:.1f}" for p in ranking))
-    print(f"runs, curves.png, recall.png and results.json in {args.out}/")
+    print(f"trained and evaluated in {summary['total_seconds']:.0f}s; runs, curves.png, recall.png and results.json in {args.out}/")
     return 0
 
 
