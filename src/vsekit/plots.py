@@ -18,6 +18,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
 def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
     """Plot training loss and validation rsum per epoch for one or more runs into a PNG.
 
@@ -36,11 +45,7 @@ def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path
     for ax in (ax_loss, ax_rsum):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return _save(plt, fig, path)
 
 
 def plot_recall_bars(results: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
@@ -57,8 +62,4 @@ def plot_recall_bars(results: dict[str, dict[str, float]], path: str | Path, tit
     ax.set(ylabel="recall (%)", title=title, ylim=(0, 100))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return _save(plt, fig, path)
