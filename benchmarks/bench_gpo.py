@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from vsekit.io import atomic_write_json
-from vsekit.pooling import GPO, MaxPool, MeanPool, pool_sorted
+from vsekit.pooling import GPO, MaxPool, MeanPool
 
 TARGET_RATIO = 1.5
 TARGET = f"GPO inference within {TARGET_RATIO}x of max pooling"

@@ -13,7 +13,6 @@ User mistakes print ``error: <one line>`` and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
