@@ -119,10 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise DataError(f"{path}: not a .npy array ({exc})") from None
         sims = ensemble_sims(mats) if len(mats) > 1 else np.asarray(mats[0])
-        if args.protocol:
-            metrics = evaluate_protocol(sims, args.protocol)
-        else:
-            metrics = evaluate_sims(sims, args.captions_per_image, args.folds)
+        k = args.captions_per_image
         title = f"{len(mats)} similarity matri{'ces (averaged)' if len(mats) > 1 else 'x'}"
     else:
         if not args.checkpoint:
@@ -146,11 +143,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             from .io import atomic_write
 
             atomic_write(args.save_sims, lambda f: np.save(f, sims))
-        if args.protocol:
-            metrics = evaluate_protocol(sims, args.protocol)
-        else:
-            metrics = evaluate_sims(sims, dataset.captions_per_image, args.folds)
+        k = dataset.captions_per_image
         title = f"{ckpt['path']} on split {split!r} ({dataset.num_images} images)"
+    metrics = evaluate_protocol(sims, args.protocol) if args.protocol else evaluate_sims(sims, k, args.folds)
     print(format_metrics_table({"result": metrics}, title=title))
     if args.json:
         atomic_write_json(metrics, args.json)

@@ -17,8 +17,7 @@ import torch
 
 from .config import apply_overrides
 from .data.factory import build_dataset
-from .evaluation import evaluate_sims, format_metrics_table
-from .evaluation.retrieval import encode_dataset
+from .evaluation import evaluate_model, format_metrics_table
 from .io import atomic_write_json
 from .plots import plot_recall_bars, plot_training_curves
 from .presets import get_preset
@@ -32,17 +31,12 @@ def _train_and_test(pooling: str, cfg: Any, out: Path, threads: int | None, verb
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    datasets = {
-        "train": build_dataset(cfg.data, cfg.data.train_split),
-        "val": build_dataset(cfg.data, cfg.data.val_split, max_images=cfg.data.val_max_images),
-    }
-    test = build_dataset(cfg.data, cfg.data.test_split)
     res = train(
         cfg, out / pooling, log=(lambda m: print(f"[{pooling}] {m}", flush=True)) if verbose else None,
-        progress_stream=sys.stderr if verbose and threads is None else None, datasets=datasets,
+        progress_stream=sys.stderr if verbose and threads is None else None,
     )  # fmt: skip
-    img, cap = encode_dataset(res.model, test, cfg.eval_batch_size)
-    metrics = evaluate_sims(res.model.similarity(img, cap), captions_per_image=test.captions_per_image)
+    test = build_dataset(cfg.data, cfg.data.test_split)
+    metrics = evaluate_model(res.model, test, batch_size=cfg.eval_batch_size)
     return {
         "metrics": metrics,
         "history": res.history,

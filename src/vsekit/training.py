@@ -33,8 +33,7 @@ from .data import Collator, Vocabulary, build_vocab
 from .data.factory import build_dataset
 from .encoders import load_word_vectors
 from .errors import ConfigError
-from .evaluation import evaluate_sims
-from .evaluation.retrieval import encode_dataset
+from .evaluation import evaluate_model
 from .io import atomic_write_text
 from .losses import ContrastiveLoss
 from .models import VSEModel, create_model
@@ -174,12 +173,11 @@ def train(
     train_set, val_set = datasets["train"], datasets["val"]
 
     torch.manual_seed(cfg.seed)
+    word_vectors = None
     if ckpt is not None:
         vocab = Vocabulary.from_dict(ckpt["vocab"])
-        word_vectors = None
     else:
         vocab = build_vocab(train_set.captions(), min_count=cfg.data.vocab_min_count)
-        word_vectors = None
         if cfg.model.text.word_vectors:
             word_vectors, found = load_word_vectors(cfg.model.text.word_vectors, vocab.idx2word, cfg.model.text.word_dim)
             say(f"word vectors: {found}/{len(vocab)} vocabulary words found in {cfg.model.text.word_vectors}")
@@ -270,9 +268,7 @@ def train(
         train_time = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        model.eval()
-        img_emb, cap_emb = encode_dataset(model, val_set, cfg.eval_batch_size)
-        val = evaluate_sims(model.similarity(img_emb, cap_emb), captions_per_image=val_set.captions_per_image)
+        val = evaluate_model(model, val_set, batch_size=cfg.eval_batch_size)
         record = {
             "epoch": epoch + 1,
             "step": step,
@@ -281,7 +277,7 @@ def train(
             "train_loss": epoch_loss_sum / max(1, epoch_loss_n),
             **{f"val_{k}": v for k, v in val.items()},
             "train_seconds": round(train_time, 3),
-            "pairs_per_second": round(len(batches) * cfg.batch_size / max(train_time, 1e-9), 1),
+            "pairs_per_second": round((bar.count - first * cfg.batch_size) / max(train_time, 1e-9), 1),
             "val_seconds": round(time.perf_counter() - t1, 3),
         }
         history.append(record)

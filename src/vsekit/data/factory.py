@@ -31,9 +31,16 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None):
             raise ConfigError(f"data.synthetic.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
         overrides = dict(cfg.synthetic)
         overrides.setdefault("captions_per_image", k)
+        sizes = {"train": "num_train", "val": "num_val", "test": "num_test"}
+        if split not in sizes:
+            raise ConfigError(f"split {split!r}: the synthetic data has splits {', '.join(sizes)}")
+        # every split has its own seed, so generating only the requested one gives the same data
+        for other, field in sizes.items():
+            if other != split:
+                overrides[field] = 0
         splits = make_synthetic(SyntheticConfig(**overrides))
         if split not in splits:
-            raise ConfigError(f"split {split!r}: the synthetic data has splits {', '.join(splits)}")
+            raise DataError(f"data.synthetic.{sizes[split]}: the {split!r} split is empty")
         ds = splits[split]
     elif cfg.kind == "precomp":
         ds = PrecompDataset(cfg.path, split, captions_per_image=k)
