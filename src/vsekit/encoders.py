@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .config import ImageEncoderConfig, TextEncoderConfig
 from .errors import DataError
@@ -138,7 +138,46 @@ class PrecompImageEncoder(nn.Module):
         return l2norm(pooled) if self.cfg.normalize else pooled
 
 
-class BiGRUTextEncoder(nn.Module):
+class _RNNTextEncoder(nn.Module):
+    """What the GRU text encoders share: word embeddings, a GRU, and text augmentation in training."""
+
+    def __init__(
+        self,
+        cfg: TextEncoderConfig,
+        embed_size: int,
+        vocab_size: int,
+        mask_id: int,
+        word_vectors: Tensor | None,
+        bidirectional: bool,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.mask_id = mask_id
+        self.embed = nn.Embedding(vocab_size, cfg.word_dim)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        if word_vectors is not None:
+            if tuple(word_vectors.shape) != (vocab_size, cfg.word_dim):
+                shape = tuple(word_vectors.shape)
+                raise DataError(f"word vectors: expected shape ({vocab_size}, {cfg.word_dim}), got {shape}")
+            with torch.no_grad():
+                self.embed.weight.copy_(word_vectors)
+        self.rnn = nn.GRU(cfg.word_dim, embed_size, cfg.num_layers, batch_first=True, bidirectional=bidirectional)
+
+    def run_rnn(self, ids: Tensor, lengths: Tensor) -> tuple[PackedSequence, Tensor, Tensor]:
+        """Augment (in training), embed and run the GRU over the packed captions.
+
+        Returns:
+            ``(packed outputs, last hidden states layers·dirs×B×H, lengths after augmentation)``.
+        """
+        if self.training and self.cfg.augment > 0:
+            ids, lengths = augment_tokens(ids, lengths, self.cfg.augment, self.vocab_size, self.mask_id)
+        packed = pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, hidden = self.rnn(packed)
+        return out, hidden, lengths
+
+
+class BiGRUTextEncoder(_RNNTextEncoder):
     """Token ids -> joint embedding (VSE∞ BiGRU ``EncoderText``).
 
     Args:
@@ -150,36 +189,22 @@ class BiGRUTextEncoder(nn.Module):
     """
 
     def __init__(
-        self,
-        cfg: TextEncoderConfig,
-        embed_size: int,
-        vocab_size: int,
-        mask_id: int,
-        word_vectors: Tensor | None = None,
+        self, cfg: TextEncoderConfig, embed_size: int, vocab_size: int, mask_id: int, word_vectors: Tensor | None = None
     ) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.vocab_size = vocab_size
-        self.mask_id = mask_id
-        self.embed = _make_embedding(cfg, vocab_size, word_vectors)
-        self.rnn = nn.GRU(cfg.word_dim, embed_size, cfg.num_layers, batch_first=True, bidirectional=True)
+        super().__init__(cfg, embed_size, vocab_size, mask_id, word_vectors, bidirectional=True)
         self.gpool = create_pooling(cfg.pooling)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """``ids``: B×T padded token ids, ``lengths``: B caption lengths. Returns B×embed_size."""
-        if self.training and self.cfg.augment > 0:
-            ids, lengths = augment_tokens(ids, lengths, self.cfg.augment, self.vocab_size, self.mask_id)
-        x = self.embed(ids)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        packed, _, lengths = self.run_rnn(ids, lengths)
+        out, _ = pad_packed_sequence(packed, batch_first=True, total_length=ids.shape[1])
         half = out.shape[-1] // 2
         out = (out[..., :half] + out[..., half:]) / 2
         pooled, _ = self.gpool(out, lengths)
         return l2norm(pooled) if self.cfg.normalize else pooled
 
 
-class GRUTextEncoder(nn.Module):
+class GRUTextEncoder(_RNNTextEncoder):
     """Token ids -> joint embedding with a unidirectional GRU's last hidden state (VSE++ ``EncoderText``).
 
     Args:
@@ -193,32 +218,13 @@ class GRUTextEncoder(nn.Module):
     def __init__(
         self, cfg: TextEncoderConfig, embed_size: int, vocab_size: int, mask_id: int, word_vectors: Tensor | None = None
     ) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.vocab_size = vocab_size
-        self.mask_id = mask_id
-        self.embed = _make_embedding(cfg, vocab_size, word_vectors)
-        self.rnn = nn.GRU(cfg.word_dim, embed_size, cfg.num_layers, batch_first=True)
+        super().__init__(cfg, embed_size, vocab_size, mask_id, word_vectors, bidirectional=False)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """``ids``: B×T padded token ids, ``lengths``: B caption lengths. Returns B×embed_size."""
-        if self.training and self.cfg.augment > 0:
-            ids, lengths = augment_tokens(ids, lengths, self.cfg.augment, self.vocab_size, self.mask_id)
-        packed = pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, hidden = self.rnn(packed)  # num_layers×B×H, the state at each sequence's last valid step
-        out = hidden[-1]
+        _, hidden, _ = self.run_rnn(ids, lengths)
+        out = hidden[-1]  # the top layer's state at each sequence's last valid step
         return l2norm(out) if self.cfg.normalize else out
-
-
-def _make_embedding(cfg: TextEncoderConfig, vocab_size: int, word_vectors: Tensor | None) -> nn.Embedding:
-    embed = nn.Embedding(vocab_size, cfg.word_dim)
-    nn.init.uniform_(embed.weight, -0.1, 0.1)
-    if word_vectors is not None:
-        if tuple(word_vectors.shape) != (vocab_size, cfg.word_dim):
-            raise DataError(f"word vectors: expected shape ({vocab_size}, {cfg.word_dim}), got {tuple(word_vectors.shape)}")
-        with torch.no_grad():
-            embed.weight.copy_(word_vectors)
-    return embed
 
 
 TEXT_ENCODERS: dict[str, type[nn.Module]] = {"bigru": BiGRUTextEncoder, "gru": GRUTextEncoder}

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -73,9 +74,7 @@ class VSEModel(nn.Module):
         Returns:
             N×E float32 embeddings on the CPU.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             if isinstance(images, (np.ndarray, Tensor)):
                 if images.ndim != 3:
                     shape = tuple(images.shape)
@@ -93,23 +92,27 @@ class VSEModel(nn.Module):
                 feats, lengths = collate_images(chunk)
                 out.append(self.forward_image(feats.to(self.device), lengths.to(self.device)).float().cpu())
             return torch.cat(out) if out else torch.empty(0, self.config.embed_size)
-        finally:
-            self.train(was_training)
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
         """Embed sentences. Returns len(texts)×E float32 embeddings on the CPU."""
         if isinstance(texts, str):
             raise DataError("texts: expected a list of strings, got a single string (wrap it in a list)")
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             out = []
             for start in range(0, len(texts), batch_size):
                 ids = [self.vocab.encode(t) for t in texts[start : start + batch_size]]
                 tokens, lengths = collate_captions(ids, self.vocab.pad_id)
                 out.append(self.forward_text(tokens.to(self.device), lengths.to(self.device)).float().cpu())
             return torch.cat(out) if out else torch.empty(0, self.config.embed_size)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode inside the block, the previous mode after it."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
         finally:
             self.train(was_training)
 
