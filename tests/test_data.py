@@ -471,7 +471,7 @@ def test_collator_batch() -> None:
     assert batch.image_ids.tolist() == [2, 0, 1] and batch.caption_ids.tolist() == [4, 0, 3]
     for t in (batch.image_lengths, batch.captions, batch.caption_lengths, batch.image_ids, batch.caption_ids):
         assert t.dtype == torch.int64
-    assert pickle.loads(pickle.dumps(collate)).vocab == vocab
+    assert pickle.loads(pickle.dumps(collate)).tokenizer == vocab
 
 
 def test_collator_in_dataloader_workers() -> None:

@@ -76,7 +76,7 @@ def test_image_encoder_ignores_padding_and_matches_per_sample():
     for i in range(3):
         single = enc(feats[i : i + 1, : lengths[i]], lengths[i : i + 1])
         assert torch.allclose(batched[i], single[0], atol=1e-5)
-    assert torch.allclose(batched.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.all(batched.norm(dim=1) > 0)  # encoders return unnormalised embeddings; the model normalises
 
 
 def test_image_encoder_batchnorm_uses_valid_rows_only():
@@ -92,13 +92,13 @@ def test_image_encoder_batchnorm_uses_valid_rows_only():
 
 
 def _reference_bigru(enc: BiGRUTextEncoder, ids: torch.Tensor) -> torch.Tensor:
-    """One caption at a time, no packing: run both directions by hand, average, pool, normalise."""
+    """One caption at a time, no packing: run both directions by hand, average, pool."""
     x = enc.embed(ids[None])
     out, _ = enc.rnn(x)
     h = enc.rnn.hidden_size
     avg = (out[..., :h] + out[..., h:]) / 2
     pooled, _ = enc.gpool(avg, torch.tensor([ids.shape[0]]))
-    return l2norm(pooled)[0]
+    return pooled[0]
 
 
 def test_bigru_encoder_matches_per_caption_reference():
@@ -120,7 +120,7 @@ def test_gru_encoder_takes_the_last_valid_state():
     out = enc(ids, lengths)
     for i in range(2):
         seq, _ = enc.rnn(enc.embed(ids[i : i + 1, : lengths[i]]))
-        assert torch.allclose(out[i], l2norm(seq[0, -1]), atol=1e-6)
+        assert torch.allclose(out[i], seq[0, -1], atol=1e-6)
 
 
 def test_word_vectors(tmp_path):

@@ -5,7 +5,7 @@ A vsekit checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights
     format      "vsekit-checkpoint"
     version     1
     config      the resolved TrainConfig as nested dicts (rebuilds the model)
-    vocab       the vocabulary (Vocabulary.to_dict())
+    vocab       the tokenizer (Vocabulary.to_dict(), or a Hugging Face tokenizer's files)
     model       the model's state_dict
     epoch       number of completed epochs
     step        number of completed optimisation steps
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, from_dict
-from .data import Vocabulary
+from .data import tokenizer_from_dict
 from .errors import CheckpointError, ConfigError
 from .io import atomic_torch_save
 
@@ -43,7 +43,7 @@ def save_checkpoint(path: str | Path, model: Any, config: TrainConfig, **state: 
         "format": FORMAT,
         "version": VERSION,
         "config": to_dict(config),
-        "vocab": model.vocab.to_dict(),
+        "vocab": model.tokenizer.to_dict(),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **state,
     }
@@ -94,8 +94,8 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
     from .models import create_model
 
     cfg = config_from_checkpoint(ckpt)
-    vocab = Vocabulary.from_dict(ckpt["vocab"])
-    model = create_model(cfg.model, vocab)
+    tokenizer = tokenizer_from_dict(ckpt["vocab"], source=ckpt.get("path", "checkpoint"))
+    model = create_model(cfg.model, tokenizer)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

@@ -26,27 +26,35 @@ from .errors import ConfigError
 
 @dataclass
 class ImageEncoderConfig:
-    """Image branch: precomputed region/grid features -> embedding."""
+    """Image branch: precomputed features or raw pixels -> embedding (kinds: ``vsekit.encoders``)."""
 
-    kind: str = "precomp"  # 'precomp': a set of precomputed feature vectors per image
-    img_dim: int = 2048  # dimension of each input feature vector
+    kind: str = "precomp"  # 'precomp': a set of precomputed feature vectors per image; see list_image_encoders()
+    img_dim: int = 2048  # dimension of each input feature vector (precomp); the backbone's width otherwise
     mlp: bool = True  # VSE∞ region encoder: fc + two-layer residual MLP with BatchNorm; False: fc only
     pooling: str = "gpo"  # 'gpo' | 'mean' | 'max' | 'kmax:K' (see vsekit.pooling)
-    size_augment: float = 0.2  # training: drop each region independently with this probability
+    size_augment: float = 0.2  # training: drop rate of set elements (regions, grid cells, frames)
+    size_augment_mode: str = "region"  # 'region': i.i.d. per element | 'grid': VSE∞ per-sample rate
     normalize: bool = True  # l2-normalise the embedding
+    backbone: str = "efficientnet_lite0"  # raw-image kinds: the CNN (see vsekit.backbones)
+    pretrained: bool = True  # raw-image kinds: start from the backbone's pretrained weights
+    image_size: int = 224  # raw-image kinds: side of the square network input
+    dropout: float = 0.0  # Dual-Path image branch: dropout before the instance classifier
 
 
 @dataclass
 class TextEncoderConfig:
-    """Text branch: token ids -> embedding."""
+    """Text branch: token ids -> embedding (kinds: ``vsekit.encoders``)."""
 
-    kind: str = "bigru"  # 'bigru': BiGRU, directions averaged, then pooling | 'gru': GRU last state (VSE++)
+    kind: str = "bigru"  # 'bigru': BiGRU, directions averaged, then pooling | 'gru': GRU last state (VSE++) | see list_text_encoders()
     word_dim: int = 300  # word embedding size
     num_layers: int = 1  # GRU layers
     pooling: str = "gpo"  # pooling over the words (see vsekit.pooling); 'last' for kind='gru'
     augment: float = 0.2  # training: per-token probability of mask (50%) / random (10%) / delete (40%)
     word_vectors: str | None = None  # optional GloVe-style text file ("word v1 v2 ...") to initialise embeddings
     normalize: bool = True  # l2-normalise the embedding
+    transformer_path: str | None = None  # kind 'transformer': a local Hugging Face model folder
+    max_length: int = 32  # token positions (Dual-Path text CNN; longest transformer input)
+    dropout: float = 0.0  # Dual-Path text branch: dropout before the instance classifier
 
 
 @dataclass
@@ -56,6 +64,9 @@ class ModelConfig:
     embed_size: int = 1024  # joint embedding dimension
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    similarity: str = "cosine"  # 'cosine' (dot product of l2-normalised embeddings) | 'order' (VSE++ order embeddings)
+    use_abs: bool = False  # order embeddings: absolute value of both embeddings (positive orthant)
+    instance_classes: int = 0  # Dual-Path instance loss: classes of the shared classifier (-1: training images)
 
 
 @dataclass
@@ -66,12 +77,20 @@ class LossConfig:
     negatives: str = "hardest"  # 'hardest' (VSE++, max of hinges) | 'sum' (VSE0, sum of hinges)
     warmup_epochs: int = 0  # VSE∞ warm-up: use 'sum' for the first N epochs, then `negatives`
     same_image_positives: bool = False  # other captions of the same image in the batch are not negatives
+    ranking_weight: float = 1.0  # weight of the hinge ranking loss (0: instance loss only, Dual-Path stage 1)
+    instance_image_weight: float = 0.0  # Dual-Path: weight of the image branch's instance (classification) loss
+    instance_text_weight: float = 0.0  # Dual-Path: weight of the text branch's instance loss
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with per-group learning rates and step decay."""
+    """The optimizer, per-module learning rates and freezing, and step decay.
 
+    ``lr_mults`` and ``freeze`` are keyed by module path prefixes of the model, e.g.
+    ``image_encoder.backbone`` or ``text_encoder.bert`` (the longest matching prefix wins).
+    """
+
+    optimizer: str = "adamw"  # 'adamw' | 'adam' | 'sgd' (momentum, Nesterov)
     lr: float = 5e-4
     weight_decay: float = 1e-4
     image_lr_mult: float = 1.0  # learning-rate multiplier of the image encoder's parameter group
@@ -79,6 +98,10 @@ class OptimConfig:
     lr_decay_epochs: list[int] = field(default_factory=lambda: [15])  # multiply the lr by lr_decay at these epochs
     lr_decay: float = 0.1
     grad_clip: float = 2.0  # global gradient-norm clip; 0 disables
+    momentum: float = 0.9  # sgd only
+    lr_mults: dict[str, float] = field(default_factory=dict)  # module prefix -> lr multiplier (overrides the two above)
+    freeze: dict[str, int] = field(default_factory=dict)  # module prefix -> frozen for the first N epochs (-1: always)
+    unfreeze_ramp: bool = False  # VSE∞ grid: scale the loss linearly from 0 to 1 over the first epoch after unfreezing
 
 
 @dataclass
@@ -96,6 +119,7 @@ class DataConfig:
     kind: str = "synthetic"
     path: str | None = None
     features: str | None = None  # karpathy only: folder of {split}_ims.npy
+    images: str | None = None  # karpathy only: folder of the raw images (raw-image models)
     train_split: str = "train"
     val_split: str = "val"  # "dev" in the SCAN precomp layout
     test_split: str = "test"
@@ -123,6 +147,7 @@ class TrainConfig:
     device: str = "auto"  # 'auto' (CUDA when present) | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
     precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 adds a grad scaler)
     eval_protocol: str = "kcaptions"  # protocol of the final test evaluation (see vsekit.evaluation.PROTOCOLS)
+    init_from: str | None = None  # start from this checkpoint's weights and tokenizer (e.g. Dual-Path stage 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,8 +338,9 @@ def load_config(
 
 
 _CHOICES = {
-    "model.image.kind": ("precomp",),
-    "model.text.kind": ("bigru", "gru"),
+    "model.similarity": ("cosine", "order"),
+    "model.image.size_augment_mode": ("region", "grid"),
+    "optim.optimizer": ("adamw", "adam", "sgd"),
     "loss.negatives": ("hardest", "sum"),
     "data.kind": ("synthetic", "precomp", "karpathy"),
     "precision": ("fp32", "bf16", "fp16"),
@@ -323,9 +349,16 @@ _CHOICES = {
 
 def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     """Check values that the type system cannot; raise :class:`ConfigError` naming the field."""
+    from .encoders import list_image_encoders, list_text_encoders
+
+    if cfg.model.image.kind not in list_image_encoders():
+        raise ConfigError(f"model.image.kind: expected one of {', '.join(list_image_encoders())}, got {cfg.model.image.kind!r}")
+    if cfg.model.text.kind not in list_text_encoders():
+        raise ConfigError(f"model.text.kind: expected one of {', '.join(list_text_encoders())}, got {cfg.model.text.kind!r}")
     flat = {
-        "model.image.kind": cfg.model.image.kind,
-        "model.text.kind": cfg.model.text.kind,
+        "model.similarity": cfg.model.similarity,
+        "model.image.size_augment_mode": cfg.model.image.size_augment_mode,
+        "optim.optimizer": cfg.optim.optimizer,
         "loss.negatives": cfg.loss.negatives,
         "data.kind": cfg.data.kind,
         "precision": cfg.precision,
@@ -342,6 +375,8 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         "batch_size": cfg.batch_size,
         "eval_batch_size": cfg.eval_batch_size,
         "data.captions_per_image": cfg.data.captions_per_image,
+        "model.image.image_size": cfg.model.image.image_size,
+        "model.text.max_length": cfg.model.text.max_length,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -349,6 +384,29 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     for key, p in (("model.image.size_augment", cfg.model.image.size_augment), ("model.text.augment", cfg.model.text.augment)):
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"{key}: expected a probability in [0, 1), got {p}")
+    for key, p in (("model.image.dropout", cfg.model.image.dropout), ("model.text.dropout", cfg.model.text.dropout)):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"{key}: expected a probability in [0, 1), got {p}")
+    for key, mult in cfg.optim.lr_mults.items():
+        if not isinstance(mult, (int, float)) or isinstance(mult, bool) or mult < 0:
+            raise ConfigError(f"optim.lr_mults.{key}: expected a non-negative number, got {mult!r}")
+    for key, n in cfg.optim.freeze.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < -1:
+            raise ConfigError(f"optim.freeze.{key}: expected a number of epochs (or -1 for always), got {n!r}")
+    weights = {
+        "loss.ranking_weight": cfg.loss.ranking_weight,
+        "loss.instance_image_weight": cfg.loss.instance_image_weight,
+        "loss.instance_text_weight": cfg.loss.instance_text_weight,
+    }
+    for key, w in weights.items():
+        if w < 0:
+            raise ConfigError(f"{key}: expected a non-negative weight, got {w}")
+    if sum(weights.values()) <= 0:
+        raise ConfigError("loss: at least one of ranking_weight, instance_image_weight, instance_text_weight must be > 0")
+    if (cfg.loss.instance_image_weight > 0 or cfg.loss.instance_text_weight > 0) and cfg.model.instance_classes == 0:
+        raise ConfigError("model.instance_classes: the instance loss needs classes (-1: one per training image)")
+    if cfg.model.instance_classes < -1:
+        raise ConfigError(f"model.instance_classes: expected -1, 0 or a positive count, got {cfg.model.instance_classes}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: expected a positive number, got {cfg.optim.lr}")
     if cfg.loss.margin < 0:
@@ -357,12 +415,14 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"workers: expected >= 0, got {cfg.workers}")
     if require_data and cfg.data.kind in ("precomp", "karpathy") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.kind={cfg.data.kind!r}")
-    if require_data and cfg.data.kind == "karpathy" and not cfg.data.features:
-        raise ConfigError("data.features: required for data.kind='karpathy' (folder of {split}_ims.npy)")
+    if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):
+        raise ConfigError("data.features or data.images: required for data.kind='karpathy' (features folder or image folder)")
     from .pooling import create_pooling
 
     poolings = [("model.image.pooling", cfg.model.image.pooling)]
-    if cfg.model.text.kind == "gru":
+    if cfg.model.text.kind == "textcnn":
+        pass  # max pooling over positions is part of the architecture
+    elif cfg.model.text.kind == "gru":
         if cfg.model.text.pooling != "last":
             raise ConfigError(f"model.text.pooling: kind 'gru' takes the last hidden state: expected 'last', got {cfg.model.text.pooling!r}")
     else:

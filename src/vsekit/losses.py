@@ -116,3 +116,9 @@ class ContrastiveLoss(nn.Module):
             f"margin={self.margin}, negatives={self.negatives!r}, warmup_epochs={self.warmup_epochs}, "
             f"same_image_positives={self.same_image_positives}"
         )
+
+
+def instance_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Dual-Path instance loss: cross-entropy of the shared classifier's logits against the image
+    identity (every training image is its own class; its captions share the class). Mean over the batch."""
+    return nn.functional.cross_entropy(logits.float(), labels)

@@ -15,6 +15,7 @@ and continues exactly as an uninterrupted run would (same batches, same augmenta
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import sys
@@ -25,17 +26,18 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_yaml, to_dict
-from .data import Collator, Vocabulary, build_vocab
+from .data import Collator, build_tokenizer, tokenizer_from_dict
 from .data.factory import build_dataset
 from .encoders import load_word_vectors
 from .errors import ConfigError
 from .evaluation import evaluate_model
 from .io import atomic_write_text
-from .losses import ContrastiveLoss
+from .losses import ContrastiveLoss, instance_loss
 from .models import VSEModel, create_model
 from .progress import Progress
 
@@ -84,15 +86,93 @@ def lr_at_epoch(base_lr: float, epoch: int, decay_epochs: list[int], decay: floa
     return base_lr * decay ** sum(1 for e in decay_epochs if epoch >= e)
 
 
-def build_optimizer(model: VSEModel, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with one parameter group per encoder (each with its learning-rate multiplier)."""
-    groups = [
-        {"params": list(model.image_encoder.parameters()), "lr_mult": cfg.optim.image_lr_mult, "name": "image"},
-        {"params": list(model.text_encoder.parameters()), "lr_mult": cfg.optim.text_lr_mult, "name": "text"},
-    ]
-    for g in groups:
+def _match_prefix(name: str, prefixes: Any) -> str | None:
+    """The longest of ``prefixes`` that ``name`` (a parameter path) starts with, as a module path."""
+    best = None
+    for p in prefixes:
+        if (name == p or name.startswith(p + ".")) and (best is None or len(p) > len(best)):
+            best = p
+    return best
+
+
+def parameter_groups(model: VSEModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One optimizer group per learning-rate multiplier.
+
+    A parameter takes the multiplier of the longest matching prefix in ``optim.lr_mults``; otherwise
+    ``optim.image_lr_mult`` (image encoder), ``optim.text_lr_mult`` (text encoder) or 1 (the rest, e.g.
+    the instance classifier).
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        prefix = _match_prefix(name, cfg.optim.lr_mults)
+        if prefix is not None:
+            key, mult = prefix, float(cfg.optim.lr_mults[prefix])
+        elif name.startswith("image_encoder."):
+            key, mult = "image", cfg.optim.image_lr_mult
+        elif name.startswith("text_encoder."):
+            key, mult = "text", cfg.optim.text_lr_mult
+        else:
+            key, mult = "other", 1.0
+        groups.setdefault(key, {"params": [], "lr_mult": mult, "name": key})["params"].append(param)
+    for prefix in cfg.optim.lr_mults:
+        if prefix not in groups:
+            raise ConfigError(f"optim.lr_mults.{prefix}: no parameter of the model is under this module path")
+    out = list(groups.values())
+    for g in out:
         g["lr"] = cfg.optim.lr * g["lr_mult"]
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return out
+
+
+def build_optimizer(model: VSEModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg.optim`` (AdamW, Adam or Nesterov SGD) over :func:`parameter_groups`."""
+    groups = parameter_groups(model, cfg)
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay)
+    if o.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def apply_freeze(model: VSEModel, cfg: TrainConfig, epoch: int) -> list[str]:
+    """Freeze (``requires_grad=False``) the modules of ``optim.freeze`` that are frozen at ``epoch``.
+
+    Returns the frozen module paths.
+    """
+    frozen = [p for p, n in cfg.optim.freeze.items() if n < 0 or epoch < n]
+    for prefix in cfg.optim.freeze:
+        if not any(name == prefix or name.startswith(prefix + ".") for name, _ in model.named_parameters()):
+            raise ConfigError(f"optim.freeze.{prefix}: no parameter of the model is under this module path")
+    for name, param in model.named_parameters():
+        param.requires_grad_(_match_prefix(name, frozen) is None)
+    return frozen
+
+
+def unfreeze_epoch(cfg: TrainConfig) -> int | None:
+    """The epoch in which the last temporarily frozen module starts training (None: none)."""
+    epochs = [n for n in cfg.optim.freeze.values() if n > 0]
+    return max(epochs) if epochs else None
+
+
+def compute_loss(model: VSEModel, batch: Any, loss_fn: ContrastiveLoss, cfg: TrainConfig, precision: str) -> Tensor:
+    """The training loss of one batch: weighted hinge ranking loss plus the Dual-Path instance losses."""
+    lc = cfg.loss
+    instance = lc.instance_image_weight > 0 or lc.instance_text_weight > 0
+    with autocast_context(batch.images.device, precision):
+        img, img_raw = model.forward_image(batch.images, batch.image_lengths, return_raw=True)
+        cap, cap_raw = model.forward_text(batch.captions, batch.caption_lengths, return_raw=True)
+    loss = img.new_zeros((), dtype=torch.float32)
+    if lc.ranking_weight > 0:
+        loss = loss + lc.ranking_weight * loss_fn(model.similarity(img.float(), cap.float()), batch.image_ids)
+    if instance:
+        labels = batch.image_ids
+        if lc.instance_image_weight > 0:
+            logits = model.classify(img_raw.float(), cfg.model.image.dropout)
+            loss = loss + lc.instance_image_weight * instance_loss(logits, labels)
+        if lc.instance_text_weight > 0:
+            logits = model.classify(cap_raw.float(), cfg.model.text.dropout)
+            loss = loss + lc.instance_text_weight * instance_loss(logits, labels)
+    return loss
 
 
 @dataclass
@@ -118,6 +198,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_for_data(cfg: TrainConfig, train_set: Any) -> TrainConfig:
+    """Fill in what depends on the training data: ``model.instance_classes = -1`` becomes the number of
+    training images (one Dual-Path class per image). The resolved config is what checkpoints store."""
+    if cfg.model.instance_classes == -1:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.instance_classes = int(train_set.num_images)
+    return cfg
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
@@ -162,8 +251,6 @@ def train(
         if not resume:
             raise ConfigError(f"{run_dir}: already holds a run (last.pt); resume it or choose another run folder")
         ckpt = read_checkpoint(run_dir / "last.pt")
-        if _comparable(config_from_checkpoint(ckpt)) != _comparable(cfg):
-            raise ConfigError(f"{run_dir}: holds a run with a different config; resume it unchanged or use another folder")
 
     if datasets is None:
         datasets = {
@@ -172,16 +259,37 @@ def train(
         }
     train_set, val_set = datasets["train"], datasets["val"]
 
+    cfg = resolve_for_data(cfg, train_set)
+    if ckpt is not None and _comparable(config_from_checkpoint(ckpt)) != _comparable(cfg):
+        raise ConfigError(f"{run_dir}: holds a run with a different config; resume it unchanged or use another folder")
     torch.manual_seed(cfg.seed)
     word_vectors = None
+    init = None
     if ckpt is not None:
-        vocab = Vocabulary.from_dict(ckpt["vocab"])
+        tokenizer = tokenizer_from_dict(ckpt["vocab"], source=str(run_dir / "last.pt"))
+    elif cfg.init_from:
+        init = read_checkpoint(cfg.init_from)
+        tokenizer = tokenizer_from_dict(init["vocab"], source=init["path"])
     else:
-        vocab = build_vocab(train_set.captions(), min_count=cfg.data.vocab_min_count)
+        tokenizer = build_tokenizer(cfg.model.text, train_set.captions(), min_count=cfg.data.vocab_min_count)
         if cfg.model.text.word_vectors:
-            word_vectors, found = load_word_vectors(cfg.model.text.word_vectors, vocab.idx2word, cfg.model.text.word_dim)
-            say(f"word vectors: {found}/{len(vocab)} vocabulary words found in {cfg.model.text.word_vectors}")
-    model = create_model(cfg.model, vocab, word_vectors=word_vectors).to(device)
+            word_vectors, found = load_word_vectors(cfg.model.text.word_vectors, tokenizer.idx2word, cfg.model.text.word_dim)
+            say(f"word vectors: {found}/{len(tokenizer)} vocabulary words found in {cfg.model.text.word_vectors}")
+    model = create_model(cfg.model, tokenizer, word_vectors=word_vectors).to(device)
+    if init is not None:
+        try:
+            model.load_state_dict(init["model"], strict=True)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:300]
+            raise ConfigError(f"init_from: {init['path']}: weights do not match this model ({detail})") from None
+        say(f"initialised from {init['path']}")
+    for name, ds in (("train", train_set), ("val", val_set)):
+        kind = getattr(ds, "image_kind", "features")
+        if kind != model.image_input.kind:
+            raise ConfigError(
+                f"data: the {name} split gives images as {kind}, but model.image.kind={cfg.model.image.kind!r} takes "
+                f"{model.image_input.kind}"
+            )
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     loss_fn = ContrastiveLoss(cfg.loss.margin, cfg.loss.negatives, cfg.loss.warmup_epochs, cfg.loss.same_image_positives)
@@ -203,12 +311,12 @@ def train(
     atomic_write_text(dump_yaml(cfg), run_dir / "config.yaml")
     _write_metrics(run_dir, history)
 
-    collator = Collator(vocab)
+    collator = Collator(model.tokenizer, model.image_input, train=True)
     n_params = sum(p.numel() for p in model.parameters())
     if ckpt is None:
         say(
             f"training {cfg.name}: {len(train_set)} pairs ({train_set.num_images} images), "
-            f"{val_set.num_images} val images, {n_params / 1e6:.2f}M parameters, vocab {len(vocab)}, device {device}"
+            f"{val_set.num_images} val images, {n_params / 1e6:.2f}M parameters, vocab {len(model.tokenizer)}, device {device}"
         )
 
     def save_last(epoch: int, batch_in_epoch: int, loss_state: tuple[float, int]) -> None:
@@ -223,6 +331,8 @@ def train(
         for g in optimizer.param_groups:
             g["lr"] = lr_at_epoch(cfg.optim.lr, epoch, cfg.optim.lr_decay_epochs, cfg.optim.lr_decay) * g["lr_mult"]
         loss_fn.set_epoch(epoch)
+        frozen = apply_freeze(model, cfg, epoch)
+        ramp = cfg.optim.unfreeze_ramp and epoch == unfreeze_epoch(cfg)
         batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch)
         first = start_batch if epoch == start_epoch else 0
         if epoch != start_epoch:
@@ -241,10 +351,9 @@ def train(
         t0 = time.perf_counter()
         for b, batch in enumerate(loader, start=first):
             batch = batch.to(device, non_blocking=True)
-            with autocast_context(device, cfg.precision):
-                img = model.forward_image(batch.images, batch.image_lengths)
-                cap = model.forward_text(batch.captions, batch.caption_lengths)
-            loss = loss_fn(model.similarity(img.float(), cap.float()), batch.image_ids)
+            loss = compute_loss(model, batch, loss_fn, cfg, cfg.precision)
+            if ramp:  # VSE∞: the loss grows linearly over the first epoch after the backbone unfreezes
+                loss = loss * ((b + 1) / len(batches))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip > 0:
@@ -274,6 +383,7 @@ def train(
             "step": step,
             "lr": optimizer.param_groups[0]["lr"],
             "negatives": loss_fn.current_negatives,
+            "frozen": frozen,
             "train_loss": epoch_loss_sum / max(1, epoch_loss_n),
             **{f"val_{k}": v for k, v in val.items()},
             "train_seconds": round(train_time, 3),

@@ -1,6 +1,6 @@
 """Datasets, vocabulary and batching for vsekit."""
 
-from vsekit.data.collate import Batch, Collator, collate_captions, collate_images
+from vsekit.data.collate import Batch, Collator, FeatureInput, collate_captions, collate_images
 from vsekit.data.datasets import (
     CaptionDataset,
     FeatureCaptionDataset,
@@ -11,6 +11,7 @@ from vsekit.data.datasets import (
     write_precomp,
 )
 from vsekit.data.synthetic import SyntheticConfig, make_synthetic
+from vsekit.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from vsekit.data.vocab import Vocabulary, build_vocab, tokenize
 
 __all__ = [
@@ -18,16 +19,19 @@ __all__ = [
     "CaptionDataset",
     "Collator",
     "FeatureCaptionDataset",
+    "FeatureInput",
     "ImageRecord",
     "KarpathyJSON",
     "PrecompDataset",
     "SyntheticConfig",
     "Vocabulary",
+    "build_tokenizer",
     "build_vocab",
     "captions_from_records",
     "collate_captions",
     "collate_images",
     "make_synthetic",
     "tokenize",
+    "tokenizer_from_dict",
     "write_precomp",
 ]

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vsekit.data.vocab import Vocabulary
 from vsekit.errors import DataError
 
 
@@ -22,8 +21,10 @@ class Batch:
     """A batch of (image, caption) pairs.
 
     Attributes:
-        images: ``(B, Kmax, D)`` float32 region features, zero-padded after ``image_lengths[b]`` rows.
-        image_lengths: ``(B,)`` int64 number of regions of every image.
+        images: ``(B, Kmax, D)`` float32 feature sets, zero-padded after ``image_lengths[b]`` rows, or
+            ``(B, 3, H, W)`` float32 pixels for raw-image models.
+        image_lengths: ``(B,)`` int64 number of set elements of every image (raw images: the number of
+            grid cells, or ones).
         captions: ``(B, Tmax)`` int64 token ids, padded with the vocabulary's ``pad_id``.
         caption_lengths: ``(B,)`` int64 number of tokens (``<start>`` and ``<end>`` included).
         image_ids: ``(B,)`` int64 image index in the dataset.
@@ -103,17 +104,43 @@ def collate_captions(id_lists: Sequence[Sequence[int]], pad_id: int = 0) -> tupl
     return out, torch.tensor(lengths, dtype=torch.int64)
 
 
+class FeatureInput:
+    """Collates dataset images given as ``K_i×D`` feature sets into padded tensors + lengths.
+
+    Args:
+        dim: the expected feature dimension ``D``.
+    """
+
+    kind = "features"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def collate(self, arrays: list[Any], train: bool = False) -> tuple[Tensor, Tensor]:
+        """``arrays``: one ``K_i×D`` array (or tensor) per image. Returns ``(B×Kmax×D, B)``."""
+        for a in arrays:
+            shape = tuple(a.shape)
+            if len(shape) != 2 or shape[1] != self.dim or shape[0] == 0:
+                raise DataError(f"images: expected each image as a K×{self.dim} feature set, got shape {shape}")
+        return collate_images([a.detach().float().cpu().numpy() if isinstance(a, Tensor) else a for a in arrays])
+
+
 class Collator:
     """``collate_fn`` for a :class:`~torch.utils.data.DataLoader` over a caption dataset.
 
     Picklable, so it works in DataLoader worker processes.
 
     Args:
-        vocab: vocabulary used to tokenize and encode the captions.
+        tokenizer: turns captions into token ids (``encode``, ``pad_id``): a :class:`Vocabulary` or the
+            model's tokenizer.
+        image_input: how images become tensors (the model's ``image_input``); default: feature sets.
+        train: passed to ``image_input.collate`` (random crops and flips for raw images in training).
     """
 
-    def __init__(self, vocab: Vocabulary) -> None:
-        self.vocab = vocab
+    def __init__(self, tokenizer: Any, image_input: Any = None, train: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.image_input = image_input
+        self.train = train
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
         """Collate dataset items (``{"image", "caption", "image_id", "caption_id"}``) into a :class:`Batch`.
@@ -124,9 +151,13 @@ class Collator:
         Returns:
             The batch.
         """
-        images, image_lengths = collate_images([s["image"] for s in samples])
+        arrays = [s["image"] for s in samples]
+        if self.image_input is None:
+            images, image_lengths = collate_images(arrays)
+        else:
+            images, image_lengths = self.image_input.collate(arrays, train=self.train)
         captions, caption_lengths = collate_captions(
-            [self.vocab.encode(s["caption"]) for s in samples], self.vocab.pad_id
+            [self.tokenizer.encode(s["caption"]) for s in samples], self.tokenizer.pad_id
         )
         return Batch(
             images=images,
