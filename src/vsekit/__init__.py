@@ -3,7 +3,7 @@
 The public API:
 
 * models: :func:`load` a checkpoint, :class:`VSEModel` (``encode_image``, ``encode_text``, ``similarity``),
-  :func:`create_model`;
+  :func:`create_model`, :func:`convert_official` (import an official VSE∞ / VSE++ checkpoint);
 * pooling: :class:`GPO`, :func:`create_pooling`, :func:`list_poolings`;
 * losses: :func:`triplet_hinge_loss`, :class:`ContrastiveLoss`;
 * evaluation: :func:`evaluate_sims`, :func:`evaluate_model`, :data:`PROTOCOLS`;
@@ -13,6 +13,7 @@ The public API:
 
 from .checkpoint import load
 from .config import TrainConfig, load_config
+from .convert import convert_official
 from .data import KarpathyJSON, PrecompDataset, Vocabulary, make_synthetic
 from .errors import CheckpointError, ConfigError, DataError, VsekitError
 from .evaluation import PROTOCOLS, ensemble_sims, evaluate_model, evaluate_protocol, evaluate_sims
@@ -37,6 +38,7 @@ __all__ = [
     "VSEModel",
     "Vocabulary",
     "VsekitError",
+    "convert_official",
     "create_model",
     "create_pooling",
     "ensemble_sims",
