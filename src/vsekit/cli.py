@@ -4,6 +4,8 @@
     vsekit train --preset demo_gpo epochs=3       train (config file and/or preset, KEY=VALUE overrides)
     vsekit eval runs/demo_gpo --split test        evaluate a checkpoint (or run folder)
     vsekit eval --sims a.npy b.npy --folds 5      evaluate (an ensemble of) saved similarity matrices
+    vsekit extract data.json images/ features/     store backbone grid features of a dataset (resumable)
+    vsekit convert best.pth out.pt --vocab v.json import an official VSE∞ / VSE++ checkpoint
     vsekit presets                                list the presets
     vsekit config vse_infty_region_bigru          print a preset's resolved config
 
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", help="split to evaluate (default: the config's test split)")
     e.add_argument("--data-path", help="data folder/file (default: the one in the checkpoint's config)")
     e.add_argument("--features", help="feature folder for Karpathy-JSON data")
+    e.add_argument("--images", help="image folder for Karpathy-JSON data (raw-image models)")
     e.add_argument("--protocol", help="coco1k, coco5k, f30k or kcaptions (default: folds=1)")
     e.add_argument("--sims", nargs="+", help="evaluate these saved images×captions .npy matrices (averaged if several)")
     e.add_argument("--captions-per-image", type=int, default=5, help="with --sims (default 5)")
@@ -52,6 +55,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--save-sims", help="save the similarity matrix to this .npy (for ensembles)")
     e.add_argument("--json", help="also write the metrics to this JSON file")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+
+    x = sub.add_parser("extract", help="run an image backbone once over a dataset's images and store grid features")
+    x.add_argument("annotations", help="Karpathy-style JSON (e.g. dataset_rsicd.json)")
+    x.add_argument("images", help="folder holding the images")
+    x.add_argument("out", help="output feature folder (an interrupted extraction there resumes)")
+    x.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: train,val,test)")
+    x.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: efficientnet_lite0)")
+    x.add_argument("--image-size", type=int, default=224, help="network input side (default: 224)")
+    x.add_argument("--batch-size", type=int, default=32)
+    x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    x.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    x.add_argument("--max-images", type=int, help="stop after this many images per split (resumable)")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    v = sub.add_parser("convert", help="import an official VSE∞ (BiGRU / BERT, region features) or VSE++ (precomp) checkpoint")
+    v.add_argument("checkpoint", help="the official .pth / .pth.tar file")
+    v.add_argument("output", help="the vsekit checkpoint to write")
+    v.add_argument("--vocab", metavar="FILE", help="the vocabulary it was trained with (SCAN JSON, or VSE++'s vocab .pkl); BiGRU / VSE++")
+    v.add_argument("--bert", metavar="PATH", help="the local BERT folder it was trained from (config + tokenizer); VSE∞ BERT")
+    v.add_argument("--kind", default="auto", metavar="KIND", help="auto (default), vse_infty_bigru, vse_infty_bert or vsepp")
 
     sub.add_parser("presets", help="list the config presets")
     c = sub.add_parser("config", help="print the resolved config of a preset/file with overrides")
@@ -135,6 +158,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             cfg.data.path = args.data_path
         if args.features:
             cfg.data.features = args.features
+        if args.images:
+            cfg.data.images = args.images
         split = args.split or cfg.data.test_split
         model = model_from_checkpoint(ckpt).to(resolve_device(args.device)).eval()
         dataset = build_dataset(cfg.data, split)
@@ -149,6 +174,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(format_metrics_table({"result": metrics}, title=title))
     if args.json:
         atomic_write_json(metrics, args.json)
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .extract import extract_features
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    result = extract_features(
+        args.annotations, args.images, args.out, splits=splits, backbone=args.backbone, image_size=args.image_size,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device, max_images=args.max_images,
+        progress_stream=None if args.quiet else sys.stderr,
+    )  # fmt: skip
+    for split, t in result["timing"].items():
+        rate = f", {t['images_per_second']:.1f} images/s" if "images_per_second" in t else f" ({t.get('skipped', '')})"
+        print(f"{split}: {t['images']} images in {t['seconds']:.1f}s{rate}")
+    done = [s for s in splits if s in result["splits"]]
+    print(f"features of {', '.join(done) or 'no complete split'} in {args.out}/ (backbone {args.backbone})")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_official
+
+    path = convert_official(args.checkpoint, args.output, vocab=args.vocab, bert_path=args.bert, kind=args.kind)
+    print(f"wrote {path}; use it with vsekit.load or 'vsekit eval {path} --data-path DIR'")
     return 0
 
 
@@ -169,7 +219,15 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval, "presets": _cmd_presets, "config": _cmd_config}
+COMMANDS = {
+    "demo": _cmd_demo,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "extract": _cmd_extract,
+    "convert": _cmd_convert,
+    "presets": _cmd_presets,
+    "config": _cmd_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

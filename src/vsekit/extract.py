@@ -1,0 +1,175 @@
+"""Feature extraction: run an image backbone once over a dataset's images and store the grids.
+
+The output folder is the precomputed-feature layout that training and evaluation read
+(``data.kind=karpathy`` with ``data.features=<folder>``)::
+
+    {split}_ims.npy   N×(h·w)×C float16 (memory-mappable), rows in the JSON's image order of that split
+    features.json     backbone, preprocessing, grid shape, dtype, and per split the image file names
+
+Extraction is resumable: rows are written into ``{split}_ims.npy.partial`` and the number of finished
+images into ``{split}.progress.json`` (atomically, after the rows are flushed); a killed run continues
+where it stopped, and the final file appears (atomic rename) only when the split is complete.
+
+>>> from vsekit.extract import extract_features
+>>> extract_features("data/rsicd/dataset_rsicd.json", "data/rsicd/images", "features/rsicd_lite0")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError
+from .io import atomic_write_json
+from .progress import Progress
+
+META = "features.json"
+FORMAT = "vsekit-features-1"
+
+
+def _image_path(root: Path, record: Any) -> Path:
+    return root / record.filepath / record.filename if record.filepath else root / record.filename
+
+
+def _settings(backbone: str, image_size: int, dtype: str, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "backbone": backbone,
+        "image_size": image_size,
+        "dtype": dtype,
+        "preprocessing": {
+            "resize": f"whole image to {image_size}x{image_size} (aspect ratio not kept), bilinear, antialiased",
+            "scale": "pixels / 255",
+            "mean": list(mean),
+            "std": list(std),
+        },
+    }
+
+
+@torch.inference_mode()
+def extract_features(
+    annotations: str | os.PathLike,
+    images: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    splits: Sequence[str] = ("train", "val", "test"),
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 224,
+    batch_size: int = 32,
+    dtype: str = "float16",
+    device: str = "auto",
+    workers: int = 4,
+    progress_stream: TextIO | None = sys.stderr,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Extract backbone grid features for the images of a Karpathy-style JSON.
+
+    Args:
+        annotations: the Karpathy-style JSON (``dataset_rsicd.json``, ``dataset_coco.json``, ...).
+        images: the folder holding the images (``filepath/filename`` of each record).
+        out_dir: output folder (created); an interrupted extraction there is resumed.
+        splits: splits to extract (``"train+restval"`` joins splits in one file).
+        backbone: a :func:`vsekit.backbones.list_backbones` name (pretrained weights).
+        image_size: side of the square network input.
+        batch_size: images per forward pass.
+        dtype: ``float16`` (half the disk and memory) or ``float32``.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        workers: threads decoding images.
+        progress_stream: where the progress bar goes (``None``: silent).
+        max_images: stop after this many images per split (for a quick look; the split stays partial).
+
+    Returns:
+        The metadata written to ``features.json`` plus ``timing`` (seconds and images/s per split).
+    """
+    from .backbones import create_backbone
+    from .data.datasets import KarpathyJSON
+    from .data.images import PixelInput, load_image
+    from .training import resolve_device
+
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"dtype: expected float16 or float32, got {dtype!r}")
+    if batch_size < 1 or image_size < 1:
+        raise ConfigError("batch_size and image_size: expected positive integers")
+    image_root = Path(images)
+    if not image_root.is_dir():
+        raise DataError(f"{image_root}: image folder not found")
+    data = KarpathyJSON(annotations)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    net = create_backbone(backbone, pretrained=True).to(dev).eval()
+    pixels = PixelInput(image_size, net.input_mean, net.input_std)
+    settings = _settings(backbone, image_size, dtype, net.input_mean, net.input_std)
+
+    meta_path = out / META
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta and {k: meta.get(k) for k in settings} != settings:
+        raise ConfigError(f"{meta_path}: holds features of other settings (backbone/size/dtype); use another folder")
+    meta.update(settings)
+    meta.setdefault("splits", {})
+    timing: dict[str, Any] = {}
+
+    for split in splits:
+        records = data.records(split.split("+"))
+        n = len(records)
+        final = out / f"{split}_ims.npy"
+        if final.is_file() and split in meta["splits"]:
+            timing[split] = {"images": n, "seconds": 0.0, "skipped": "already extracted"}
+            continue
+        files = [str(_image_path(image_root, r).relative_to(image_root)) for r in records]
+        partial = out / f"{split}_ims.npy.partial"
+        state_path = out / f"{split}.progress.json"
+        # probe the grid shape with one image
+        probe, _ = pixels.collate([load_image(_image_path(image_root, records[0]))], train=False)
+        fmap = net(probe.to(dev))
+        grid, channels = fmap.shape[2] * fmap.shape[3], fmap.shape[1]
+        shape = (n, grid, channels)
+        done = 0
+        if partial.is_file() and state_path.is_file():
+            state = json.loads(state_path.read_text())
+            if state.get("files") == files and tuple(state.get("shape", ())) == shape:
+                done = int(state["done"])
+        if done == 0:
+            arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        else:
+            arr = np.load(partial, mmap_mode="r+")
+        stop = n if max_images is None else min(n, done + max_images)
+        bar = Progress(n, f"extract {split}", "images", progress_stream)
+        bar.count = done
+        t0 = time.perf_counter()
+        start_done = done
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            paths = [_image_path(image_root, r) for r in records]
+            nxt = pool.map(load_image, paths[done : min(done + batch_size, stop)]) if done < stop else None
+            while done < stop:
+                end = min(done + batch_size, stop)
+                batch_images = list(nxt)
+                nxt = pool.map(load_image, paths[end : min(end + batch_size, stop)]) if end < stop else None
+                x, _ = pixels.collate(batch_images, train=False)
+                f = net(x.to(dev))  # B×C×h×w
+                if f.shape[1] != channels or f.shape[2] * f.shape[3] != grid:
+                    raise DataError(f"{paths[done]}: backbone output {tuple(f.shape[1:])} differs from the first image's")
+                arr[done:end] = f.flatten(2).transpose(1, 2).float().cpu().numpy().astype(dtype)
+                arr.flush()
+                done = end
+                atomic_write_json({"done": done, "shape": list(shape), "files": files}, state_path, indent=None)
+                bar.update(len(batch_images))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        timing[split] = {"images": done - start_done, "seconds": round(seconds, 2),
+                         "images_per_second": round((done - start_done) / max(seconds, 1e-9), 1)}  # fmt: skip
+        del arr
+        if done == n:
+            os.replace(partial, final)
+            state_path.unlink(missing_ok=True)
+            meta["splits"][split] = {"images": n, "grid": grid, "channels": channels, "files": files}
+            atomic_write_json(meta, meta_path)
+    return {**meta, "timing": timing}
