@@ -34,11 +34,22 @@ SENTINEL = -10000.0
 def official_caption_ids(word2idx: dict[str, int], caption: str) -> list[int]:
     """``<start>`` + tokens + ``<end>``, unknown words -> ``<unk>``.
 
-    The official loaders split with ``nltk.word_tokenize(caption.lower())``; for lower-case captions of
-    plain words separated by single spaces (what the tests use) that is ``caption.lower().split()``.
+    The official loaders split with ``nltk.word_tokenize(caption.lower())``. With nltk installed (a dev
+    dependency) this uses nltk's word tokenizer itself on each sentence (sentences split after . ! ?
+    followed by a space, as punkt does for captions; punkt's model is a download, so it is not used);
+    without it, captions must be plain lower-case words separated by single spaces.
     """
+    try:
+        import re
+
+        from nltk.tokenize import NLTKWordTokenizer
+    except ImportError:
+        tokens = caption.lower().split()
+    else:
+        tokenizer = NLTKWordTokenizer()
+        tokens = [t for s in re.split(r"(?<=[.!?])\s+", caption.lower().strip()) for t in tokenizer.tokenize(s)]
     unk = word2idx["<unk>"]
-    return [word2idx["<start>"], *(word2idx.get(w, unk) for w in caption.lower().split()), word2idx["<end>"]]
+    return [word2idx["<start>"], *(word2idx.get(w, unk) for w in tokens), word2idx["<end>"]]
 
 
 def pad_ids(id_lists: list[list[int]]) -> tuple[Tensor, Tensor]:

@@ -29,13 +29,15 @@ from vsekit.evaluation import evaluate_sims
 from . import official_reference as ref
 
 ATOL = 1e-5
-WORDS = "a man woman dog cat rides sits on the red blue bike car bench under tree with small large".split()
+WORDS = "a man woman dog cat rides sits on the red blue bike car bench under tree with small large . , black-and-white 's".split()
 CAPTIONS = [
     "a man rides a red bike",
     "the dog sits under a large tree",
     "a woman",
     "a cat on the blue car with a zebra",  # "zebra" is unknown -> <unk>
     "dog",
+    "A man rides a black-and-white bike, with a dog.",  # nltk keeps "," "." and the hyphenated word
+    "The dog's bike. A cat sits on it.",  # two sentences, a possessive
 ]
 
 

@@ -502,3 +502,56 @@ def test_batch_to_and_pin_memory(monkeypatch: pytest.MonkeyPatch) -> None:
         pinned = batch.pin_memory()
         assert isinstance(pinned, Batch) and len(seen) == 6
         assert torch.equal(pinned.captions, batch.captions) and pinned.captions is not batch.captions
+
+
+# -- the nltk-compatible (Penn Treebank) tokenizer used by converted official vocabularies -----------
+
+
+def test_treebank_tokenizer_hand_computed():
+    from vsekit.data.vocab import tokenize_treebank
+
+    assert tokenize_treebank("A man riding a wave on top of a surfboard.") == [
+        "a", "man", "riding", "a", "wave", "on", "top", "of", "a", "surfboard", ".",
+    ]  # fmt: skip
+    assert tokenize_treebank("A black-and-white photo, with 3,000 cars; it's 50% off!") == [
+        "a", "black-and-white", "photo", ",", "with", "3,000", "cars", ";", "it", "'s", "50", "%", "off", "!",
+    ]  # fmt: skip
+    assert tokenize_treebank("marked with 'eagles' (twice). Don't go") == [
+        "marked", "with", "'", "eagles", "'", "(", "twice", ")", ".", "do", "n't", "go",
+    ]  # fmt: skip
+    assert tokenize_treebank('he said "hi" -- then left...') == ["he", "said", "``", "hi", "''", "--", "then", "left", "..."]
+
+
+def test_vocabulary_tokenizer_is_saved_and_used():
+    from vsekit.data.vocab import Vocabulary, build_vocab
+
+    caps = ["a dog.", "a dog, a cat."]
+    tb = build_vocab(caps, min_count=1, tokenizer="treebank")
+    assert "." in tb and "," in tb and tb.tokenizer == "treebank"
+    assert tb.encode("a dog.")[-2] == tb.word2idx["."]
+    again = Vocabulary.from_dict(tb.to_dict())
+    assert again == tb and again.tokenizer == "treebank"
+    words = build_vocab(caps, min_count=1)
+    assert "." not in words and words.tokenizer == "words" and words != tb.with_tokenizer("words")
+    with pytest.raises(DataError, match="tokenizer"):
+        Vocabulary.from_dict({**tb.to_dict(), "tokenizer": "spacy"})
+
+
+def test_treebank_tokenizer_matches_nltk_on_rsicd(rsicd):
+    nltk_tok = pytest.importorskip("nltk.tokenize")
+    import json
+    import re
+
+    from vsekit.data.vocab import tokenize_treebank
+
+    tok = nltk_tok.NLTKWordTokenizer()
+    data = json.loads((rsicd / "dataset_rsicd.json").read_text())
+    captions = [s["raw"] for im in data["images"] for s in im["sentences"]]
+    mismatches = []
+    for c in captions:
+        # word_tokenize = punkt sentences (a downloaded model, unavailable offline) + this tokenizer;
+        # captions split into sentences after . ! ? and a space
+        ref = [t for s in re.split(r"(?<=[.!?])\s+", c.lower().strip()) for t in tok.tokenize(s)]
+        if ref != tokenize_treebank(c):
+            mismatches.append(c)
+    assert len(captions) > 50000 and mismatches == []

@@ -31,8 +31,9 @@ Not supported (a clear error says so): VSE∞ grid models (a CNN backbone in ``m
 full-image models (a CNN under ``cnn.``).
 
 Tokenisation: VSE∞-BiGRU and VSE++ were trained on ``nltk.word_tokenize`` tokens, which keep punctuation
-(``"."``, ``","`` are vocabulary words there); :func:`vsekit.data.tokenize` drops punctuation, so the
-converted model sees captions without those tokens. Plain-word captions give identical ids.
+(``"."``, ``","`` are vocabulary words there) and hyphenated words whole; converted vocabularies therefore
+use the ``treebank`` tokenizer (:func:`vsekit.data.vocab.tokenize_treebank`, checked token for token
+against nltk's word tokenizer on every RSICD caption), so converted models see the official ids.
 """
 
 from __future__ import annotations
@@ -335,6 +336,7 @@ def read_official_vocab(path: str | Path) -> tuple[Any, int]:
         vocab = Vocabulary.from_dict({k: v for k, v in raw.items() if k in ("word2idx", "idx2word")}, source=str(path))
     except DataError as e:
         raise CheckpointError(str(e)) from None
+    vocab = vocab.with_tokenizer("treebank")  # the official vocabularies hold nltk.word_tokenize tokens
     words = len(raw["idx2word"]) if isinstance(raw.get("idx2word"), (dict, list)) else len(raw.get("word2idx", {}))
     counter = raw.get("idx")
     if counter is not None and counter != words:

@@ -49,6 +49,76 @@ def tokenize(caption: str) -> list[str]:
     return _TOKEN_RE.findall(caption.lower().replace("\u2019", "'"))
 
 
+# -- Penn-Treebank-style tokenization (what nltk.word_tokenize does to a caption) ----------------------
+# The official VSE++ / SCAN / VSE∞ vocabularies were built with nltk.word_tokenize on lower-cased
+# captions, which keeps punctuation as tokens ("surfboard ." ) and hyphenated words whole
+# ("black-and-white"). Official checkpoints are converted with this tokenizer so their inputs match.
+# Written from the documented Treebank conventions; covers what occurs in captions (sentence-final
+# periods, commas, colons, semicolons, quotes, brackets, ?!, "...", "--", contractions).
+_TB_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_TB_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), repl)
+    for pattern, repl in (
+        # opening quotes
+        (r"([«“‘„]|`+)", r" \1 "),
+        (r'^"', "``"),
+        (r"(``)", r" \1 "),
+        (r"([ (\[{<])(\"|'')", r"\1 `` "),
+        (r"(?i)(?<!\w)(')(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)", r"\1 "),  # an opening single quote
+        # punctuation
+        (r"([^.])(\.)([\]\)}>\"'»”’ ]*)\s*$", r"\1 \2 \3 "),  # the sentence-final period
+        (r"([:,])([^\d])", r" \1 \2"),  # a comma/colon not inside a number
+        (r"([:,])$", r" \1 "),
+        (r"\.{2,}", r" \g<0> "),
+        (r"[;@#$%&]", r" \g<0> "),
+        (r"[\u2012-\u2015]", r" \g<0> "),
+        (r"[?!]", r" \g<0> "),
+        (r"([^'])' ", r"\1 ' "),
+        (r"[*]", r" \g<0> "),
+        (r"[\]\[(){}<>]", r" \g<0> "),
+        (r"--", " -- "),
+        # closing quotes and contractions (the text is padded with spaces first)
+        (r"^(.*)$", r" \1 "),
+        (r"([»”’])", r" \1 "),
+        (r"''", " '' "),
+        (r'"', " '' "),
+        (r"\s+", " "),
+        (r"([^' ])('[sS]|'[mM]|'[dD]|') ", r"\1 \2 "),
+        (r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) ", r"\1 \2 "),
+        (r"(?i)\b(can)(not)\b", r" \1 \2 "),
+        (r"(?i)\b(d)('ye)\b", r" \1 \2 "),
+        (r"(?i)\b(gim)(me)\b", r" \1 \2 "),
+        (r"(?i)\b(gon)(na)\b", r" \1 \2 "),
+        (r"(?i)\b(got)(ta)\b", r" \1 \2 "),
+        (r"(?i)\b(lem)(me)\b", r" \1 \2 "),
+        (r"(?i)\b(more)('n)\b", r" \1 \2 "),
+        (r"(?i)\b(wan)(na)(?=\s)", r" \1 \2 "),
+        (r"(?i) ('t)(is)\b", r" \1 \2 "),
+        (r"(?i) ('t)(was)\b", r" \1 \2 "),
+    )
+)
+
+
+def tokenize_treebank(caption: str) -> list[str]:
+    """Split a lower-cased caption as ``nltk.word_tokenize`` does (Penn Treebank conventions).
+
+    Punctuation marks are tokens of their own, hyphenated words stay whole, contractions are split
+    (``"it's"`` -> ``["it", "'s"]``), and every sentence's final period is split off:
+    ``"A man on a black-and-white boat."`` -> ``["a", "man", "on", "a", "black-and-white", "boat", "."]``.
+    This is the tokenization of the official VSE++ / SCAN / VSE∞ vocabularies.
+    """
+    tokens: list[str] = []
+    for sentence in _TB_SENTENCE_END.split(caption.lower().strip()):
+        text = sentence
+        for pattern, repl in _TB_RULES:
+            text = pattern.sub(repl, text)
+        tokens.extend(text.split())
+    return tokens
+
+
+TOKENIZERS = {"words": tokenize, "treebank": tokenize_treebank}
+
+
 class Vocabulary:
     """A word <-> id mapping with the special tokens ``<pad> <start> <end> <unk>`` and ``<mask>``.
 
@@ -57,13 +127,16 @@ class Vocabulary:
     Attributes:
         word2idx: word -> id.
         idx2word: id -> word.
+        tokenizer: how captions are split: ``"words"`` (:func:`tokenize`, the default) or
+            ``"treebank"`` (:func:`tokenize_treebank`, as the official vocabularies were built).
     """
 
-    def __init__(self, idx2word: Sequence[str]) -> None:
+    def __init__(self, idx2word: Sequence[str], tokenizer: str = "words") -> None:
         """Create a vocabulary from its complete id -> word list.
 
         Args:
             idx2word: every token in id order, including the specials. ``<mask>`` is appended if missing.
+            tokenizer: ``"words"`` or ``"treebank"`` (see the class attributes).
 
         Raises:
             DataError: if a word is repeated or a special token is missing.
@@ -81,8 +154,15 @@ class Vocabulary:
         missing = [s for s in SPECIALS if s not in word2idx]
         if missing:
             raise DataError(f"vocabulary: missing special token(s) {', '.join(missing)}")
+        if tokenizer not in TOKENIZERS:
+            raise DataError(f"vocabulary: tokenizer: expected one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
         self.idx2word: list[str] = words
         self.word2idx: dict[str, int] = word2idx
+        self.tokenizer = tokenizer
+
+    def with_tokenizer(self, tokenizer: str) -> Vocabulary:
+        """The same words with another caption tokenizer (``"words"`` or ``"treebank"``)."""
+        return Vocabulary(self.idx2word, tokenizer=tokenizer)
 
     @classmethod
     def from_words(cls, words: Iterable[str]) -> Vocabulary:
@@ -105,7 +185,7 @@ class Vocabulary:
         return word in self.word2idx
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and self.idx2word == other.idx2word
+        return isinstance(other, Vocabulary) and self.idx2word == other.idx2word and self.tokenizer == other.tokenizer
 
     def __repr__(self) -> str:
         return f"Vocabulary(size={len(self)})"
@@ -145,7 +225,8 @@ class Vocabulary:
             The list of ids; its length is the number of tokens plus 2.
         """
         unk = self.unk_id
-        return [self.start_id, *(self.word2idx.get(t, unk) for t in tokenize(caption)), self.end_id]
+        words = TOKENIZERS[self.tokenizer](caption)
+        return [self.start_id, *(self.word2idx.get(t, unk) for t in words), self.end_id]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Map ids back to a space-separated string, leaving out ``<pad>``, ``<start>`` and ``<end>``.
@@ -176,6 +257,7 @@ class Vocabulary:
             "word2idx": dict(self.word2idx),
             "idx2word": list(self.idx2word),
             "idx": len(self.idx2word),
+            "tokenizer": self.tokenizer,
         }
 
     @classmethod
@@ -226,8 +308,11 @@ class Vocabulary:
         word2idx = d.get("word2idx")
         if isinstance(word2idx, dict) and any(word2idx.get(w) != i for i, w in enumerate(words)):
             raise DataError(f"{source}: word2idx does not match idx2word")
+        tokenizer = d.get("tokenizer", "words")
+        if tokenizer not in TOKENIZERS:
+            raise DataError(f"{source}: tokenizer: expected one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
         try:
-            return cls(words)
+            return cls(words, tokenizer=tokenizer)
         except DataError as e:
             raise DataError(f"{source}: {str(e).removeprefix('vocabulary: ')}") from None
 
@@ -271,7 +356,7 @@ class Vocabulary:
         return cls.from_dict(d, source=str(path))
 
 
-def build_vocab(captions: Iterable[str], min_count: int = 4) -> Vocabulary:
+def build_vocab(captions: Iterable[str], min_count: int = 4, tokenizer: str = "words") -> Vocabulary:
     """Build a vocabulary of the words that occur at least ``min_count`` times.
 
     Words are ordered by descending count, ties alphabetically, so the result is deterministic.
@@ -279,12 +364,16 @@ def build_vocab(captions: Iterable[str], min_count: int = 4) -> Vocabulary:
     Args:
         captions: raw captions (usually the train captions; never the test captions).
         min_count: minimum number of occurrences of a kept word (SCAN and VSE++ use 4).
+        tokenizer: ``"words"`` (default) or ``"treebank"`` (nltk-style, as the official vocabularies).
 
     Returns:
         The vocabulary.
     """
+    if tokenizer not in TOKENIZERS:
+        raise DataError(f"tokenizer: expected one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
+    split = TOKENIZERS[tokenizer]
     counts: Counter[str] = Counter()
     for caption in captions:
-        counts.update(tokenize(caption))
+        counts.update(split(caption))
     kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-    return Vocabulary.from_words(kept)
+    return Vocabulary(Vocabulary.from_words(kept).idx2word, tokenizer=tokenizer)
