@@ -28,24 +28,24 @@ from vsekit.evaluation import metrics as metrics_mod
 
 
 def plain_i2t(sims: np.ndarray, k: int) -> list[int]:
-    """Per image: sort the row by descending score, ground truth first among ties, and take
+    """Per image: sort the row by descending score, ground truth last among ties, and take
     the first position of any of its k captions."""
     n, m = sims.shape
     ranks = []
     for i in range(n):
         is_gt = np.arange(m) // k == i
-        order = np.lexsort((~is_gt, -sims[i]))  # primary: score descending; ties: gt first
+        order = np.lexsort((is_gt, -sims[i]))  # primary: score descending; ties: gt last
         ranks.append(int(np.flatnonzero(is_gt[order])[0]))
     return ranks
 
 
 def plain_t2i(sims: np.ndarray, k: int) -> list[int]:
-    """Per caption: sort the column by descending score, its image first among ties."""
+    """Per caption: sort the column by descending score, its image last among ties."""
     n, m = sims.shape
     ranks = []
     for j in range(m):
         is_gt = np.arange(n) == j // k
-        order = np.lexsort((~is_gt, -sims[:, j]))
+        order = np.lexsort((is_gt, -sims[:, j]))
         ranks.append(int(np.flatnonzero(is_gt[order])[0]))
     return ranks
 
@@ -153,12 +153,15 @@ def test_staircase_by_hand() -> None:
     assert res["rsum"] == pytest.approx(2 * 1600 / 12)
 
 
-def test_all_ties_rank_zero(chunking: None) -> None:
-    # Every candidate ties with the ground truth: nothing is strictly higher, so all ranks are 0.
+def test_all_ties_rank_last(chunking: None) -> None:
+    # Every candidate ties with the ground truth (a collapsed model): ties count against the ground
+    # truth, so every query gets the worst rank, never a perfect score.
     sims = np.full((6, 18), 0.25, dtype=np.float32)
-    assert not i2t_ranks(sims, 3).any() and not t2i_ranks(sims, 3).any()
+    assert (i2t_ranks(sims, 3) == 15).all() and (t2i_ranks(sims, 3) == 5).all()
     res = evaluate_sims(sims, 3)
-    assert res["rsum"] == 600.0 and res["i2t_medr"] == res["t2i_meanr"] == 1.0
+    # only t2i R@10 is hit: 6 images, so the last rank 5 is < 10
+    assert res["rsum"] == 100.0 and res["i2t_medr"] == 16.0 and res["t2i_meanr"] == 6.0
+    assert evaluate_sims(np.zeros((100, 500)), 5)["rsum"] == 0.0
 
 
 def test_i2t_uses_best_ground_truth_caption() -> None:
@@ -289,7 +292,7 @@ def test_infinities_without_nan_are_fine() -> None:
     # +inf and -inf together make the cheap sum check NaN; the exact check must still pass.
     sims = np.zeros((2, 2))
     sims[0, 0], sims[1, 0] = np.inf, -np.inf
-    assert i2t_ranks(sims, 1).tolist() == [0, 0] and t2i_ranks(sims, 1).tolist() == [0, 0]
+    assert i2t_ranks(sims, 1).tolist() == [0, 0] and t2i_ranks(sims, 1).tolist() == [0, 1]  # column 1 ties
 
 
 # --------------------------------------------------------------------------- ensembles

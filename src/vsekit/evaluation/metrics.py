@@ -1,13 +1,14 @@
 """Retrieval metrics for image-text similarity matrices (VSE++ / VSE∞ conventions).
 
 A similarity matrix ``sims`` has one row per image and one column per caption; caption ``j``
-belongs to image ``j // captions_per_image``. Ranks are 0-based and count the candidates scored
-*strictly* higher than the ground truth, so ties favour the ground truth and results are
-deterministic (the official code breaks ties with an unstable ``np.argsort``).
+belongs to image ``j // captions_per_image``. Ranks are 0-based and count the other candidates
+scored *at least as high* as the ground truth: ties are broken against the ground truth, so results
+are deterministic (the official code breaks ties with an unstable ``np.argsort``) and a degenerate
+model that scores everything alike gets the worst ranks, not perfect ones.
 
 * i2t (image query): rank = min over the image's ground-truth captions of their rank, which is
-  the number of captions scored strictly higher than its best-scored ground-truth caption.
-* t2i (caption query): rank = number of images scored strictly higher than the caption's image.
+  the number of other images' captions scored at least as high as its best-scored ground truth.
+* t2i (caption query): rank = number of other images scored at least as high as the caption's image.
 * ``R@K = 100 * mean(rank < K)``, ``medr = floor(median(rank)) + 1``, ``meanr = mean(rank) + 1``
   and ``rsum`` is the sum of the six recalls.
 
@@ -115,16 +116,20 @@ def _count_ranks(sims: np.ndarray, k: int, i2t: bool = True, t2i: bool = True) -
         chunk = sims[a : a + rows]
         buf = above[: chunk.shape[0]]
         if i2t:
-            np.greater(chunk, best_gt[a : a + rows, None], out=buf)
+            np.greater_equal(chunk, best_gt[a : a + rows, None], out=buf)
             r_i2t[a : a + rows] = np.count_nonzero(buf, axis=1)
         if t2i:
-            np.greater(chunk, gt, out=buf)
+            np.greater_equal(chunk, gt, out=buf)
             r_t2i += np.count_nonzero(buf, axis=0)
+    if i2t:  # the image's own captions at its best score are not counted
+        r_i2t -= (gt.reshape(n, k) == best_gt[:, None]).sum(axis=1)
+    if t2i:  # nor is the caption's own image
+        r_t2i -= 1
     return r_i2t, r_t2i
 
 
 def i2t_ranks(sims: SimsLike, captions_per_image: int = 5) -> np.ndarray:
-    """0-based rank of each image query: captions scored strictly above its best ground truth.
+    """0-based rank of each image query: other images' captions scored at least as high as its best ground truth.
 
     Args:
         sims: images x (images * captions_per_image) similarity matrix.
@@ -140,7 +145,7 @@ def i2t_ranks(sims: SimsLike, captions_per_image: int = 5) -> np.ndarray:
 
 
 def t2i_ranks(sims: SimsLike, captions_per_image: int = 5) -> np.ndarray:
-    """0-based rank of each caption query: images scored strictly above the caption's image.
+    """0-based rank of each caption query: other images scored at least as high as the caption's image.
 
     Args:
         sims: images x (images * captions_per_image) similarity matrix.
