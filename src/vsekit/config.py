@@ -113,7 +113,14 @@ class DataConfig:
         :class:`vsekit.data.SyntheticConfig`.
       * ``precomp``: the SCAN / VSE∞ layout in ``path``: ``{split}_ims.npy`` + ``{split}_caps.txt``.
       * ``karpathy``: captions from a Karpathy-style JSON (``path``), features from
-        ``{features}/{split}_ims.npy`` whose rows follow the JSON's image order for that split.
+        ``{features}/{split}_ims.npy`` whose rows follow the JSON's image order for that split; or,
+        with ``images`` set and ``features`` unset, the raw image files ``{images}/{filepath}/{filename}``
+        (for raw-image models, ``vsekit.data.images.KarpathyImageDataset``).
+      * ``synthetic`` with ``synthetic.render: true`` draws the built-in scenes as images.
+      * ``frames``: video frame features in ``path``: ``{split}_frames.npy`` + ``{split}_offsets.npy`` +
+        ``{split}_caps.txt`` (:class:`vsekit.data.FrameFeatureDataset`).
+      * ``synthetic_video``: generated videos; ``synthetic`` holds overrides of
+        :class:`vsekit.data.SyntheticVideoConfig`.
     """
 
     kind: str = "synthetic"
@@ -342,7 +349,7 @@ _CHOICES = {
     "model.image.size_augment_mode": ("region", "grid"),
     "optim.optimizer": ("adamw", "adam", "sgd"),
     "loss.negatives": ("hardest", "sum"),
-    "data.kind": ("synthetic", "precomp", "karpathy"),
+    "data.kind": ("synthetic", "precomp", "karpathy", "frames", "synthetic_video"),
     "precision": ("fp32", "bf16", "fp16"),
 }
 
@@ -413,8 +420,10 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"loss.margin: expected a non-negative number, got {cfg.loss.margin}")
     if cfg.workers < 0:
         raise ConfigError(f"workers: expected >= 0, got {cfg.workers}")
-    if require_data and cfg.data.kind in ("precomp", "karpathy") and not cfg.data.path:
+    if require_data and cfg.data.kind in ("precomp", "karpathy", "frames") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.kind={cfg.data.kind!r}")
+    if require_data and cfg.model.text.kind == "transformer" and not cfg.model.text.transformer_path:
+        raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
     if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):
         raise ConfigError("data.features or data.images: required for data.kind='karpathy' (features folder or image folder)")
     from .pooling import create_pooling

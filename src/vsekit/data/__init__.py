@@ -11,8 +11,17 @@ from vsekit.data.datasets import (
     write_precomp,
 )
 from vsekit.data.synthetic import SyntheticConfig, make_synthetic
+from vsekit.data.images import KarpathyImageDataset, PixelInput, load_image
+from vsekit.data.render import RenderedScenes
 from vsekit.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from vsekit.data.vocab import Vocabulary, build_vocab, tokenize
+from vsekit.data.video import (
+    FrameFeatureDataset,
+    SyntheticVideoConfig,
+    make_synthetic_video,
+    synthetic_video_split,
+    write_frames,
+)
 
 __all__ = [
     "Batch",
@@ -20,18 +29,27 @@ __all__ = [
     "Collator",
     "FeatureCaptionDataset",
     "FeatureInput",
+    "FrameFeatureDataset",
     "ImageRecord",
     "KarpathyJSON",
+    "KarpathyImageDataset",
+    "PixelInput",
     "PrecompDataset",
+    "RenderedScenes",
     "SyntheticConfig",
+    "SyntheticVideoConfig",
     "Vocabulary",
     "build_tokenizer",
     "build_vocab",
     "captions_from_records",
     "collate_captions",
     "collate_images",
+    "load_image",
     "make_synthetic",
+    "make_synthetic_video",
+    "synthetic_video_split",
     "tokenize",
     "tokenizer_from_dict",
+    "write_frames",
     "write_precomp",
 ]

@@ -121,7 +121,10 @@ class FeatureInput:
         for a in arrays:
             shape = tuple(a.shape)
             if len(shape) != 2 or shape[1] != self.dim or shape[0] == 0:
-                raise DataError(f"images: expected each image as a K×{self.dim} feature set, got shape {shape}")
+                raise DataError(
+                    f"images: expected each image as a K×{self.dim} feature set (model.image.img_dim={self.dim}), "
+                    f"got shape {shape}"
+                )
         return collate_images([a.detach().float().cpu().numpy() if isinstance(a, Tensor) else a for a in arrays])
 
 

@@ -17,7 +17,7 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None):
     Args:
         cfg: the data config.
         split: a split name of that data (``train``/``val``/``test`` for synthetic and Karpathy data;
-            the file prefix for the precomp layout, e.g. ``dev`` or ``testall``).
+            the file prefix for the precomp and frames layouts, e.g. ``dev`` or ``testall``).
         max_images: keep only the first images (the official validation uses 1000).
     """
     from .datasets import FeatureCaptionDataset, KarpathyJSON, PrecompDataset, captions_from_records
@@ -44,6 +44,18 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None):
         ds = splits[split]
     elif cfg.kind == "precomp":
         ds = PrecompDataset(cfg.path, split, captions_per_image=k)
+    elif cfg.kind == "frames":  # videos: {split}_frames.npy + {split}_offsets.npy + {split}_caps.txt
+        from .video import FrameFeatureDataset
+
+        ds = FrameFeatureDataset(cfg.path, split, captions_per_image=k)
+    elif cfg.kind == "synthetic_video":  # generated videos; data.synthetic = SyntheticVideoConfig overrides
+        from .video import synthetic_video_split
+
+        ds = synthetic_video_split(cfg.synthetic, split, k)
+    elif cfg.kind == "karpathy" and not cfg.features and cfg.images:  # raw images, read lazily
+        from .images import KarpathyImageDataset
+
+        ds = KarpathyImageDataset(cfg.path, cfg.images, split, k)
     elif cfg.kind == "karpathy":
         records = KarpathyJSON(cfg.path).records(split.split("+"))
         feats_path = Path(cfg.features) / f"{split}_ims.npy"
@@ -71,6 +83,7 @@ class FirstImages(CaptionDataset):
         self.num_images = n
         self.captions_per_image = base.captions_per_image
         self.feature_dim = base.feature_dim
+        self.image_kind = getattr(base, "image_kind", "features")
 
     def image(self, i: int) -> np.ndarray:
         if not 0 <= i < self.num_images:

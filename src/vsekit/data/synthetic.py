@@ -11,6 +11,9 @@ the colour or size, and groups identical descriptions (``two red cars``).
 Retrieval is therefore non-trivial: a caption matches a scene through a few of its many regions. Mean
 pooling over the regions blurs the mentioned objects among the others, while max-like pooling (max, GPO)
 keeps them, so the dataset shows the benefit of a good pooling operator.
+
+With ``render=True`` the same scenes are drawn as images (shapes for categories, colours, sizes, textured
+clutter; :mod:`vsekit.data.render`) for models that read raw pixels; the captions do not change.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ class SyntheticConfig:
         noise: per-region Gaussian noise norm (relative to a category vector).
         scene_offset: norm of the random offset shared by all regions of a scene.
         seed: seed of the world and of every split.
+        render: draw every scene as an image (``image_kind='pixels'``, for raw-image models; see
+            :mod:`vsekit.data.render`) instead of making region features. Same scenes and captions.
+        image_size: side of the rendered images in pixels (``render`` only).
     """
 
     num_train: int = 4000
@@ -96,6 +102,8 @@ class SyntheticConfig:
     noise: float = 0.3
     scene_offset: float = 0.5
     seed: int = 0
+    render: bool = False
+    image_size: int = 64
 
     def validate(self) -> None:
         """Raise :class:`~vsekit.errors.ConfigError` naming the first invalid field."""
@@ -126,6 +134,10 @@ class SyntheticConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"synthetic.{name}: expected a probability in [0, 1], got {value!r}")
+        if not isinstance(self.render, bool):
+            raise ConfigError(f"synthetic.render: expected true or false, got {self.render!r}")
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 16:
+            raise ConfigError(f"synthetic.image_size: expected an integer >= 16 (pixels), got {self.image_size!r}")
         for name in ("attribute_scale", "noise", "scene_offset"):
             value = getattr(self, name)
             if not value >= 0.0:
@@ -187,8 +199,8 @@ def _caption(
 
 def _make_split(
     cfg: SyntheticConfig, world: _World, num_images: int, seq: np.random.SeedSequence
-) -> FeatureCaptionDataset:
-    feat_seq, text_seq = seq.spawn(2)
+) -> CaptionDataset:
+    feat_seq, text_seq, render_seq = seq.spawn(3)  # the first two are those of spawn(2): same data as before
     rng = np.random.default_rng(feat_seq)
     d = cfg.feature_dim
     n_obj = rng.integers(cfg.min_objects, cfg.max_objects + 1, size=num_images)
@@ -199,6 +211,18 @@ def _make_split(
     sizes = rng.integers(0, len(SIZES), size=total_obj)
     clutter = rng.integers(0, cfg.num_clutter_types, size=int(n_clut.sum()))
 
+    text_rng = random.Random(int(text_seq.generate_state(1)[0]))
+    starts = np.concatenate([[0], np.cumsum(n_obj)])
+    captions = []
+    for i in range(num_images):
+        sl = slice(starts[i], starts[i + 1])
+        for _ in range(cfg.captions_per_image):
+            captions.append(_caption(text_rng, cfg, cats[sl], colors[sl], sizes[sl]))
+    if cfg.render:  # the same scenes and captions, drawn as images
+        from vsekit.data.render import render_split
+
+        return render_split(cfg, n_obj, cats, colors, sizes, n_clut, clutter, captions, render_seq)
+
     objects = world.category[cats] + world.color[colors] + world.size[sizes]
     # Regions of image i: its objects then its clutter, then shuffled within the image.
     n_regions = n_obj + n_clut
@@ -208,14 +232,6 @@ def _make_split(
     feats += (rng.standard_normal((num_images, d)) * (cfg.scene_offset / np.sqrt(d)))[owner]
     order = np.lexsort((rng.random(len(owner)), owner))
     features = np.split(feats[order].astype(np.float32), np.cumsum(n_regions)[:-1])
-
-    text_rng = random.Random(int(text_seq.generate_state(1)[0]))
-    starts = np.concatenate([[0], np.cumsum(n_obj)])
-    captions = []
-    for i in range(num_images):
-        sl = slice(starts[i], starts[i + 1])
-        for _ in range(cfg.captions_per_image):
-            captions.append(_caption(text_rng, cfg, cats[sl], colors[sl], sizes[sl]))
     return FeatureCaptionDataset(features, captions, cfg.captions_per_image)
 
 
@@ -231,7 +247,8 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> d
 
     Returns:
         ``{"train": ..., "val": ..., "test": ...}`` :class:`~vsekit.data.datasets.FeatureCaptionDataset`
-        objects with variable-size region sets. A split with 0 images is left out.
+        objects with variable-size region sets (with ``render=True``:
+        :class:`~vsekit.data.render.RenderedScenes` of images). A split with 0 images is left out.
 
     Raises:
         ConfigError: if a field is unknown or invalid.
