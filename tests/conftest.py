@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import comb
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ TINY = [
 def tiny_config(*overrides: str, preset: str = "demo_gpo") -> TrainConfig:
     """A config that trains in seconds on a small built-in dataset."""
     return apply_overrides(get_preset(preset), [*TINY, *overrides])
+
+
+def chance_rsum(n_images: int, k: int = 5) -> float:
+    """Expected rsum of a random ranking of ``n_images`` images with ``k`` captions each: i2t R@K =
+    1 - C(kN-k, K) / C(kN, K) (any of the image's k captions in the top K of kN), t2i R@K = K / N."""
+    n = n_images * k
+    i2t = sum(100.0 * (1 - comb(n - k, r) / comb(n, r)) for r in (1, 5, 10))
+    t2i = sum(100.0 * r / n_images for r in (1, 5, 10))
+    return i2t + t2i
 
 
 @pytest.fixture

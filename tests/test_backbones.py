@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from math import comb
 
 import numpy as np
 import pytest
@@ -25,14 +24,7 @@ from vsekit.evaluation.retrieval import encode_dataset
 from vsekit.models import create_model
 from vsekit.presets import get_preset
 
-
-def chance_rsum(n_images: int, k: int = 5) -> float:
-    """Expected rsum of a random ranking: i2t R@K = 1 - C(kN-k, K) / C(kN, K) (any of the image's k
-    captions in the top K of kN), t2i R@K = K / N."""
-    n = n_images * k
-    i2t = sum(100.0 * (1 - comb(n - k, r) / comb(n, r)) for r in (1, 5, 10))
-    t2i = sum(100.0 * r / n_images for r in (1, 5, 10))
-    return i2t + t2i
+from .conftest import chance_rsum
 
 
 def test_chance_rsum():

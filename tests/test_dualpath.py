@@ -25,6 +25,8 @@ from vsekit.models import VSEModel
 from vsekit.presets import get_preset
 from vsekit.training import compute_loss, parameter_groups
 
+from .conftest import chance_rsum
+
 VOCAB = 40
 
 
@@ -328,12 +330,6 @@ _TINY = (
     "model.embed_size=128", "model.text.word_dim=32", "model.text.max_length=24", "model.image.image_size=32",
     "model.image.dropout=0.0", "model.text.dropout=0.0", "eval_batch_size=128",
 )  # fmt: skip
-
-
-def chance_rsum(n_images: int, k: int = 5) -> float:
-    """rsum of a random ranking: i2t R@K = 1 - C(kN-k, K) / C(kN, K), t2i R@K = K / N."""
-    n = n_images * k
-    return sum(100.0 * (1 - math.comb(n - k, r) / math.comb(n, r)) + 100.0 * r / n_images for r in (1, 5, 10))
 
 
 def _cli(*args: str) -> None:

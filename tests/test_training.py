@@ -70,6 +70,30 @@ def test_vsepp_presets_learn_on_built_in_data(tmp_path, preset):
         assert result.best_rsum > 60
 
 
+def test_vse_infty_region_preset_learns_from_the_cli(tmp_path):
+    # The region + BiGRU recipe as is (GPO both sides, size augmentation, one epoch of summed hinges,
+    # then hardest negatives) on the built-in scenes, with small sizes and a larger lr for a short run.
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import chance_rsum
+
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "vsekit", "train", "--preset", "vse_infty_region_bigru", "--run-dir", str(run), "--quiet",
+        "data.kind=synthetic", "data.val_split=val", "data.test_split=test", "data.val_max_images=null",
+        "data.vocab_min_count=1", "data.synthetic={num_train: 1000, num_val: 100, num_test: 100}",
+        "model.image.img_dim=64", "model.embed_size=64", "model.text.word_dim=32", "epochs=4", "batch_size=100",
+        "optim.lr=2e-3",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["negatives"] for r in hist] == ["sum", "hardest", "hardest", "hardest"]
+    assert max(r["val_rsum"] for r in hist) > 3 * chance_rsum(100), [r["val_rsum"] for r in hist]
+
+
 def test_best_checkpoint_alone_rebuilds_the_model(tmp_path):
     cfg = tiny_config("epochs=1")
     result = train(cfg, tmp_path, progress_stream=None)
