@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: train,val,test)")
     x.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: efficientnet_lite0)")
     x.add_argument("--image-size", type=int, default=224, help="network input side (default: 224)")
-    x.add_argument("--batch-size", type=int, default=32)
+    x.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16, fastest on a CPU)")
     x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     x.add_argument("--max-images", type=int, help="stop after this many images per split (resumable)")

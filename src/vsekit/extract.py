@@ -63,7 +63,7 @@ def extract_features(
     splits: Sequence[str] = ("train", "val", "test"),
     backbone: str = "efficientnet_lite0",
     image_size: int = 224,
-    batch_size: int = 32,
+    batch_size: int = 16,
     dtype: str = "float16",
     device: str = "auto",
     workers: int = 4,
@@ -105,7 +105,8 @@ def extract_features(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    net = create_backbone(backbone, pretrained=True).to(dev).eval()
+    # channels-last memory is 1.3-1.5x faster for these CNNs on a CPU (and what cuDNN prefers)
+    net = create_backbone(backbone, pretrained=True).to(dev).eval().to(memory_format=torch.channels_last)
     pixels = PixelInput(image_size, net.input_mean, net.input_std)
     settings = _settings(backbone, image_size, dtype, net.input_mean, net.input_std)
 
@@ -154,7 +155,7 @@ def extract_features(
                 batch_images = list(nxt)
                 nxt = pool.map(load_image, paths[end : min(end + batch_size, stop)]) if end < stop else None
                 x, _ = pixels.collate(batch_images, train=False)
-                f = net(x.to(dev))  # B×C×h×w
+                f = net(x.to(dev).contiguous(memory_format=torch.channels_last))  # B×C×h×w
                 if f.shape[1] != channels or f.shape[2] * f.shape[3] != grid:
                     raise DataError(f"{paths[done]}: backbone output {tuple(f.shape[1:])} differs from the first image's")
                 arr[done:end] = f.flatten(2).transpose(1, 2).float().cpu().numpy().astype(dtype)
