@@ -386,3 +386,26 @@ def test_format_metrics_table() -> None:
     assert format_metrics_table(results).splitlines()[0].startswith("| model")
     with pytest.raises(DataError, match=r"results\['bad'\]: missing metric\(s\) rsum"):
         format_metrics_table({"bad": {k: 0.0 for k in METRIC_KEYS if k != "rsum"}})
+
+
+def test_recall_curve_and_mean_recall(tmp_path) -> None:
+    from vsekit.evaluation import mean_recall, recall_curve
+    from vsekit.plots import plot_recall_curves
+
+    # 3 images, 1 caption each; i2t ranks [0, 2, 1], t2i ranks [0, 1, 1]
+    sims = np.array([[0.9, 0.1, 0.2], [0.8, 0.3, 0.5], [0.1, 0.9, 0.4]])
+    assert i2t_ranks(sims, 1).tolist() == [0, 2, 1] and t2i_ranks(sims, 1).tolist() == [0, 1, 1]
+    c = recall_curve(sims, 1, max_k=4)
+    assert c["k"].tolist() == [1, 2, 3, 4]
+    assert c["i2t"].tolist() == pytest.approx([100 / 3, 200 / 3, 100, 100])
+    assert c["t2i"].tolist() == pytest.approx([100 / 3, 100, 100, 100])
+    # the curve agrees with evaluate_sims at K = 1, 5, 10 on a random matrix
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((40, 200))
+    m, c = evaluate_sims(big, 5), recall_curve(big, 5, max_k=10)
+    for k in (1, 5, 10):
+        assert c["i2t"][k - 1] == pytest.approx(m[f"i2t_r{k}"]) and c["t2i"][k - 1] == pytest.approx(m[f"t2i_r{k}"])
+    assert mean_recall(m) == pytest.approx(sum(m[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)) / 6)
+    assert plot_recall_curves({"model": c}, tmp_path / "rk.png").stat().st_size > 1000
+    with pytest.raises(DataError, match="max_k"):
+        recall_curve(big, 5, max_k=0)

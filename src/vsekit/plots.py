@@ -63,3 +63,19 @@ def plot_recall_bars(results: dict[str, dict[str, float]], path: str | Path, tit
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def plot_recall_curves(curves: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """R@K against K in both directions for several named results (from ``recall_curve``)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for label, c in curves.items():
+        axes[0].plot(c["k"], c["i2t"], label=label)
+        axes[1].plot(c["k"], c["t2i"], label=label)
+    axes[0].set(xlabel="K", ylabel="recall@K (%)", title=f"{title} image → text".strip())
+    axes[1].set(xlabel="K", title=f"{title} text → image".strip())
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)

@@ -9,7 +9,9 @@ from .metrics import (
     evaluate_sims,
     format_metrics_table,
     i2t_ranks,
+    mean_recall,
     rank_metrics,
+    recall_curve,
     t2i_ranks,
 )
 
@@ -22,7 +24,9 @@ __all__ = [
     "evaluate_sims",
     "format_metrics_table",
     "i2t_ranks",
+    "mean_recall",
     "rank_metrics",
+    "recall_curve",
     "t2i_ranks",
 ]
 from .retrieval import encode_dataset, evaluate_model, similarity_matrix  # noqa: E402

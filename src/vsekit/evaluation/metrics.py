@@ -37,7 +37,9 @@ __all__ = [
     "evaluate_sims",
     "format_metrics_table",
     "i2t_ranks",
+    "mean_recall",
     "rank_metrics",
+    "recall_curve",
     "t2i_ranks",
 ]
 
@@ -182,6 +184,35 @@ def rank_metrics(ranks: np.ndarray | Sequence[int] | torch.Tensor) -> dict[str, 
     out["medr"] = float(np.floor(np.median(r)) + 1)
     out["meanr"] = float(np.mean(r) + 1)
     return out
+
+
+def recall_curve(sims: SimsLike, captions_per_image: int = 5, max_k: int = 50) -> dict[str, np.ndarray]:
+    """R@K for every K = 1..max_k in both directions (for R@K curves).
+
+    Args:
+        sims: images x (images * captions_per_image) similarity matrix.
+        captions_per_image: ground-truth captions per image.
+        max_k: the largest K.
+
+    Returns:
+        ``{"k": 1..max_k, "i2t": R@K in percent, "t2i": R@K in percent}`` as float arrays.
+    """
+    if not isinstance(max_k, int) or max_k < 1:
+        raise DataError(f"max_k: expected a positive integer, got {max_k!r}")
+    checked = _check_sims(sims, captions_per_image)
+    r_i2t, r_t2i = _count_ranks(checked, captions_per_image)
+    ks = np.arange(1, max_k + 1)
+    # R@K = share of queries with rank < K: a cumulative histogram of the ranks
+    def curve(ranks: np.ndarray) -> np.ndarray:
+        hist = np.bincount(np.minimum(ranks, max_k), minlength=max_k + 1)[:max_k]
+        return 100.0 * np.cumsum(hist) / ranks.size
+
+    return {"k": ks.astype(np.float64), "i2t": curve(r_i2t), "t2i": curve(r_t2i)}
+
+
+def mean_recall(metrics: dict[str, float]) -> float:
+    """mR: the mean of the six recalls R@1/5/10 in both directions (the remote-sensing papers' summary)."""
+    return sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)) / 6.0
 
 
 def evaluate_sims(sims: SimsLike, captions_per_image: int = 5, folds: int = 1) -> dict[str, float]:
