@@ -11,6 +11,7 @@ the selected checkpoint. Writes to ``--out`` (default ``benchmarks/results/rsicd
     table.md          our rows next to the published rows of the dataset README
     val_mr.png        validation mR per epoch for each recipe
     recall_at_k.png   test R@K for K = 1..50, both directions
+    retrievals.png    the recipe with the best validation mR: top-5 test images for 8 test captions
 
 Wall time is reported per recipe, split into feature extraction (shared by the feature-based recipes,
 done once) and training. Runs are resumable: a killed benchmark continues where it stopped.
@@ -25,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vsekit.config import load_config
 from vsekit.data.factory import build_dataset
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_s = round(time.perf_counter() - t1, 1)
         test = build_dataset(cfg.data, cfg.data.test_split)
         sims = similarity_matrix(res.model, test, cfg.eval_batch_size)
+        np.save(out / "runs" / f"{name}_seed{args.seed}" / "test_sims.npy", sims)
         metrics = evaluate_sims(sims, test.captions_per_image)
         curve = recall_curve(sims, test.captions_per_image, max_k=50)
         results[name] = {
@@ -156,6 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table = markdown_table(results, published_rows(data / "README.md"))
     atomic_write_text(table, out / "table.md")
     _plots(results, out)
+    best = max(results, key=lambda n: max(h["val_mR"] for h in results[n]["val_history"]))
+    _retrievals(best, out / "runs" / f"{best}_seed{args.seed}" / "test_sims.npy", ann, images, out / "retrievals.png")
     print(table)
     return results
 
@@ -175,6 +181,24 @@ def _plots(results: dict[str, Any], out: Path) -> None:
     _save(plt, fig, out / "val_mr.png")
     curves = {n: {k: np.asarray(v) for k, v in r["recall_at_k"].items()} for n, r in results.items()}
     plot_recall_curves(curves, out / "recall_at_k.png", title="RSICD test")
+
+
+def _retrievals(name: str, sims_path: Path, ann: Path, images: Path, path: Path, queries: int = 8, top: int = 5) -> None:
+    """Top-``top`` test images for ``queries`` test captions spread over the split (one per image)."""
+    from vsekit.data.datasets import KarpathyJSON
+    from vsekit.plots import plot_retrievals
+
+    records = KarpathyJSON(ann).records("test")
+    sims = np.load(sims_path)
+    k = sims.shape[1] // sims.shape[0]
+    picks = np.linspace(0, sims.shape[0] - 1, queries).astype(int)
+    texts, rows = [], []
+    for i in picks:
+        column = sims[:, i * k]  # the first caption of image i
+        order = np.argsort(-column, kind="stable")[:top]
+        texts.append(records[i].captions[0])
+        rows.append([(images / records[j].filepath / records[j].filename, float(column[j]), j == i) for j in order])
+    plot_retrievals(texts, rows, path, title=f"RSICD test: text -> image with {name} (green: the captioned image)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,5 +63,6 @@ def test_runner_end_to_end(tmp_path):
         assert 0 <= r["test_mR"] <= 100 and r["extract_seconds"] >= 0 and r["train_seconds_this_call"] > 0
     table = (out / "table.md").read_text()
     assert "GaLR with MR (published)" in table and "**vsekit gpo_bigru**" in table
-    assert (out / "val_mr.png").stat().st_size > 1000 and (out / "recall_at_k.png").stat().st_size > 1000
+    for png in ("val_mr.png", "recall_at_k.png", "retrievals.png"):
+        assert (out / png).stat().st_size > 1000, png
     assert mod.main([str(data), "--out", str(out), "--recipes", "nope"]) == 2

@@ -79,3 +79,44 @@ def plot_recall_curves(curves: dict[str, dict[str, Any]], path: str | Path, titl
         ax.set_ylim(0, 100)
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def plot_retrievals(
+    queries: list[str],
+    results: list[list[tuple[Any, float, bool]]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """A grid of text -> image retrievals: one row per query, its top results left to right.
+
+    Args:
+        queries: the query captions.
+        results: per query, its ranked results as ``(image, score, is_ground_truth)``; an image is an
+            H×W×3 uint8 array, a PIL image or a file path.
+        path: the PNG to write (atomically).
+        title: optional figure title.
+    """
+    from .data.images import as_pixels
+
+    plt = _pyplot()
+    cols = max((len(r) for r in results), default=1)
+    fig, axes = plt.subplots(len(queries), cols, figsize=(2.1 * cols, 2.35 * len(queries)), squeeze=False)
+    for row, (query, ranked) in enumerate(zip(queries, results)):
+        for col in range(cols):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(ranked):
+                ax.axis("off")
+                continue
+            image, score, hit = ranked[col]
+            ax.imshow(as_pixels(image, col))
+            for side in ax.spines.values():
+                side.set_color("tab:green" if hit else "0.7")
+                side.set_linewidth(4 if hit else 1)
+            ax.set_xlabel(f"#{col + 1}  {score:.3f}", fontsize=8)
+        wrapped = query if len(query) <= 70 else query[:67] + "..."
+        axes[row][0].set_title(wrapped, fontsize=8, loc="left", x=0.0)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, path)
