@@ -106,3 +106,14 @@ def test_presets_and_config_commands():
     proc = run_cli("config", "vse0", "epochs=3")
     assert proc.returncode == 0, proc.stderr
     assert "negatives: sum" in proc.stdout and "epochs: 3" in proc.stdout
+
+
+def test_overrides_on_both_sides_of_flags(tmp_path):
+    # argparse alone stops collecting KEY=VALUE items at the first flag; the CLI gathers all of them
+    (tmp_path / "c.yaml").write_text("seed: 5\n")
+    proc = run_cli("config", "vse0", "epochs=3", "--config", str(tmp_path / "c.yaml"), "batch_size=7", "optim.lr=0.01")
+    assert proc.returncode == 0, proc.stderr
+    assert "epochs: 3" in proc.stdout and "batch_size: 7" in proc.stdout and "lr: 0.01" in proc.stdout
+    assert "seed: 5" in proc.stdout
+    proc = run_cli("config", "vse0", "--bogus-flag")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus-flag" in proc.stderr
