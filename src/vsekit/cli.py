@@ -6,6 +6,9 @@
     vsekit eval --sims a.npy b.npy --folds 5      evaluate (an ensemble of) saved similarity matrices
     vsekit extract data.json images/ features/     store backbone grid features of a dataset (resumable)
     vsekit convert best.pth out.pt --vocab v.json import an official VSE∞ / VSE++ checkpoint
+    vsekit encode runs/x photos/ --out photos.idx embed a folder / Karpathy JSON / CSV into a search index
+    vsekit search photos.idx --text "a red car"   search an index (text/image/item -> image/text)
+    vsekit serve photos.idx --port 8000           serve a search page and HTTP API over an index
     vsekit presets                                list the presets
     vsekit config vse_infty_region_bigru          print a preset's resolved config
 
@@ -76,6 +79,43 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--bert", metavar="PATH", help="the local BERT folder it was trained from (config + tokenizer); VSE∞ BERT")
     v.add_argument("--kind", default="auto", metavar="KIND", help="auto (default), vse_infty_bigru, vse_infty_bert or vsepp")
 
+    n = sub.add_parser("encode", help="embed a collection (images folder, Karpathy JSON, CSV/JSONL, features) into a search index")
+    n.add_argument("checkpoint", help="checkpoint file or run folder")
+    n.add_argument("source", help="folder of images, Karpathy JSON, CSV/JSONL with path and/or caption columns, or a precomputed-features folder")
+    n.add_argument("--out", required=True, help="index folder (an index already there is updated: only new items are embedded)")
+    n.add_argument("--backend", default="exact", help="exact (default) or faiss:<factory string>, e.g. faiss:IVF256,Flat or faiss:HNSW32")
+    n.add_argument("--search-params", help="FAISS search parameters (default nprobe=16 for IVF, efSearch=64 for HNSW)")
+    n.add_argument("--source-kind", default="auto", help="auto (default), folder, karpathy, csv, jsonl or precomp")
+    n.add_argument("--image-root", help="Karpathy JSON: the image folder (default: the JSON's folder)")
+    n.add_argument("--split", help="Karpathy JSON / precomp: only these splits, e.g. test or train+val (default: all)")
+    n.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default: 64)")
+    n.add_argument("--workers", type=int, default=2, help="threads reading image files (default: 2)")
+    n.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+    n.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    q = sub.add_parser("search", help="search an index built by 'vsekit encode'")
+    q.add_argument("index", help="index folder")
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="query sentence")
+    what.add_argument("--image", help="query image file")
+    what.add_argument("--item", help="id of an indexed item (search with this result)")
+    q.add_argument("--target", default="image", choices=["image", "text"], help="what to return (default: image)")
+    q.add_argument("-k", type=int, default=10, help="results (default: 10)")
+    q.add_argument("--offset", type=int, default=0, help="results to skip (pagination)")
+    q.add_argument("--json", action="store_true", help="print the hits as JSON")
+    q.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+    q.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
+
+    s = sub.add_parser("serve", help="serve a search page and an HTTP API over an index (needs the 'serve' extra)")
+    s.add_argument("index", help="index folder (built by 'vsekit encode')")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from this origin (e.g. http://localhost:3000) to call the API; repeatable")  # fmt: skip
+    s.add_argument("--max-k", type=int, default=100, help="most results per page a request may ask (default: 100)")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded query image in MiB (default: 10)")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+
     sub.add_parser("presets", help="list the config presets")
     c = sub.add_parser("config", help="print the resolved config of a preset/file with overrides")
     c.add_argument("preset", nargs="?", help="preset name")
@@ -113,15 +153,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
 
+    from .distributed import env_rank
+
     cfg = load_config(args.config, args.preset, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    if (run_dir / "last.pt").is_file() and not args.no_resume:
+    main = env_rank() == 0  # under torchrun, rank 0 alone prints (train() logs from rank 0 only too)
+    if (run_dir / "last.pt").is_file() and not args.no_resume and main:
         print(f"resuming the run in {run_dir}")
     result = train(
         cfg, run_dir, resume=not args.no_resume, log=print, max_steps=args.max_steps,
         progress_stream=None if args.quiet else sys.stderr,
     )  # fmt: skip
-    if result.completed:
+    if result.completed and main:
         print(f"best validation rsum {result.best_rsum:.2f} at epoch {result.best_epoch}; checkpoints in {run_dir}/")
     return 0
 
@@ -202,6 +245,39 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    idx = Index.build(
+        args.checkpoint, args.source, args.out, source_kind=args.source_kind, backend=args.backend,
+        batch_size=args.batch_size, device=args.device, progress=not args.quiet, image_root=args.image_root,
+        split=args.split, search_params=args.search_params, workers=args.workers,
+    )  # fmt: skip
+    st = idx.stats()
+    print(f"{st['num_images']} images and {st['num_texts']} texts indexed in {idx.path}/ (backend {st['backend']})")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .index import Index
+
+    idx = Index.load(args.index, device=args.device, checkpoint=args.checkpoint)
+    hits = idx.search(text=args.text, image=args.image, item=args.item, k=args.k, offset=args.offset, target=args.target)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no results")
+        return 0
+    width = min(60, max(len("id"), *(len(h.id) for h in hits)))
+    print(f"{'rank':>4}  {'score':>7}  {'id':<{width}}  caption")
+    for h in hits:
+        print(f"{h.rank:>4}  {h.score:>7.4f}  {h.id:<{width}}  {h.caption or ''}")
+    return 0
+
+
 def _cmd_presets(_args: argparse.Namespace) -> int:
     from .presets import list_presets
 
@@ -219,6 +295,22 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+
+    try:
+        from .serving.server import serve
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"vsekit serve needs the 'serve' extra ({exc.name} is missing): pip install 'vsekit[serve]'") from None
+    if not args.max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb: expected a positive size, got {args.max_upload_mb}")
+    serve(
+        args.index, args.host, args.port, cors_origins=args.cors_origin, device=args.device, max_k=args.max_k,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+    )  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "demo": _cmd_demo,
     "train": _cmd_train,
@@ -227,6 +319,9 @@ COMMANDS = {
     "convert": _cmd_convert,
     "presets": _cmd_presets,
     "config": _cmd_config,
+    "encode": _cmd_encode,
+    "search": _cmd_search,
+    "serve": _cmd_serve,
 }
 
 

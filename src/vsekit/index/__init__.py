@@ -1,0 +1,18 @@
+"""Encode a collection, index it, search it.
+
+* :class:`Index`: ``Index.build(checkpoint, source, out_dir)`` embeds a folder of images, a Karpathy
+  JSON, a CSV / JSONL of paths and captions, or precomputed features (incrementally: a rebuild embeds
+  only what is new); ``Index.load(path)`` opens one; ``index.search(text=... | image=... | item=...)``
+  answers text→image, image→text, image→image and text→text queries with :class:`Hit` results.
+* Backends (:mod:`vsekit.index.backends`): exact search in torch (default) and FAISS indexes from a
+  factory string (``pip install 'vsekit[faiss]'``), with their recall@10 measured at build.
+* Sources (:mod:`vsekit.index.collection`): what is read from each kind of source, ids and keys.
+
+The CLI commands ``vsekit encode`` and ``vsekit search`` are thin layers over this API.
+"""
+
+from vsekit.index.backends import ExactBackend, FaissBackend, recall_at_k
+from vsekit.index.collection import Collection, read_collection
+from vsekit.index.index import Hit, Index
+
+__all__ = ["Collection", "ExactBackend", "FaissBackend", "Hit", "Index", "read_collection", "recall_at_k"]

@@ -1,0 +1,158 @@
+"""Embedding the items of a collection in batches, with progress and unreadable files skipped.
+
+Images take the path of :meth:`vsekit.models.VSEModel.encode_image` (which evaluation uses): the
+model's ``image_input.collate(..., train=False)`` then ``forward_image``. For raw-image models every
+file is read and turned into its S×S network input in a pool of threads (so decoding overlaps the
+forward passes and a batch holds S×S tensors, not full-size photos); the result is the same as
+collating the batch at once, since each image is resized on its own. Texts go through
+:meth:`~vsekit.models.VSEModel.encode_text`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from vsekit.errors import ConfigError, DataError
+from vsekit.index.collection import Collection, ImageItem, TextItem
+from vsekit.progress import Progress
+
+__all__ = ["check_image_input", "encode_images", "encode_texts"]
+
+log = logging.getLogger(__name__)
+
+
+def check_image_input(model: Any, collection: Collection) -> None:
+    """Check that the model can read the collection's images.
+
+    Raises:
+        ConfigError: if a raw-image model meets precomputed features or a feature model meets image files.
+        DataError: if the feature dimension does not match the model's.
+    """
+    if not collection.images:
+        return
+    spec = model.image_input
+    if spec.kind == "pixels" and collection.kind == "precomp":
+        raise ConfigError(
+            f"{collection.source}: this model reads raw images (model.image.kind={model.config.image.kind}); "
+            "encode a folder of images, a Karpathy JSON or a CSV/JSONL of image paths instead of precomputed features"
+        )
+    if spec.kind == "features":
+        if collection.kind != "precomp":
+            raise ConfigError(
+                f"{collection.source}: this model reads precomputed features (model.image.kind="
+                f"{model.config.image.kind}), not image files; encode a precomputed-features folder "
+                "({split}_ims.npy + {split}_caps.txt, see 'vsekit extract'), or use a raw-image model"
+            )
+        for ds in collection.precomp.values():
+            if ds.feature_dim != spec.dim:
+                raise DataError(
+                    f"{ds.ims_path}: features of dimension {ds.feature_dim}, the model expects "
+                    f"model.image.img_dim={spec.dim}"
+                )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _load_one(model_input: Any, collection: Collection, item: ImageItem) -> Any:
+    """The network input of one image: an S×3×S tensor row (pixels) or a K×D array (features)."""
+    if item.feature is not None:
+        split, i = item.feature
+        return collection.precomp[split].image(i)
+    from vsekit.data.images import load_image
+
+    pixels, _ = model_input.collate([load_image(collection.root / str(item.path))], train=False)
+    return pixels[0]
+
+
+def encode_images(
+    model: Any,
+    collection: Collection,
+    items: Sequence[ImageItem],
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> Iterator[tuple[list[ImageItem], np.ndarray, list[dict[str, str]]]]:
+    """Embed image items batch by batch.
+
+    Unreadable images are reported (one warning line each, logger ``vsekit.index``) and left out.
+
+    Args:
+        model: a :class:`vsekit.models.VSEModel` (in eval mode, on its device).
+        collection: the collection the items belong to.
+        items: the images to embed.
+        batch_size: images per forward pass.
+        workers: threads reading and resizing image files.
+        progress: advanced by the items of every batch (skipped ones included).
+
+    Yields:
+        ``(items, embeddings, skipped)`` per batch: the items embedded, their len×E float32 embeddings, and
+        ``{"path", "reason"}`` of the items skipped in this batch.
+    """
+    spec = model.image_input
+    device = model.device
+
+    def load(item: ImageItem) -> tuple[Any, str | None]:
+        try:
+            return _load_one(spec, collection, item), None
+        except Exception as e:  # noqa: BLE001 - any failure to decode one file is reported, never fatal for the batch
+            return None, _first_line(e)
+
+    batches = [list(items[a : a + batch_size]) for a in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: list[Future] | None = [pool.submit(load, it) for it in batches[0]] if batches else None
+        for n, batch in enumerate(batches):
+            assert pending is not None
+            loaded = [f.result() for f in pending]
+            pending = [pool.submit(load, it) for it in batches[n + 1]] if n + 1 < len(batches) else None
+            ok_items, inputs, skipped = [], [], []
+            for item, (x, err) in zip(batch, loaded):
+                if err is None:
+                    ok_items.append(item)
+                    inputs.append(x)
+                else:
+                    where = item.path or item.id
+                    log.warning("skipped %s: %s", where, err)
+                    skipped.append({"path": where, "reason": err})
+            emb = np.zeros((0, model.config.embed_size), np.float32)
+            if inputs:
+                if spec.kind == "pixels":
+                    images, lengths = torch.stack(inputs), torch.ones(len(inputs), dtype=torch.int64)
+                else:
+                    images, lengths = spec.collate(inputs, train=False)
+                with torch.inference_mode():
+                    out = model.forward_image(images.to(device), lengths.to(device))
+                emb = out.float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(batch))
+            yield ok_items, emb, skipped
+
+
+def encode_texts(
+    model: Any, items: Sequence[TextItem], batch_size: int = 64, progress: Progress | None = None
+) -> Iterator[tuple[list[TextItem], np.ndarray]]:
+    """Embed text items batch by batch.
+
+    Args:
+        model: a :class:`vsekit.models.VSEModel`.
+        items: the texts to embed.
+        batch_size: texts per forward pass.
+        progress: advanced by the items of every batch.
+
+    Yields:
+        ``(items, embeddings)`` per batch (len×E float32).
+    """
+    for a in range(0, len(items), batch_size):
+        batch = list(items[a : a + batch_size])
+        emb = model.encode_text([t.caption for t in batch], batch_size=batch_size).numpy()
+        if progress is not None:
+            progress.update(len(batch))
+        yield batch, emb
