@@ -1,0 +1,449 @@
+"""``vsekit serve``: the HTTP API (FastAPI TestClient and a real uvicorn subprocess), the HTTP client, and
+the service's safety (bounded queries, uploads, no path traversal, JSON errors, no open CORS).
+
+The collection: rendered scenes of one object each, one image per colour (8 colours), with a caption per
+image, indexed with a tiny raw-pixel model trained here on rendered scenes of the same kind, so that "a
+red car" must find the red image.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="vsekit serve needs the 'serve' extra")
+pytest.importorskip("pyarrow", reason="search indexes need pyarrow")
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from vsekit.config import apply_overrides
+from vsekit.data.synthetic import COLORS, make_synthetic
+from vsekit.index import Index
+from vsekit.presets import get_preset
+from vsekit.serving import SearchClient, ServiceError, create_app
+from vsekit.training import train
+
+NUM_COLORS = 8
+SCENES = {"num_categories": 1, "num_colors": NUM_COLORS, "min_objects": 1, "max_objects": 1, "max_clutter": 1,
+          "min_mentions": 1, "p_color": 1.0, "p_size": 0.0, "render": True, "image_size": 32}  # fmt: skip
+TRAIN = [
+    "data.kind=synthetic", "data.train_split=train", "data.val_max_images=null", "data.vocab_min_count=1",
+    "data.synthetic={num_train: 400, num_val: 50, num_test: 0, "
+    + ", ".join(f"{k}: {str(v).lower()}" for k, v in SCENES.items()) + "}",
+    "model.image.backbone=tiny", "model.image.image_size=32", "model.embed_size=32", "model.text.word_dim=16",
+    "batch_size=50", "eval_batch_size=128", "eval_protocol=kcaptions", "epochs=6", "loss.warmup_epochs=6",
+    "optim.lr=2e-3", "optim.lr_mults={image_encoder.backbone: 1.0}", "optim.freeze={}", "seed=0",
+]  # fmt: skip
+
+_BUILT: dict[str, dict] = {}
+
+
+def scene_collection(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train the tiny model, render the collection to PNG files with a JSONL of captions, and index it.
+    Built once per test session (shared by test_browser.py).
+
+    Returns:
+        ``checkpoint``, ``root`` (the collection folder), ``source`` (its JSONL), ``index_dir``, ``index``
+        (the loaded :class:`Index`), ``by_color`` (colour -> image id) and ``chance_rsum``.
+    """
+    if "scenes" in _BUILT:
+        return _BUILT["scenes"]
+    base = tmp_path_factory.mktemp("serve")
+    run = base / "run"
+    cfg = apply_overrides(get_preset("vse_infty_grid_bigru"), TRAIN)
+    result = train(cfg, run, log=None, progress_stream=None)
+    # rendered scenes the model never saw, one per colour; ids with a sub-folder and a space
+    ds = make_synthetic(num_train=0, num_val=0, num_test=120, seed=7, **SCENES)["test"]
+    first = {}
+    for i in range(ds.num_images):
+        first.setdefault(ds.objects(i)[0]["color"], i)
+    assert len(first) == NUM_COLORS
+    root = base / "collection"
+    (root / "scenes a").mkdir(parents=True)
+    rows, by_color = [], {}
+    for n, color in enumerate(sorted(first)):
+        rel = f"scenes a/img_{n:02d}.png"
+        Image.fromarray(ds.image(first[color])).resize((96, 96), Image.NEAREST).save(root / rel)  # files larger than the model input
+        rows.append({"path": rel, "caption": f"a photo of a {COLORS[color]} car"})
+        by_color[COLORS[color]] = rel
+    source = root / "captions.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index_dir = base / "index"
+    index = Index.build(run / "best.pt", source, index_dir, progress=False, workers=1)
+    _BUILT["scenes"] = {"checkpoint": run / "best.pt", "root": root, "source": source, "index_dir": index_dir,
+                        "index": index, "by_color": by_color, "best_rsum": result.best_rsum}  # fmt: skip
+    return _BUILT["scenes"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return scene_collection(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(scenes):
+    with TestClient(create_app(scenes["index"]), raise_server_exceptions=False) as c:
+        yield c
+
+
+def png_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def assert_error(response, status: int, code: str | None = None, *needles: str) -> dict:
+    """A JSON error ``{"error": {"code", "message"}}`` with this status (never a traceback)."""
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert "Traceback" not in response.text and "\n" not in body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code, body
+    for needle in needles:
+        assert needle in body["error"]["message"], body
+    return body["error"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the API
+
+
+def test_text_query_finds_the_described_image_first(scenes, client):
+    assert scenes["best_rsum"] > 200  # the tiny model learned (chance rsum with 50 val images is ~ 60)
+    for color, rel in scenes["by_color"].items():
+        r = client.get("/api/search", params={"q": f"a {color} car", "k": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["hits"][0]["path"] == rel, (color, body["hits"])
+        assert body["query"] == {"kind": "text", "text": f"a {color} car", "item": None, "k": 3, "offset": 0, "target": "image"}
+    # ranks, scores and pagination: pages are slices of the full ranking
+    full = client.get("/api/search", params={"q": "a red car", "k": NUM_COLORS}).json()
+    assert [h["rank"] for h in full["hits"]] == list(range(1, NUM_COLORS + 1)) and not full["has_more"]
+    scores = [h["score"] for h in full["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    page2 = client.get("/api/search", params={"q": "a red car", "k": 3, "offset": 3}).json()
+    assert [h["id"] for h in page2["hits"]] == [h["id"] for h in full["hits"][3:6]] and page2["has_more"]
+    assert [h["rank"] for h in page2["hits"]] == [4, 5, 6]
+    last = client.get("/api/search", params={"q": "a red car", "k": 3, "offset": 6}).json()
+    assert len(last["hits"]) == 2 and not last["has_more"]
+    hit = full["hits"][0]
+    assert hit["thumbnail_url"] == "/api/items/scenes%20a/" + hit["path"].split("/")[1] + "/thumbnail"
+    # text -> text: the caption of the red image
+    r = client.get("/api/search", params={"q": "a red car", "target": "text", "k": 1}).json()
+    assert r["hits"][0]["caption"] == "a photo of a red car" and r["hits"][0]["modality"] == "text"
+    assert r["hits"][0]["thumbnail_url"] == full["hits"][0]["thumbnail_url"]  # a caption shows its image
+
+
+def test_image_upload_and_item_queries(scenes, client):
+    red = scenes["by_color"]["red"]
+    data = png_bytes(scenes["root"] / red)
+    r = client.post("/api/search", files={"image": ("query.png", data, "image/png")}, data={"k": "3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"]["kind"] == "image" and body["hits"][0]["id"] == red and body["hits"][0]["score"] > 0.99
+    r = client.post("/api/search", files={"image": ("query.png", data, "image/png")}, data={"k": "1", "target": "text"})
+    assert r.json()["hits"][0]["caption"] == "a photo of a red car"
+    # "search with this result": the item itself is left out of its own modality
+    r = client.get("/api/search", params={"item": red, "k": NUM_COLORS})
+    ids = [h["id"] for h in r.json()["hits"]]
+    assert red not in ids and len(ids) == NUM_COLORS - 1
+    r = client.get("/api/search", params={"item": red, "target": "text", "k": 1})
+    assert r.json()["hits"][0]["caption"] == "a photo of a red car"
+    text_id = r.json()["hits"][0]["id"]
+    r = client.get("/api/search", params={"item": text_id, "k": 1})  # caption -> images
+    assert r.json()["hits"][0]["id"] == red
+
+
+def test_items_thumbnails_and_files(scenes, client):
+    red = scenes["by_color"]["red"]
+    meta = client.get(f"/api/items/{red}").json()
+    assert meta["id"] == red and meta["modality"] == "image" and meta["caption"] == "a photo of a red car"
+    assert meta["path"] == red and meta["image_url"].endswith("/image")
+    r = client.get(meta["image_url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content == (scenes["root"] / red).read_bytes()
+    before = client.get("/api/stats").json()["index"]["thumbnail_cache"]["items"]
+    for _ in range(2):
+        r = client.get(meta["thumbnail_url"], params={"size": 16})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert max(Image.open(io.BytesIO(r.content)).size) == 16
+    assert client.get("/api/stats").json()["index"]["thumbnail_cache"]["items"] == before + 1  # cached once
+    # a caption: its metadata points at its image; it has no file of its own
+    text_id = client.get("/api/search", params={"q": "a red car", "target": "text", "k": 1}).json()["hits"][0]["id"]
+    tmeta = client.get(f"/api/items/{text_id.replace('#', '%23')}").json()
+    assert tmeta["modality"] == "text" and tmeta["image_id"] == red and tmeta["thumbnail_url"] == meta["thumbnail_url"]
+    assert_error(client.get(f"/api/items/{text_id.replace('#', '%23')}/image"), 404, "not_found")
+    assert_error(client.get(f"/api/items/{red}/thumbnail", params={"size": 5000}), 422, "invalid_request", "size")
+
+
+def test_health_stats_openapi_and_page(scenes, client):
+    client.get("/api/search", params={"q": "a blue car"})
+    h = client.get("/api/health")
+    assert h.status_code == 200 and h.json() == {"status": "ok", "items": 2 * NUM_COLORS}
+    s = client.get("/api/stats").json()
+    assert s["items"] == 2 * NUM_COLORS and s["backend"] == "exact" and s["model"].endswith("best.pt")
+    assert s["index"]["num_images"] == NUM_COLORS and s["queries"] >= 1 and s["uptime_s"] >= 0
+    lat = s["latency_ms"]
+    assert lat["count"] >= 1 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    schema = client.get("/openapi.json").json()
+    assert {"get", "post"} <= set(schema["paths"]["/api/search"])
+    assert {"SearchResponse", "SearchHit", "StatsResponse", "ErrorResponse"} <= set(schema["components"]["schemas"])
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page.text):  # every asset is local and served
+        assert src.startswith(("/", "data:")), src
+        if src.startswith("/static/"):
+            assert client.get(src).status_code == 200, src
+    static = Path(__import__("vsekit.serving.app", fromlist=["STATIC_DIR"]).STATIC_DIR)
+    for f in static.iterdir():  # nothing external is ever loaded by the page
+        assert not re.search(r"https?://", f.read_text()), f
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in client.get("/static/docs.js").text
+    if "/docs-assets/" in docs.text and __import__("importlib").util.find_spec("swagger_ui_bundle"):
+        assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_index_path_is_loaded_once_at_startup(scenes):
+    app = create_app(str(scenes["index_dir"]))
+    with TestClient(app) as c:
+        index = app.state.service.index
+        assert index is not None and c.get("/api/search", params={"q": "a green car", "k": 1}).json()["hits"][0]["path"] == scenes["by_color"]["green"]
+        c.get("/api/search", params={"q": "a pink car", "k": 1})
+        assert app.state.service.index is index
+
+
+# ---------------------------------------------------------------------------------------------------
+# safety
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"q": "a car", "k": 0}, "k"), ({"q": "a car", "k": -1}, "k"), ({"q": "a car", "k": 10**9}, "k"),
+        ({"q": "a car", "k": "abc"}, "k"), ({"q": "a car", "k": 1.5}, "k"), ({"q": "a car", "offset": -1}, "offset"),
+        ({"q": "a car", "offset": 10**9}, "offset"), ({"q": "a car", "target": "video"}, "target"),
+        ({"q": ""}, "q"), ({"q": "   "}, "q"), ({}, "exactly one"), ({"q": "a car", "item": "x"}, "exactly one"),
+        ({"q": "a" * 5000}, "q"), ({"item": "a\x00b"}, "item"),
+    ],
+)  # fmt: skip
+def test_bad_queries_are_422(client, params, needle):
+    assert_error(client.get("/api/search", params=params), 422, "invalid_request", needle)
+
+
+def test_path_traversal_is_refused(scenes, client):
+    secret = scenes["root"].parent / "secret.txt"
+    secret.write_text("top secret")
+    for path in [
+        "/api/items/../secret.txt/image", "/api/items/%2e%2e/secret.txt/image", "/api/items/%2E%2E%2Fsecret.txt/image",
+        f"/api/items/{secret}/image", f"/api/items/{secret}/thumbnail", "/api/items/..%2f..%2f..%2fetc%2fpasswd",
+        "/api/items/%2Fetc%2Fpasswd/image", "/static/../app.py", "/static/%2e%2e/app.py", "/docs-assets/../../etc/passwd",
+    ]:  # fmt: skip
+        r = client.get(path)
+        assert 400 <= r.status_code < 500 and "top secret" not in r.text and "import" not in r.text, (path, r.status_code)
+    for item in ["../secret.txt", str(secret), "scenes a/../../secret.txt"]:
+        assert_error(client.get("/api/search", params={"item": item}), 404, "not_found")
+
+
+def test_symlink_escape_is_refused(scenes, tmp_path):
+    # a file of the collection replaced, after indexing, by a link to an image outside the collection
+    root = tmp_path / "col"
+    root.mkdir()
+    for name in ("a.png", "b.png"):
+        (root / name).write_bytes((scenes["root"] / scenes["by_color"]["red"]).read_bytes())
+    index = Index.build(scenes["checkpoint"], root, tmp_path / "idx", progress=False, workers=1)
+    outside = tmp_path / "private.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(outside)
+    (root / "b.png").unlink()
+    (root / "b.png").symlink_to(outside)
+    with TestClient(create_app(index)) as c:
+        assert c.get("/api/items/a.png/image").status_code == 200
+        for suffix in ("image", "thumbnail"):
+            r = c.get(f"/api/items/b.png/{suffix}")
+            assert r.status_code in (403, 404) and r.content != outside.read_bytes()
+            assert_error(r, r.status_code)
+        assert c.get("/api/health").status_code == 200
+
+
+def test_uploads_are_bounded_and_must_be_images(scenes, client):
+    red = png_bytes(scenes["root"] / scenes["by_color"]["red"])
+    with TestClient(create_app(scenes["index"], max_upload_bytes=len(red) - 1, max_image_pixels=32 * 32)) as small:
+        # too large: refused by Content-Length, and while reading a chunked body without one
+        assert_error(small.post("/api/search", files={"image": ("big.png", red + b"\0" * 200_000, "image/png")}), 413, "payload_too_large")
+        boundary = "b0undary"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * 300_000 + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+        chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))
+        r = small.post("/api/search", content=chunks, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert_error(r, 413, "payload_too_large")
+        # just over the file limit (within the multipart allowance): refused after reading
+        assert_error(small.post("/api/search", files={"image": ("x.png", red + b"\0", "image/png")}), 413, "payload_too_large")
+        # too many pixels (decompression-bomb guard)
+        big = io.BytesIO()
+        Image.new("RGB", (33, 32)).save(big, format="PNG")
+        assert len(big.getvalue()) < len(red)
+        assert_error(small.post("/api/search", files={"image": ("wide.png", big.getvalue(), "image/png")}), 413, None, "33x32")
+    for name, data in [("x.png", b"hello, not an image"), ("x.png", red[: len(red) // 2]), ("empty.png", b""),
+                       ("x.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>")]:  # fmt: skip
+        assert_error(client.post("/api/search", files={"image": (name, data, "image/png")}), 415, "unsupported_media_type")
+    assert client.get("/api/health").status_code == 200
+
+
+def test_malformed_requests_are_clear_4xx(scenes, client):
+    assert_error(client.post("/api/search", content=b"{not json", headers={"content-type": "application/json"}), 415, "unsupported_media_type", "multipart")
+    assert_error(client.post("/api/search", json={"q": "a red car"}), 415)
+    assert_error(client.post("/api/search", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"}), 400)
+    assert_error(client.post("/api/search", content=b"garbage", headers={"content-type": "multipart/form-data"}), 400)
+    assert_error(client.post("/api/search", data={"k": "3"}, files={"other": ("a.txt", b"x")}), 422, "invalid_request", "image")
+    red = png_bytes(scenes["root"] / scenes["by_color"]["red"])
+    assert_error(client.post("/api/search", files={"image": ("a.png", red)}, data={"k": "0"}), 422, "invalid_request", "k")
+    assert_error(client.post("/api/search", files={"image": ("a.png", red)}, headers={"content-length": "abc"}), 400)
+    assert_error(client.get("/api/nothing"), 404, "not_found")
+    assert_error(client.delete("/api/search"), 405, "method_not_allowed")
+    assert_error(client.get("/api/items/no-such-item"), 404, "not_found")
+    assert client.get("/api/health").status_code == 200
+
+
+def test_internal_errors_are_json_without_details(scenes):
+    class Broken:
+        """The real index, except that searching fails unexpectedly."""
+
+        def __getattr__(self, name):
+            return getattr(scenes["index"], name)
+
+        def search(self, **_kw):
+            raise RuntimeError("secret internal detail")
+
+    with TestClient(create_app(Broken()), raise_server_exceptions=False) as c:
+        err = assert_error(c.get("/api/search", params={"q": "a red car"}), 500, "internal_error")
+        assert "secret" not in err["message"]
+        assert c.get("/api/health").status_code == 200
+
+
+def test_cors_is_closed_unless_origins_are_given(scenes, client):
+    origin = {"origin": "http://elsewhere.example"}
+    assert "access-control-allow-origin" not in client.get("/api/health", headers=origin).headers
+    with TestClient(create_app(scenes["index"], cors_origins=["http://elsewhere.example"])) as c:
+        assert c.get("/api/health", headers=origin).headers["access-control-allow-origin"] == "http://elsewhere.example"
+        assert "access-control-allow-origin" not in c.get("/api/health", headers={"origin": "http://evil.example"}).headers
+    from vsekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="origin"):
+        create_app(scenes["index"], cors_origins=["elsewhere.example/path"])
+    with pytest.raises(ConfigError, match="max_k"):
+        create_app(scenes["index"], max_k=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the real server and the client
+
+
+def start_server(index_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``vsekit serve INDEX --port 0`` in a subprocess; returns it and its base URL once it answers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vsekit", "serve", str(index_dir), "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    line = proc.stdout.readline()
+    match = re.search(r"at (http://\S+?)/ ", line)
+    if not match:
+        proc.kill()
+        raise AssertionError(f"no address in {line!r}: {proc.stderr.read()[-2000:]}")
+    url = match.group(1)
+    client = SearchClient(url, timeout=10)
+    for _ in range(100):
+        try:
+            client.health()
+            return proc, url
+        except ServiceError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not answer")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: a graceful stop, exit status 0
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def raw_request(url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, bytes]:
+    """A request sent as written (no client-side normalisation of ``..``)."""
+    host, port = url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for k, v in (headers or {}).items():
+        conn.putheader(k, v)
+    conn.endheaders(body or None)
+    r = conn.getresponse()
+    out = (r.status, r.read())
+    conn.close()
+    return out
+
+
+def test_vsekit_serve_with_the_client(scenes, tmp_path):
+    proc, url = start_server(scenes["index_dir"])
+    try:
+        client = SearchClient(url)
+        red, blue = scenes["by_color"]["red"], scenes["by_color"]["blue"]
+        assert client.health() == {"status": "ok", "items": 2 * NUM_COLORS}
+        hits = client.search(text="a blue car", k=3)
+        assert hits[0].path == blue and hits[0].rank == 1 and hits[0].modality == "image"
+        assert client.search(image=scenes["root"] / red, k=1)[0].id == red
+        arr = np.asarray(Image.open(scenes["root"] / red).convert("RGB"))
+        assert client.search(image=arr, k=1)[0].id == red
+        assert client.search(image=(scenes["root"] / red).read_bytes(), k=1, target="text")[0].caption == "a photo of a red car"
+        assert red not in [h.id for h in client.search(item=red, k=5)]
+        page = client.search_page(text="a blue car", k=2, offset=2)
+        assert [h.rank for h in page["hits"]] == [3, 4] and page["has_more"]
+        assert client.item(red)["caption"] == "a photo of a red car"
+        assert Image.open(io.BytesIO(client.thumbnail(red, size=24))).size == (24, 24)
+        assert client.image(red) == (scenes["root"] / red).read_bytes()
+        stats = client.stats()
+        assert stats["queries"] >= 5 and stats["latency_ms"]["p99"] > 0
+        with pytest.raises(ServiceError) as err:
+            client.search(text="a car", k=0)
+        assert err.value.status == 422 and err.value.code == "invalid_request" and "k" in err.value.message
+        with pytest.raises(ServiceError) as err:
+            client.search(image=b"not an image")
+        assert err.value.status == 415
+        with pytest.raises(ServiceError) as err:
+            client.item("../../etc/passwd")
+        assert err.value.status == 404
+        # raw requests: literal ../, encoded dots, absolute paths, a lying Content-Length
+        for path in ["/api/items/../../../../etc/passwd/image", "/api/items/%2e%2e/%2e%2e/etc/passwd",
+                     "/api/items//etc/passwd/image", "/static/../../../etc/passwd", "/../../etc/passwd"]:  # fmt: skip
+            status, body = raw_request(url, "GET", path)
+            assert 400 <= status < 500 and b"root:" not in body, (path, status, body[:200])
+        status, body = raw_request(url, "POST", "/api/search", b"x", {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(2**31)})
+        assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+        status, body = raw_request(url, "GET", "/api/search?q=" + "x" * 3000)
+        assert status == 422 and b"Traceback" not in body
+        assert client.health()["status"] == "ok"  # still up after all that
+    finally:
+        stop_server(proc)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    with pytest.raises(ServiceError, match="cannot reach"):
+        SearchClient(url, timeout=2).health()
+
+
+def test_vsekit_serve_user_mistakes_are_one_line_errors(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vsekit", "serve", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "index.json" in proc.stderr or "nowhere" in proc.stderr
