@@ -7,6 +7,10 @@ The hinge triplet loss of VSE++ (Faghri et al., BMVC 2018), in both directions, 
 
 ``negatives='sum'`` (VSE0) adds every violation; ``negatives='hardest'`` (VSE++) keeps, per query, only the
 hardest negative. Rows of ``sims`` are images and columns captions; the positive pairs are on the diagonal.
+
+Both directions are :func:`query_hinge` (one query per row against candidate columns).
+:func:`sharded_triplet_hinge_loss` is one process's share of the loss of a global batch in data-parallel
+training: its own queries against every candidate of the global batch (see :mod:`vsekit.distributed`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,26 @@ def negatives_mask(n: int, image_ids: Tensor | None = None, device: torch.device
         return torch.eye(n, dtype=torch.bool, device=device)
     image_ids = image_ids.to(device) if device is not None else image_ids
     return image_ids[:, None] == image_ids[None, :]
+
+
+def query_hinge(scores: Tensor, positive: Tensor, not_negative: Tensor, margin: float, negatives: str) -> Tensor:
+    """One direction of the hinge loss: every row is a query scored against candidate columns.
+
+    Args:
+        scores: Q×C similarities of the queries (rows) with the candidates (columns).
+        positive: Q int64 column of each query's positive.
+        not_negative: Q×C boolean mask of the candidates that are not negatives of the query (its
+            positive, and other positives).
+        margin: the hinge margin.
+        negatives: ``'hardest'`` (max violation per query) or ``'sum'``.
+
+    Returns:
+        ``sum_q max_c`` (hardest) or ``sum_q sum_c`` (sum) of ``[margin + scores[q, c] - scores[q, positive[q]]]_+``
+        over the negatives ``c``.
+    """
+    pos = scores.gather(1, positive[:, None])
+    cost = (margin + scores - pos).clamp(min=0).masked_fill(not_negative, 0)
+    return cost.amax(dim=1).sum() if negatives == "hardest" else cost.sum()
 
 
 def triplet_hinge_loss(
@@ -60,12 +84,9 @@ def triplet_hinge_loss(
         raise ValueError(f"sims: expected a square B×B matrix, got shape {tuple(sims.shape)}")
     n = sims.shape[0]
     mask = positives_mask if positives_mask is not None else negatives_mask(n, image_ids, sims.device)
-    diagonal = sims.diagonal()
-    cost_s = (margin + sims - diagonal[:, None]).clamp(min=0).masked_fill(mask, 0)  # image queries (rows)
-    cost_im = (margin + sims - diagonal[None, :]).clamp(min=0).masked_fill(mask, 0)  # caption queries (columns)
-    if negatives == "hardest":
-        return cost_s.amax(dim=1).sum() + cost_im.amax(dim=0).sum()
-    return cost_s.sum() + cost_im.sum()
+    diagonal = torch.arange(n, device=sims.device)
+    # image queries are the rows, caption queries the columns
+    return query_hinge(sims, diagonal, mask, margin, negatives) + query_hinge(sims.t(), diagonal, mask.t(), margin, negatives)
 
 
 class ContrastiveLoss(nn.Module):
@@ -111,6 +132,23 @@ class ContrastiveLoss(nn.Module):
             sims, self.margin, self.current_negatives, image_ids if self.same_image_positives else None
         )
 
+    def forward_shard(
+        self,
+        image_sims: Tensor,
+        caption_sims: Tensor,
+        offset: int,
+        image_ids: Tensor | None = None,
+        all_image_ids: Tensor | None = None,
+    ) -> Tensor:
+        """This process's share of the global-batch loss (:func:`sharded_triplet_hinge_loss`)."""
+        if self.same_image_positives and (image_ids is None or all_image_ids is None):
+            raise ValueError("same_image_positives needs the batch's image_ids and those of the global batch")
+        use = self.same_image_positives
+        return sharded_triplet_hinge_loss(
+            image_sims, caption_sims, offset, self.margin, self.current_negatives,
+            image_ids if use else None, all_image_ids if use else None,
+        )  # fmt: skip
+
     def extra_repr(self) -> str:
         return (
             f"margin={self.margin}, negatives={self.negatives!r}, warmup_epochs={self.warmup_epochs}, "
@@ -118,7 +156,61 @@ class ContrastiveLoss(nn.Module):
         )
 
 
-def instance_loss(logits: Tensor, labels: Tensor) -> Tensor:
+def sharded_triplet_hinge_loss(
+    image_sims: Tensor,
+    caption_sims: Tensor,
+    offset: int,
+    margin: float = 0.2,
+    negatives: str = "hardest",
+    image_ids: Tensor | None = None,
+    all_image_ids: Tensor | None = None,
+) -> Tensor:
+    """One process's share of :func:`triplet_hinge_loss` over a global batch of B pairs.
+
+    The process holds pairs ``offset .. offset + b - 1`` of the global batch. Summed over the processes,
+    the shares equal :func:`triplet_hinge_loss` of the B×B matrix (hardest negatives are mined over all B
+    candidates), while each process only scores its own b queries.
+
+    Args:
+        image_sims: b×B similarities of the local images (queries) with all B captions.
+        caption_sims: B×b similarities of all B images with the local captions (queries, columns).
+        offset: position of the local pairs in the global batch.
+        margin: the hinge margin.
+        negatives: ``'hardest'`` or ``'sum'``.
+        image_ids: optional b image ids of the local pairs; with ``all_image_ids`` (the B ids of the
+            global batch), other captions of the same image are positives, not negatives.
+        all_image_ids: the B image ids of the global batch (needed with ``image_ids``).
+
+    Returns:
+        The scalar share.
+    """
+    if negatives not in NEGATIVES:
+        raise ConfigError(f"negatives: expected one of {', '.join(NEGATIVES)}, got {negatives!r}")
+    b, total = image_sims.shape
+    if caption_sims.shape != (total, b):
+        raise ValueError(f"caption_sims: expected shape {(total, b)}, got {tuple(caption_sims.shape)}")
+    local = torch.arange(b, device=image_sims.device)
+    positive = local + offset
+    if image_ids is not None:
+        if all_image_ids is None:
+            raise ValueError("sharded_triplet_hinge_loss: image_ids needs all_image_ids")
+        not_negative = image_ids.to(image_sims.device)[:, None] == all_image_ids.to(image_sims.device)[None, :]
+    else:
+        not_negative = torch.zeros(b, total, dtype=torch.bool, device=image_sims.device)
+        not_negative[local, positive] = True
+    return query_hinge(image_sims, positive, not_negative, margin, negatives) + query_hinge(
+        caption_sims.t(), positive, not_negative, margin, negatives
+    )
+
+
+def instance_loss(logits: Tensor, labels: Tensor, total: int | None = None) -> Tensor:
     """Dual-Path instance loss: cross-entropy of the shared classifier's logits against the image
-    identity (every training image is its own class; its captions share the class). Mean over the batch."""
-    return nn.functional.cross_entropy(logits.float(), labels)
+    identity (every training image is its own class; its captions share the class). Mean over the batch.
+
+    With ``total`` (data-parallel training), the sum over these samples divided by ``total``, the size of
+    the global batch: this process's share of the mean over the global batch.
+    """
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    if total is None:
+        return nn.functional.cross_entropy(logits, labels)
+    return nn.functional.cross_entropy(logits, labels, reduction="sum") / total
