@@ -172,3 +172,23 @@ def test_synthetic_data_is_shared_between_calls():
     a = make_synthetic(num_train=10, num_val=5, num_test=5)
     b = make_synthetic(num_train=10, num_val=5, num_test=5)
     assert np.array_equal(a["train"].image(3), b["train"].image(3))
+
+
+def test_compile_option_compiles_the_training_forward_only(tmp_path, monkeypatch):
+    # Compiling for real takes minutes on a CPU; the wiring is what is tested: the training forward goes
+    # through torch.compile (dynamic shapes) and the saved model keeps its plain parameter names.
+    seen = []
+
+    def fake_compile(module, **kwargs):
+        seen.append((type(module).__name__, kwargs))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = train(tiny_config("epochs=1", "compile=true"), tmp_path, progress_stream=None, max_steps=2)
+    assert seen == [("TrainingForward", {"dynamic": True})]
+    state = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert not any("_orig_mod" in k for k in state)
+    assert not result.completed
+    # toggling compile does not make a run incomparable: it resumes
+    resumed = train(tiny_config("epochs=1"), tmp_path, progress_stream=None)
+    assert resumed.completed

@@ -153,6 +153,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # 'auto' (CUDA when present) | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
     precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 adds a grad scaler)
+    compile: bool = False  # run the training forward through torch.compile (dynamic shapes); helps on GPUs, not on CPUs
     eval_protocol: str = "kcaptions"  # protocol of the final test evaluation (see vsekit.evaluation.PROTOCOLS)
     init_from: str | None = None  # start from this checkpoint's weights and tokenizer (e.g. Dual-Path stage 2)
 

@@ -10,12 +10,22 @@ A run folder holds::
 
 All files are written atomically. Calling :func:`train` again on the same folder resumes from ``last.pt``
 and continues exactly as an uninterrupted run would (same batches, same augmentation draws).
+
+Data-parallel training: the same :func:`train` (and ``vsekit train``) runs under ``torchrun`` with
+several processes (see :mod:`vsekit.distributed`). ``batch_size`` is the global batch; every process
+trains on its slice of each global batch, the ranking loss is that of the global batch (hardest negatives
+over all of it), and the updates equal those of one process with the whole batch. Rank 0 alone
+evaluates (the others wait), writes the run folder and logs. ``last.pt`` is the same file as in a
+single-process run: the resume position counts global batches, and augmentation draws are seeded per
+(seed, rank, step), so a run resumes exactly with the same number of processes (and continues, with other
+augmentation draws, with another number). The run folder must be on a filesystem every process sees.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import math
 import sys
@@ -26,13 +36,30 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_yaml, to_dict
 from .data import Collator, build_tokenizer, tokenizer_from_dict
 from .data.factory import build_dataset
+from .distributed import (
+    DistContext,
+    SeededCollate,
+    Shard,
+    all_gather_nograd,
+    barrier,
+    broadcast_object,
+    convert_batchnorm,
+    gather_with_grad,
+    init_from_env,
+    rank_seed,
+    reduce_sum,
+    restore_batchnorm,
+    shard_sizes,
+    shutdown,
+    wrap_ddp,
+)
 from .encoders import load_word_vectors
 from .errors import ConfigError
 from .evaluation import evaluate_model
@@ -40,6 +67,11 @@ from .io import atomic_write_text
 from .losses import ContrastiveLoss, instance_loss
 from .models import VSEModel, create_model
 from .progress import Progress
+
+
+LOSS_SYNC_STEPS = 20
+"""The training loop reads the loss back from the device every this many steps (and before
+checkpoints and at epoch ends), not every step: a read-back waits for the device to finish."""
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -154,24 +186,99 @@ def unfreeze_epoch(cfg: TrainConfig) -> int | None:
     return max(epochs) if epochs else None
 
 
-def compute_loss(model: VSEModel, batch: Any, loss_fn: ContrastiveLoss, cfg: TrainConfig, precision: str) -> Tensor:
-    """The training loss of one batch: weighted hinge ranking loss plus the Dual-Path instance losses."""
+class TrainingForward(nn.Module):
+    """The model's forward over one training batch, as the loss needs it: the embeddings of both branches
+    and, when the Dual-Path instance losses are on, the instance logits. Data-parallel training wraps this
+    module in DDP (which synchronises what runs inside a module's ``forward``).
+
+    Args:
+        model: the model.
+        cfg: the training config (which instance logits are needed; classifier dropout).
+    """
+
+    def __init__(self, model: VSEModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.image_logits = cfg.loss.instance_image_weight > 0
+        self.text_logits = cfg.loss.instance_text_weight > 0
+        self.image_dropout, self.text_dropout = cfg.model.image.dropout, cfg.model.text.dropout
+
+    def forward(
+        self, images: Tensor, image_lengths: Tensor, captions: Tensor, caption_lengths: Tensor, precision: str = "fp32"
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Returns ``(image embeddings, caption embeddings, image logits | None, caption logits | None)``."""
+        with autocast_context(images.device, precision):
+            img, img_raw = self.model.forward_image(images, image_lengths, return_raw=True)
+            cap, cap_raw = self.model.forward_text(captions, caption_lengths, return_raw=True)
+        img_logits = self.model.classify(_upcast(img_raw), self.image_dropout) if self.image_logits else None
+        cap_logits = self.model.classify(_upcast(cap_raw), self.text_dropout) if self.text_logits else None
+        return img, cap, img_logits, cap_logits
+
+
+def _compiled(module: nn.Module) -> nn.Module:
+    """``module`` through ``torch.compile`` with dynamic shapes (set sizes and caption lengths vary per batch).
+
+    Raises:
+        ConfigError: if this PyTorch cannot compile (e.g. no C++ compiler for the CPU backend).
+    """
+    if not hasattr(torch, "compile"):
+        raise ConfigError("compile: this PyTorch has no torch.compile; set compile=false")
+    return torch.compile(module, dynamic=True)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """Half-precision (autocast) outputs to float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def compute_loss(
+    model: VSEModel,
+    batch: Any,
+    loss_fn: ContrastiveLoss,
+    cfg: TrainConfig,
+    precision: str,
+    *,
+    forward: nn.Module | None = None,
+    shard: Shard | None = None,
+) -> Tensor:
+    """The training loss of one batch: weighted hinge ranking loss plus the Dual-Path instance losses.
+
+    Args:
+        model: the model.
+        batch: the batch (on the model's device).
+        loss_fn: the ranking loss.
+        cfg: the training config (loss weights).
+        precision: ``'fp32'``, ``'bf16'`` or ``'fp16'`` (autocast of the encoders).
+        forward: what runs the model on the batch: a :class:`TrainingForward` of ``model``, wrapped in DDP in
+            data-parallel training (default: a plain :class:`TrainingForward`).
+        shard: in data-parallel training, this process's slice of the global batch. The result is then
+            this process's share of the global batch's loss: the embeddings of every process are gathered
+            (gradients flow back to their process), the local queries are ranked against all candidates,
+            and the shares of all processes sum to the loss of the global batch.
+
+    Returns:
+        The scalar loss (or share).
+    """
     lc = cfg.loss
-    instance = lc.instance_image_weight > 0 or lc.instance_text_weight > 0
-    with autocast_context(batch.images.device, precision):
-        img, img_raw = model.forward_image(batch.images, batch.image_lengths, return_raw=True)
-        cap, cap_raw = model.forward_text(batch.captions, batch.caption_lengths, return_raw=True)
-    loss = img.new_zeros((), dtype=torch.float32)
+    run = forward if forward is not None else TrainingForward(model, cfg)
+    img, cap, img_logits, cap_logits = run(batch.images, batch.image_lengths, batch.captions, batch.caption_lengths, precision)
+    img, cap = _upcast(img), _upcast(cap)
+    loss = img.new_zeros(())
     if lc.ranking_weight > 0:
-        loss = loss + lc.ranking_weight * loss_fn(model.similarity(img.float(), cap.float()), batch.image_ids)
-    if instance:
-        labels = batch.image_ids
-        if lc.instance_image_weight > 0:
-            logits = model.classify(img_raw.float(), cfg.model.image.dropout)
-            loss = loss + lc.instance_image_weight * instance_loss(logits, labels)
-        if lc.instance_text_weight > 0:
-            logits = model.classify(cap_raw.float(), cfg.model.text.dropout)
-            loss = loss + lc.instance_text_weight * instance_loss(logits, labels)
+        if shard is None:
+            ranking = loss_fn(model.similarity(img, cap), batch.image_ids)
+        else:
+            all_img, all_cap = gather_with_grad(img, shard), gather_with_grad(cap, shard)
+            all_ids = all_gather_nograd(batch.image_ids, shard) if loss_fn.same_image_positives else None
+            ranking = loss_fn.forward_shard(
+                model.similarity(img, all_cap), model.similarity(all_img, cap), shard.offset, batch.image_ids, all_ids
+            )
+        loss = loss + lc.ranking_weight * ranking
+    total = None if shard is None else shard.total  # per-sample means are over the global batch
+    if img_logits is not None:
+        loss = loss + lc.instance_image_weight * instance_loss(img_logits, batch.image_ids, total)
+    if cap_logits is not None:
+        loss = loss + lc.instance_text_weight * instance_loss(cap_logits, batch.image_ids, total)
     return loss
 
 
@@ -212,7 +319,7 @@ def resolve_for_data(cfg: TrainConfig, train_set: Any) -> TrainConfig:
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     """The parts of a config that must not change when a run is resumed."""
     d = to_dict(cfg)
-    for key in ("epochs", "workers", "device", "eval_batch_size"):
+    for key in ("epochs", "workers", "device", "eval_batch_size", "compile"):
         d.pop(key)
     return d
 
@@ -240,11 +347,37 @@ def train(
 
     Returns:
         A :class:`TrainResult` with the best model.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (or uses the caller's, when one is
+    already initialised), trains data-parallel as the module docstring describes, and ends the group it
+    started. Only rank 0 writes files, logs and draws the progress bar; every rank returns the result.
     """
+    ctx, device, started = init_from_env(resolve_device(cfg.device))
+    try:
+        return _train(
+            cfg, Path(run_dir), ctx, device, resume=resume, log=log if ctx.is_main else None,
+            progress_stream=progress_stream if ctx.is_main else None, max_steps=max_steps, datasets=datasets,
+        )  # fmt: skip
+    finally:
+        shutdown(started)
+
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    ctx: DistContext,
+    device: torch.device,
+    *,
+    resume: bool,
+    log: Callable[[str], None] | None,
+    progress_stream: TextIO | None,
+    max_steps: int | None,
+    datasets: dict[str, Any] | None,
+) -> TrainResult:
+    """:func:`train` in one process of ``ctx`` (rank 0 of 1 without data parallelism), on ``device``."""
     say = log or (lambda _msg: None)
-    run_dir = Path(run_dir)
+    main = ctx.is_main
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
 
     ckpt = None
     if (run_dir / "last.pt").is_file():
@@ -262,6 +395,8 @@ def train(
     cfg = resolve_for_data(cfg, train_set)
     if ckpt is not None and _comparable(config_from_checkpoint(ckpt)) != _comparable(cfg):
         raise ConfigError(f"{run_dir}: holds a run with a different config; resume it unchanged or use another folder")
+    if ctx.enabled:  # every process needs a sample of every global batch
+        shard_sizes(min(cfg.batch_size, len(train_set)), ctx.world_size)
     torch.manual_seed(cfg.seed)
     word_vectors = None
     init = None
@@ -290,6 +425,8 @@ def train(
                 f"data: the {name} split gives images as {kind}, but model.image.kind={cfg.model.image.kind!r} takes "
                 f"{model.image_input.kind}"
             )
+    if ctx.enabled:  # BatchNorm statistics of the global batch, as in one process
+        convert_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     loss_fn = ContrastiveLoss(cfg.loss.margin, cfg.loss.negatives, cfg.loss.warmup_epochs, cfg.loss.same_image_positives)
@@ -308,8 +445,9 @@ def train(
         epoch_loss_sum, epoch_loss_n = ckpt.get("epoch_loss", (0.0, 0))
         _set_rng_state(ckpt["rng"])
         say(f"resumed from {run_dir / 'last.pt'} at epoch {start_epoch + 1}, batch {start_batch}, step {step}")
-    atomic_write_text(dump_yaml(cfg), run_dir / "config.yaml")
-    _write_metrics(run_dir, history)
+    if main:
+        atomic_write_text(dump_yaml(cfg), run_dir / "config.yaml")
+        _write_metrics(run_dir, history)
 
     collator = Collator(model.tokenizer, model.image_input, train=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -317,9 +455,17 @@ def train(
         say(
             f"training {cfg.name}: {len(train_set)} pairs ({train_set.num_images} images), "
             f"{val_set.num_images} val images, {n_params / 1e6:.2f}M parameters, vocab {len(model.tokenizer)}, device {device}"
+            + (f" ({ctx.world_size} processes, {cfg.batch_size} pairs per global batch)" if ctx.enabled else "")
         )
+    forward = TrainingForward(model, cfg)
+    step_forward: nn.Module = forward  # DDP-wrapped in data-parallel training
+    if cfg.compile:  # the model itself stays uncompiled, so checkpoints keep their keys
+        step_forward = _compiled(forward)
+    ddp_frozen: list[str] | None = None
 
     def save_last(epoch: int, batch_in_epoch: int, loss_state: tuple[float, int]) -> None:
+        if not main:
+            return
         save_checkpoint(
             run_dir / "last.pt", model, cfg,
             epoch=epoch, batch_in_epoch=batch_in_epoch, step=step, best_rsum=best_rsum, best_epoch=best_epoch,
@@ -332,15 +478,27 @@ def train(
             g["lr"] = lr_at_epoch(cfg.optim.lr, epoch, cfg.optim.lr_decay_epochs, cfg.optim.lr_decay) * g["lr_mult"]
         loss_fn.set_epoch(epoch)
         frozen = apply_freeze(model, cfg, epoch)
+        if ctx.enabled and frozen != ddp_frozen:  # DDP syncs the parameters that train when it is built
+            step_forward = forward
+            gc.collect()  # release the previous wrapper's gradient hooks
+            step_forward, ddp_frozen = wrap_ddp(forward, device), frozen
+            if cfg.compile:
+                step_forward = _compiled(step_forward)
         ramp = cfg.optim.unfreeze_ramp and epoch == unfreeze_epoch(cfg)
         batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch)
         first = start_batch if epoch == start_epoch else 0
         if epoch != start_epoch:
             epoch_loss_sum, epoch_loss_n = 0.0, 0
+        shards: list[Shard | None] = [None] * len(batches)
+        local_batches, epoch_collate = batches, collator
+        if ctx.enabled:  # this process's contiguous slice of every global batch
+            shards = [Shard(ctx.rank, shard_sizes(len(b), ctx.world_size)) for b in batches]
+            local_batches = [b[s.offset : s.offset + s.size] for b, s in zip(batches, shards)]
+            epoch_collate = SeededCollate(collator, cfg.seed, ctx.rank, epoch)
         loader = DataLoader(
             train_set,
-            batch_sampler=batches[first:],
-            collate_fn=collator,
+            batch_sampler=local_batches[first:],
+            collate_fn=epoch_collate,
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # keeps the global RNG (augmentation draws) untouched
@@ -348,62 +506,86 @@ def train(
         bar = Progress(len(batches) * cfg.batch_size, f"epoch {epoch + 1}/{cfg.epochs}", "pairs", progress_stream)
         bar.count = first * cfg.batch_size
         model.train()
+        pending, pending_n = None, 0  # losses of the steps since the last read-back (on the device)
+        loss_acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         t0 = time.perf_counter()
         for b, batch in enumerate(loader, start=first):
             batch = batch.to(device, non_blocking=True)
-            loss = compute_loss(model, batch, loss_fn, cfg, cfg.precision)
+            if ctx.enabled:  # this process's augmentation draws: a function of (seed, rank, step), resumable
+                torch.manual_seed(rank_seed(cfg.seed, ctx.rank, step))
+            loss = compute_loss(model, batch, loss_fn, cfg, cfg.precision, forward=step_forward, shard=shards[b])
             if ramp:  # VSE∞: the loss grows linearly over the first epoch after the backbone unfreezes
                 loss = loss * ((b + 1) / len(batches))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # data-parallel: DDP averages gradients over the processes and the loss shares sum to the loss
+            # of the global batch, so world_size × share gives each parameter the single-process gradient
+            scaler.scale(loss * ctx.world_size if ctx.enabled else loss).backward()
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            loss_value = float(loss.detach())
-            epoch_loss_sum += loss_value
-            epoch_loss_n += 1
-            bar.update(len(batch.caption_ids), loss=loss_value)
+            # the loss stays on the device (no host sync per step); it is read back every
+            # LOSS_SYNC_STEPS steps, before checkpoints and at the end of the epoch (the same steps on
+            # every process), accumulated in float64 so the epoch sum does not depend on the grouping
+            pending = loss.detach().to(loss_acc_dtype) + (pending if pending is not None else 0)
+            pending_n += 1
             done = max_steps is not None and step >= max_steps
-            if done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < len(batches)):
+            checkpoint = done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < len(batches))
+            if checkpoint or step % LOSS_SYNC_STEPS == 0 or b + 1 == len(batches):
+                loss_total = float(reduce_sum(pending) if ctx.enabled else pending)
+                epoch_loss_sum += loss_total
+                epoch_loss_n += pending_n
+                bar.postfix["loss"] = loss_total / pending_n
+                pending, pending_n = None, 0
+            bar.update(len(batches[b]))
+            if checkpoint:
                 save_last(epoch, b + 1, (epoch_loss_sum, epoch_loss_n))
             if done:
                 bar.close()
                 say(f"stopped after {step} steps (max_steps); resume with the same run folder")
-                return TrainResult(run_dir, model.eval(), best_rsum, best_epoch, history, completed=False)
+                barrier()  # last.pt is written when any process returns
+                return TrainResult(run_dir, restore_batchnorm(model).eval(), best_rsum, best_epoch, history, completed=False)
         bar.close()
         train_time = time.perf_counter() - t0
 
-        t1 = time.perf_counter()
-        val = evaluate_model(model, val_set, batch_size=cfg.eval_batch_size)
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "negatives": loss_fn.current_negatives,
-            "frozen": frozen,
-            "train_loss": epoch_loss_sum / max(1, epoch_loss_n),
-            **{f"val_{k}": v for k, v in val.items()},
-            "train_seconds": round(train_time, 3),
-            "pairs_per_second": round((bar.count - first * cfg.batch_size) / max(train_time, 1e-9), 1),
-            "val_seconds": round(time.perf_counter() - t1, 3),
-        }
+        record = None
+        if main:  # the other processes wait in broadcast_object
+            t1 = time.perf_counter()
+            val = evaluate_model(model, val_set, batch_size=cfg.eval_batch_size)
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "negatives": loss_fn.current_negatives,
+                "frozen": frozen,
+                "train_loss": epoch_loss_sum / max(1, epoch_loss_n),
+                **{f"val_{k}": v for k, v in val.items()},
+                "train_seconds": round(train_time, 3),
+                "pairs_per_second": round((bar.count - first * cfg.batch_size) / max(train_time, 1e-9), 1),
+                "val_seconds": round(time.perf_counter() - t1, 3),
+            }
+        record = broadcast_object(record)
         history.append(record)
-        improved = val["rsum"] > best_rsum
+        improved = record["val_rsum"] > best_rsum
         if improved:
-            best_rsum, best_epoch = val["rsum"], epoch + 1
-            save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch + 1, step=step, best_rsum=best_rsum, best_epoch=best_epoch)
+            best_rsum, best_epoch = record["val_rsum"], epoch + 1
+            if main:
+                save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch + 1, step=step, best_rsum=best_rsum, best_epoch=best_epoch)
         save_last(epoch + 1, 0, (0.0, 0))
-        _write_metrics(run_dir, history)
-        _plot_curves(run_dir, history)
+        if main:
+            _write_metrics(run_dir, history)
+            _plot_curves(run_dir, history)
+        val = {k[4:]: v for k, v in record.items() if k.startswith("val_") and k != "val_seconds"}
         say(
             f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.3f} ({record['negatives']}), "
             f"val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})"
             f"{' *best*' if improved else ''}, {record['pairs_per_second']:.0f} pairs/s"
         )
 
+    barrier()  # best.pt is complete before any process reads it
+    restore_batchnorm(model)
     best = read_checkpoint(run_dir / "best.pt") if (run_dir / "best.pt").is_file() else None
     if best is not None:
         model.load_state_dict(best["model"])
