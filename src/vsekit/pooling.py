@@ -489,8 +489,19 @@ def pool_sorted(
     return _pool_sorted(features[:, : weights.shape[1]], lens, weights, method, tail_tolerance)
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a pooling: float32 for half-precision inputs, else ``dtype``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _pool_sorted(x: Tensor, lens: Tensor, weights: Tensor, method: str, tail_tolerance: float) -> Tensor:
-    """:func:`pool_sorted` on validated inputs (``x`` already cut to the weights' width)."""
+    """:func:`pool_sorted` on validated inputs (``x`` already cut to the weights' width).
+
+    Half-precision inputs are sorted and weighted in float32 (the same half values, so the same
+    order; the weighted sum accumulates in float32 and cannot overflow), then cast back.
+    """
+    if x.dtype != _wide(x.dtype):
+        return _pool_sorted(x.float(), lens, weights.float(), method, tail_tolerance).to(x.dtype)
     batch, length, dim = x.shape
     valid = length_mask(lens, length, x.device)
     weights = weights.to(device=x.device, dtype=x.dtype).masked_fill(~valid, 0)
@@ -592,12 +603,13 @@ class MeanPool(SetPooling):
     def forward(self, features: Tensor, lengths: Lengths) -> tuple[Tensor, Tensor]:
         """Pool ``features`` (B×L×D) over their first ``lengths`` elements."""
         lens, valid = _prepare(features, lengths)
-        counts = lens.to(features.device, features.dtype).unsqueeze(1)
+        wide = _wide(features.dtype)  # half precision: sum in float32 (36 values near 6e4 overflow fp16)
+        counts = lens.to(features.device, wide).unsqueeze(1)
         if int(lens.min()) == features.shape[1]:
-            pooled = features.mean(1)
+            pooled = features.sum(1, dtype=wide) / counts
         else:
-            pooled = _fill_padding(features, valid, 0).sum(1) / counts
-        return pooled, valid.to(features.dtype) / counts
+            pooled = _fill_padding(features, valid, 0).sum(1, dtype=wide) / counts
+        return pooled.to(features.dtype), (valid.to(wide) / counts).to(features.dtype)
 
 
 @register_pooling("max")
@@ -636,8 +648,9 @@ class KMaxPool(SetPooling):
         top = min(self.k, features.shape[1])
         counts = lens.clamp(max=self.k).to(features.device)
         values = _fill_padding(features, valid, float("-inf")).topk(top, dim=1).values
-        summed = _fill_padding(values, length_mask(counts, top), 0).sum(1)
-        pooled = summed / counts.to(features.dtype).unsqueeze(1)
+        wide = _wide(features.dtype)  # half precision: sum in float32
+        summed = _fill_padding(values, length_mask(counts, top), 0).sum(1, dtype=wide)
+        pooled = (summed / counts.to(wide).unsqueeze(1)).to(features.dtype)
         weights = length_mask(counts, features.shape[1]).to(features.dtype) / counts.to(features.dtype).unsqueeze(1)
         return pooled, weights
 
@@ -771,11 +784,12 @@ class GPO(SetPooling):
         length = features.shape[1]
         longest = int(lens.max())
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        wide = _wide(features.dtype)  # weights stay float32 for half features (pooled in float32)
         if needs_grad:
-            weights = self.compute_weights(lens).to(features.device, features.dtype)
+            weights = self.compute_weights(lens).to(features.device, wide)
             tolerance = 0.0
         else:
-            weights = self.cached_weights(lens, features.device, features.dtype)
+            weights = self.cached_weights(lens, features.device, wide)
             tolerance = self.tail_tolerance
         pooled = _pool_sorted(features[:, :longest], lens, weights, self.method, tolerance)
-        return pooled, F.pad(weights, (0, length - longest))
+        return pooled, F.pad(weights, (0, length - longest)).to(features.dtype)

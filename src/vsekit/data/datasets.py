@@ -9,6 +9,7 @@ may differ between images.
 from __future__ import annotations
 
 import json
+import mmap as mmap_module
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -71,6 +72,29 @@ class CaptionDataset(ABC):
     def captions(self) -> list[str]:
         """Return all captions in order."""
         return [self.caption(j) for j in range(len(self))]
+
+    def images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Return the feature sets of several images, in the order given (repeats allowed).
+
+        The default reads them one by one; datasets on disk override it with one batched read.
+        """
+        return [self.image(int(i)) for i in indices]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Return several items at once (what a ``DataLoader`` fetches per batch): the same dicts as
+        ``[self[j] for j in indices]``, with the images read by one :meth:`images` call."""
+        n, k = len(self), self.captions_per_image
+        js = []
+        for j in indices:
+            j = int(j)
+            j = j + n if j < 0 else j
+            if not 0 <= j < n:
+                raise IndexError(f"caption index {j} out of range for a dataset of {n} captions")
+            js.append(j)
+        arrays = self.images([j // k for j in js])
+        return [
+            {"image": a, "caption": self.caption(j), "image_id": j // k, "caption_id": j} for a, j in zip(arrays, js)
+        ]
 
     def __repr__(self) -> str:
         return (
@@ -269,7 +293,8 @@ class PrecompDataset(CaptionDataset):
         num_images = lines // k
         if max_images is not None:
             num_images = min(num_images, max_images)
-        self._ims = arr
+        self._ims: np.ndarray | None = arr
+        self._ims_pid = os.getpid()
         self._captions = captions[: num_images * k]
         self.num_images = num_images
         self.captions_per_image = k
@@ -277,15 +302,50 @@ class PrecompDataset(CaptionDataset):
 
     @property
     def features(self) -> np.ndarray:
-        """The memory-mapped feature array as stored (all rows, original dtype)."""
+        """The memory-mapped feature array as stored (all rows, original dtype).
+
+        Mapped lazily once per process: a ``DataLoader`` worker maps the file itself instead of
+        inheriting or unpickling the parent's mapping.
+        """
+        if self._ims is None or self._ims_pid != os.getpid():
+            self._ims, self._ims_pid = _load_npy(self.ims_path), os.getpid()
         return self._ims
 
     def image(self, i: int) -> np.ndarray:
         """Return a float32 copy of the features of image ``i``, shape ``(K, D)``."""
         if not 0 <= i < self.num_images:
             raise IndexError(f"image index {i} out of range for {self.num_images} images")
-        row = self._ims[i * self.rows_per_image]
-        return np.array(row if self._ims.ndim == 3 else row[None, :], dtype=np.float32)
+        ims = self.features
+        row = ims[i * self.rows_per_image]
+        out = np.array(row if ims.ndim == 3 else row[None, :], dtype=np.float32)
+        _release_pages(ims, np.array([i * self.rows_per_image]))
+        return out
+
+    def images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Return the float32 feature sets of several images, in the order given (repeats allowed).
+
+        One read for the whole batch: the distinct rows, in increasing file order, are copied out of
+        the mapping with a single fancy index (sequential access on disk, each row read once), then
+        converted to float32 and put back in the requested order. The mapped pages are then released
+        from this process (they stay in the OS page cache), so the resident memory does not grow
+        with the number of images read.
+
+        Raises:
+            IndexError: for an index outside ``[0, num_images)``.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return []
+        bad = idx[(idx < 0) | (idx >= self.num_images)]
+        if bad.size:
+            raise IndexError(f"image index {int(bad[0])} out of range for {self.num_images} images")
+        ims = self.features
+        rows, order = np.unique(idx * self.rows_per_image, return_inverse=True)
+        block = np.asarray(ims[rows], dtype=np.float32)  # one sorted fancy-index read, then float32
+        _release_pages(ims, rows)
+        if ims.ndim == 2:
+            block = block[:, None, :]
+        return [block[r] for r in order.reshape(-1)]
 
     def caption(self, j: int) -> str:
         """Return caption ``j``."""
@@ -296,14 +356,37 @@ class PrecompDataset(CaptionDataset):
         return list(self._captions)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickle (e.g. DataLoader workers started with "spawn") without copying the mapped array.
+        # Pickle (e.g. DataLoader workers started with "spawn") without the mapped array: the
+        # receiving process maps the file itself on first use.
         state = self.__dict__.copy()
         state["_ims"] = None
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._ims = _load_npy(self.ims_path)
+
+def _release_pages(array: np.ndarray, rows: np.ndarray) -> None:
+    """Drop the pages of the given rows (sorted) of a memory-mapped array from this process.
+
+    ``madvise(MADV_DONTNEED)`` on a read-only file mapping unmaps the pages from the process only
+    (the data stays in the page cache; a later read maps it again), so the resident set of a process
+    that reads a large feature file piece by piece stays at the size of one batch. A no-op for
+    arrays that are not memory-mapped or where ``madvise`` is unavailable.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap_module, "MADV_DONTNEED"):
+        return
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+    base = int(getattr(array, "offset", 0)) % mmap_module.ALLOCATIONGRANULARITY  # numpy maps from an aligned start
+    page = mmap_module.PAGESIZE
+    size = len(mapping)
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)  # consecutive rows: one range
+    for run in runs:
+        start = base + int(run[0]) * row_bytes
+        stop = min(size, base + (int(run[-1]) + 1) * row_bytes)
+        aligned = start - start % page
+        try:
+            mapping.madvise(mmap_module.MADV_DONTNEED, aligned, stop - aligned)
+        except (OSError, ValueError):  # pragma: no cover - unusual mappings
+            return
 
 
 def write_precomp(

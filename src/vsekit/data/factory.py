@@ -90,5 +90,13 @@ class FirstImages(CaptionDataset):
             raise IndexError(f"image index {i} out of range for {self.num_images} images")
         return self.base.image(i)
 
+    def images(self, indices) -> list[np.ndarray]:
+        """Several images with the base dataset's batched read (see :meth:`CaptionDataset.images`)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = idx[(idx < 0) | (idx >= self.num_images)]
+        if bad.size:
+            raise IndexError(f"image index {int(bad[0])} out of range for {self.num_images} images")
+        return self.base.images(idx)
+
     def caption(self, j: int) -> str:
         return self.base.caption(j)

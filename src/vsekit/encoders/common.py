@@ -33,15 +33,31 @@ def valid_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def set_keep_mask(lengths: Tensor, max_len: int, p: float, mode: str = "region") -> Tensor:
+    """The elements that VSE∞ size augmentation keeps, as a B×max_len boolean mask (no compaction).
+
+    ``mode='region'``: every valid element is kept independently with probability ``1 - p``.
+    ``mode='grid'``: a per-sample rate; draw ``u ~ U(0, 1)`` per set and, when ``u > 0.2`` (80% of
+    the sets), drop every valid element with probability ``p * u`` (``p = 0.2`` is the official
+    schedule). Either way a set never loses all its elements (it then keeps them all). The random
+    draws are those of :func:`drop_set_elements` / :func:`drop_grid_elements`.
+    """
+    mask = valid_mask(lengths, max_len)
+    if mode == "grid":
+        u = torch.rand(lengths.shape[0], 1, device=lengths.device)
+        rate = torch.where(u > 0.2, p * u, torch.zeros_like(u))
+        keep = mask & (torch.rand(mask.shape, device=lengths.device) >= rate)
+    else:
+        keep = mask & (torch.rand(mask.shape, device=lengths.device) >= p)
+    return torch.where(keep.any(dim=1, keepdim=True), keep, mask)
+
+
 def drop_set_elements(features: Tensor, lengths: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """VSE∞ size augmentation: keep each valid element independently with probability ``1 - p``.
 
     A set that would lose every element keeps all of them. Returns the compacted features and lengths.
     """
-    mask = valid_mask(lengths, features.shape[1])
-    keep = mask & (torch.rand(mask.shape, device=features.device) >= p)
-    keep = torch.where(keep.any(dim=1, keepdim=True), keep, mask)
-    return compact(features, keep)
+    return compact(features, set_keep_mask(lengths.to(features.device), features.shape[1], p, "region"))
 
 
 def drop_grid_elements(features: Tensor, lengths: Tensor, p: float) -> tuple[Tensor, Tensor]:
@@ -51,12 +67,7 @@ def drop_grid_elements(features: Tensor, lengths: Tensor, p: float) -> tuple[Ten
     independently with probability ``p * u`` (so between ``0.2 p`` and ``p``), otherwise nothing is dropped.
     ``p = 0.2`` is the official schedule. A set never loses all its elements.
     """
-    mask = valid_mask(lengths, features.shape[1])
-    u = torch.rand(features.shape[0], 1, device=features.device)
-    rate = torch.where(u > 0.2, p * u, torch.zeros_like(u))
-    keep = mask & (torch.rand(mask.shape, device=features.device) >= rate)
-    keep = torch.where(keep.any(dim=1, keepdim=True), keep, mask)
-    return compact(features, keep)
+    return compact(features, set_keep_mask(lengths.to(features.device), features.shape[1], p, "grid"))
 
 
 def augment_tokens(
@@ -95,9 +106,61 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """``x``: B×L×in, ``mask``: B×L valid positions. Returns B×L×out (padding rows are zeros)."""
-        rows = x[mask]  # N_valid × in
-        h = torch.relu(self.bns[0](self.layers[0](rows)))
-        out = self.layers[1](h)
+        if x.device.type != "cpu":  # boolean indexing would wait for the device
+            return self.forward_masked(x, mask)
+        out = self.forward_rows(x[mask])  # N_valid × in -> N_valid × out
         full = out.new_zeros(x.shape[0], x.shape[1], out.shape[-1])
         full[mask] = out
         return full
+
+    def forward_rows(self, rows: Tensor, hidden: Tensor | None = None) -> Tensor:
+        """The MLP on the N×in valid rows of a batch (BatchNorm statistics over these rows).
+
+        Args:
+            rows: N×in elements.
+            hidden: the first layer's output for ``rows`` when already computed (fused with
+                another product by the caller).
+        """
+        h = self.layers[0](rows) if hidden is None else hidden
+        return self.layers[1](torch.relu(self.bns[0](h)))
+
+    def forward_masked(self, x: Tensor, mask: Tensor, hidden: Tensor | None = None) -> Tensor:
+        """:meth:`forward` without selecting rows (no host-device synchronisation): every row goes
+        through the layers and the BatchNorm statistics are masked sums over the valid rows, so the
+        valid rows get exactly what :meth:`forward` gives them. Padding rows are zeros."""
+        h = self.layers[0](x) if hidden is None else hidden
+        h = masked_batch_norm(h, mask, self.bns[0])
+        out = self.layers[1](torch.relu(h))
+        return out * mask.unsqueeze(-1).to(out.dtype)
+
+
+def masked_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d) -> Tensor:
+    """``bn`` applied to the rows of ``x`` (B×L×C) selected by ``mask`` (B×L), without selecting them.
+
+    In training (batch statistics) the mean and biased variance are masked sums over the valid
+    rows and ``bn``'s running statistics are updated as ``nn.BatchNorm1d`` does (unbiased variance,
+    ``momentum``, ``num_batches_tracked``); in eval the running statistics are used. Values at
+    padded rows are unspecified (finite). Nothing waits for the device.
+    """
+    if not (bn.training or bn.running_mean is None):
+        return torch.nn.functional.batch_norm(
+            x.reshape(-1, x.shape[-1]), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+        ).view_as(x)
+    wide = torch.promote_types(x.dtype, torch.float32)  # half inputs: statistics in float32
+    weights = mask.unsqueeze(-1).to(wide)
+    count = weights.sum()
+    xf = x.to(wide)
+    mean = (xf * weights).sum((0, 1)) / count
+    centred = xf - mean
+    var = (centred.square() * weights).sum((0, 1)) / count
+    out = centred * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        out = out * bn.weight + bn.bias
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            unbiased = var * count / (count - 1).clamp(min=1)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+    return out.to(x.dtype)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ImageEncoderConfig
 from ..pooling import create_pooling
 from ..data.collate import FeatureInput
-from .common import MLP, drop_grid_elements, drop_set_elements, valid_mask
+from .common import MLP, compact, set_keep_mask, valid_mask
 from .registry import register_image_encoder
 
 
@@ -44,12 +46,50 @@ class PrecompImageEncoder(nn.Module):
         return FeatureInput(self.cfg.img_dim)
 
     def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
-        """``features``: B×K×img_dim padded sets, ``lengths``: B set sizes. Returns B×embed_size (unnormalised)."""
+        """``features``: B×K×img_dim padded sets, ``lengths``: B set sizes. Returns B×embed_size (unnormalised).
+
+        On CPU only the kept elements go through ``fc`` and the MLP (one fused product for both
+        first layers); elsewhere every position does, with masked BatchNorm statistics, so that no
+        step waits for the device. Both give the same embedding.
+        """
+        lengths = lengths.to(features.device)
         if self.training and self.cfg.size_augment > 0:
-            drop = drop_grid_elements if self.cfg.size_augment_mode == "grid" else drop_set_elements
-            features, lengths = drop(features, lengths, self.cfg.size_augment)
-        x = self.fc(features)
-        if self.mlp is not None:
-            x = x + self.mlp(features, valid_mask(lengths, features.shape[1]))
+            keep = set_keep_mask(lengths, features.shape[1], self.cfg.size_augment, self.cfg.size_augment_mode)
+        else:
+            keep = valid_mask(lengths, features.shape[1])
+        if features.device.type == "cpu":
+            x, lengths = self._project_kept(features, keep)
+        else:
+            features, lengths = compact(features, keep)
+            x = self._project_padded(features, valid_mask(lengths, features.shape[1]))
         pooled, _ = self.gpool(x, lengths)
         return pooled
+
+    def _first_layers(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``fc(x)`` and, with the MLP, its first layer's output, as one matrix product."""
+        if self.mlp is None:
+            return self.fc(x), None
+        first = self.mlp.layers[0]
+        both = F.linear(x, torch.cat([self.fc.weight, first.weight]), torch.cat([self.fc.bias, first.bias]))
+        return both.split([self.fc.out_features, first.out_features], dim=-1)
+
+    def _project_kept(self, features: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """fc (+ MLP) on the kept elements only, gathered into compact padded sets (zeros after)."""
+        batch, length = keep.shape
+        lengths = keep.sum(1)
+        longest = int(lengths.max())
+        rows = features[keep]  # kept elements, set by set, in their original order
+        out, hidden = self._first_layers(rows)
+        if hidden is not None:
+            out = out + self.mlp.forward_rows(rows, hidden)
+        position = keep.cumsum(1) - 1  # rank of each kept element within its set
+        target = (torch.arange(batch, device=keep.device).unsqueeze(1) * longest + position)[keep]
+        x = out.new_zeros(batch * longest, out.shape[1]).index_copy(0, target, out)
+        return x.view(batch, longest, out.shape[1]), lengths
+
+    def _project_padded(self, features: Tensor, valid: Tensor) -> Tensor:
+        """fc (+ MLP with masked BatchNorm statistics) on every position of the padded sets."""
+        out, hidden = self._first_layers(features)
+        if hidden is not None:
+            out = out + self.mlp.forward_masked(features, valid, hidden)
+        return out

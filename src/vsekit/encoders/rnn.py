@@ -7,14 +7,196 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..config import TextEncoderConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..pooling import create_pooling
 from .common import augment_tokens
 from .registry import register_text_encoder
+
+GRU_METHODS = ("auto", "packed", "unrolled")
+"""How :func:`run_gru` runs a GRU: ``packed`` (``nn.GRU`` on a packed sequence, the reference),
+``unrolled`` (a step loop over the packed rows, for CPU training) or ``auto`` (``unrolled`` when a
+gradient is needed on CPU, ``packed`` otherwise)."""
+
+
+class _GRUDirection(torch.autograd.Function):
+    """One GRU direction over a packed sequence, with a hand-written backward.
+
+    Input: the packed input projections ``gates_in = x W_ih^T + b_ih`` (N×3H, step ``t`` holding the
+    first ``batch_sizes[t]`` sequences), ``W_hh`` (3H×H) and ``b_hh``. Output: the N×H packed hidden
+    states. The forward keeps each step's gates; the backward walks the steps in reverse with one
+    matrix product per step and then forms the ``W_hh`` gradient with ONE product over all N rows
+    (autograd would do a product and a 3H×H accumulation per step). Gate order (r, z, n) and
+    formulas are ``nn.GRU``'s: ``r, z = σ(i_rz + h W_hrz^T + b_hrz)``,
+    ``n = tanh(i_n + r ⊙ (h W_hn^T + b_hn))``, ``h' = (1 - z) ⊙ n + z ⊙ h``.
+    """
+
+    @staticmethod
+    def forward(ctx, gates_in: Tensor, w_hh: Tensor, b_hh: Tensor, batch_sizes: list[int], reverse: bool) -> Tensor:  # type: ignore[override]
+        rows, hidden = gates_in.shape[0], w_hh.shape[1]
+        starts = [0]
+        for size in batch_sizes[:-1]:
+            starts.append(starts[-1] + size)
+        out = gates_in.new_empty(rows, hidden)
+        h_prev_all = gates_in.new_zeros(rows, hidden)  # the state each row started from
+        rz_all = gates_in.new_empty(rows, 2 * hidden)
+        n_all = gates_in.new_empty(rows, hidden)
+        ghn_all = gates_in.new_empty(rows, hidden)
+        steps = len(batch_sizes)
+        order = range(steps - 1, -1, -1) if reverse else range(steps)
+        prev = None
+        for t in order:
+            lo, size = starts[t], batch_sizes[t]
+            h_prev = h_prev_all[lo : lo + size]
+            if prev is not None:  # forward: shrinking batch; reverse: new sequences start from 0
+                shared = min(size, prev[1])
+                h_prev[:shared] = out[prev[0] : prev[0] + shared]
+            g_h = torch.addmm(b_hh, h_prev, w_hh.t())
+            g_in = gates_in[lo : lo + size]
+            rz = torch.sigmoid(torch.add(g_in[:, : 2 * hidden], g_h[:, : 2 * hidden], out=rz_all[lo : lo + size]), out=rz_all[lo : lo + size])
+            ghn_all[lo : lo + size] = g_h[:, 2 * hidden :]
+            n = torch.tanh(torch.addcmul(g_in[:, 2 * hidden :], rz[:, :hidden], g_h[:, 2 * hidden :]), out=n_all[lo : lo + size])
+            h = out[lo : lo + size]
+            torch.sub(h_prev, n, out=h)
+            h.mul_(rz[:, hidden:]).add_(n)  # (1 - z) n + z h_prev
+            prev = (lo, size)
+        ctx.save_for_backward(w_hh, h_prev_all, rz_all, n_all, ghn_all)
+        ctx.plan = (starts, list(batch_sizes), reverse)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:  # type: ignore[override]
+        w_hh, h_prev_all, rz_all, n_all, ghn_all = ctx.saved_tensors
+        starts, batch_sizes, reverse = ctx.plan
+        hidden = w_hh.shape[1]
+        d_gh_all = rz_all.new_empty(rz_all.shape[0], 3 * hidden)
+        d_gi_n = torch.empty_like(n_all)
+        steps = len(batch_sizes)
+        order = range(steps) if reverse else range(steps - 1, -1, -1)  # backward through time
+        carry = None  # gradient w.r.t. the previous-in-time step's output rows
+        for t in order:
+            lo, size = starts[t], batch_sizes[t]
+            dh = grad_out[lo : lo + size]
+            if carry is not None:
+                dh = dh.clone()
+                shared = min(size, carry.shape[0])
+                dh[:shared] += carry[:shared]
+            r, z = rz_all[lo : lo + size, :hidden], rz_all[lo : lo + size, hidden:]
+            n, ghn, h_prev = n_all[lo : lo + size], ghn_all[lo : lo + size], h_prev_all[lo : lo + size]
+            d_gh = d_gh_all[lo : lo + size]
+            dn_pre = d_gi_n[lo : lo + size]
+            torch.mul(dh, 1 - z, out=dn_pre).mul_(1 - n * n)  # d(i_n + r ghn)
+            torch.mul(dh * (h_prev - n), z * (1 - z), out=d_gh[:, hidden : 2 * hidden])  # dz_pre
+            torch.mul(dn_pre * ghn, r * (1 - r), out=d_gh[:, :hidden])  # dr_pre
+            torch.mul(dn_pre, r, out=d_gh[:, 2 * hidden :])  # d ghn
+            carry = torch.addmm(dh * z, d_gh, w_hh)  # d h_prev
+        d_w = d_gh_all.t().mm(h_prev_all)
+        d_b = d_gh_all.sum(0)
+        d_gi = torch.cat([d_gh_all[:, : 2 * hidden], d_gi_n], dim=1)
+        return d_gi, d_w, d_b, None, None
+
+
+def _gru_unrolled(gru: nn.GRU, packed: PackedSequence, merge_mean: bool) -> tuple[Tensor, Tensor]:
+    """``nn.GRU`` semantics on a packed sequence with :class:`_GRUDirection`.
+
+    Returns the packed output rows of the last layer (directions concatenated, or averaged with
+    ``merge_mean``) and h_n in sorted order. The input projections of all steps are one matrix
+    product; ``nn.GRU``'s CPU kernel narrows them per step instead, and every narrow's backward
+    zero-fills a gradient of the full packed size (quadratic in the caption length).
+    """
+    batch_sizes = packed.batch_sizes.tolist()
+    layer_in = packed.data
+    finals = []
+    suffixes = ("", "_reverse") if gru.bidirectional else ("",)
+    last_rows = _last_rows(batch_sizes)
+    for layer in range(gru.num_layers):
+        outs = []
+        for sfx in suffixes:
+            name = f"_l{layer}{sfx}"
+            w_ih, w_hh = getattr(gru, "weight_ih" + name), getattr(gru, "weight_hh" + name)
+            if gru.bias:
+                b_ih, b_hh = getattr(gru, "bias_ih" + name), getattr(gru, "bias_hh" + name)
+            else:
+                b_ih, b_hh = None, w_hh.new_zeros(w_hh.shape[0])
+            gates_in = F.linear(layer_in, w_ih, b_ih)
+            dtype = gates_in.dtype  # autocast: the recurrence runs in the projections' precision
+            out = _GRUDirection.apply(gates_in, w_hh.to(dtype), b_hh.to(dtype), batch_sizes, bool(sfx))
+            outs.append(out)
+            finals.append(out[: batch_sizes[0]] if sfx else out.index_select(0, last_rows.to(out.device)))
+        if len(outs) == 1:
+            layer_in = outs[0]
+        elif merge_mean and layer == gru.num_layers - 1:
+            layer_in = (outs[0] + outs[1]) / 2
+        else:
+            layer_in = torch.cat(outs, dim=1)
+    return layer_in, torch.stack(finals)
+
+
+def _last_rows(batch_sizes: list[int]) -> Tensor:
+    """Packed row of the last step of every sorted sequence (the forward direction's final state)."""
+    starts = np.concatenate([[0], np.cumsum(batch_sizes[:-1])])
+    sizes = np.asarray(batch_sizes)
+    lengths = (sizes[None, :] > np.arange(sizes[0])[:, None]).sum(1)  # sorted sequence lengths
+    return torch.from_numpy(starts[lengths - 1] + np.arange(sizes[0]))
+
+
+def _pad_rows(data: Tensor, packed: PackedSequence, total_length: int) -> Tensor:
+    """Packed rows (N×H) -> B×total_length×H in the original batch order, zeros past each length
+    (one ``index_copy``; its backward is one ``index_select``)."""
+    batch_sizes = packed.batch_sizes.tolist()
+    batch = batch_sizes[0]
+    unsorted_pos = packed.sorted_indices.cpu()  # sorted position -> original index
+    index = torch.cat([unsorted_pos[:size] * total_length + t for t, size in enumerate(batch_sizes)])
+    out = data.new_zeros(batch * total_length, data.shape[1])
+    return out.index_copy(0, index.to(data.device), data).view(batch, total_length, data.shape[1])
+
+
+def run_gru(
+    gru: nn.GRU, inputs: Tensor, lengths: Tensor, method: str = "auto", merge: str = "concat"
+) -> tuple[Tensor, Tensor]:
+    """Run a batch-first ``nn.GRU`` over padded sequences, as ``nn.GRU`` does on packed sequences.
+
+    Args:
+        gru: the GRU (batch-first; any number of layers, uni- or bidirectional; no inter-layer dropout
+            for ``unrolled``).
+        inputs: B×T×input_size padded inputs.
+        lengths: B sequence lengths (1..T), on any device.
+        method: one of :data:`GRU_METHODS`. ``unrolled`` gives the same values and gradients as
+            ``packed`` (up to float rounding) and trains faster on CPU; on GPUs ``nn.GRU``
+            (cuDNN) runs the whole sequence in one kernel.
+        merge: how the two directions of a bidirectional GRU's last layer are combined in the
+            outputs: ``"concat"`` (as ``nn.GRU``, forward first) or ``"mean"`` (VSE∞'s BiGRU).
+
+    Returns:
+        ``(outputs, h_n)``: B×T×(directions·hidden) outputs (B×T×hidden with ``merge="mean"``),
+        zero past each length, and the final states (layers·directions)×B×hidden.
+    """
+    if method not in GRU_METHODS:
+        raise ConfigError(f"unknown GRU method {method!r}; expected one of {', '.join(GRU_METHODS)}")
+    if merge not in ("concat", "mean"):
+        raise ConfigError(f"unknown merge {merge!r}; expected 'concat' or 'mean'")
+    if not gru.batch_first:
+        raise ConfigError("run_gru needs a batch-first GRU")
+    if method == "auto":
+        training = torch.is_grad_enabled() and any(p.requires_grad for p in gru.parameters())
+        method = "unrolled" if training and inputs.device.type == "cpu" else "packed"
+    if method == "unrolled" and gru.dropout > 0 and gru.training and gru.num_layers > 1:
+        method = "packed"  # inter-layer dropout is nn.GRU's business
+    packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    mean = merge == "mean" and gru.bidirectional
+    if method == "packed":
+        out, h_n = gru(packed)
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
+        if mean:
+            padded = (padded[..., : gru.hidden_size] + padded[..., gru.hidden_size :]) / 2
+        return padded, h_n
+    data, h_n = _gru_unrolled(gru, packed, mean)
+    return _pad_rows(data, packed, inputs.shape[1]), h_n.index_select(1, packed.unsorted_indices)
 
 
 class _RNNTextEncoder(nn.Module):
@@ -43,16 +225,16 @@ class _RNNTextEncoder(nn.Module):
                 self.embed.weight.copy_(word_vectors)
         self.rnn = nn.GRU(cfg.word_dim, embed_size, cfg.num_layers, batch_first=True, bidirectional=bidirectional)
 
-    def run_rnn(self, ids: Tensor, lengths: Tensor) -> tuple[PackedSequence, Tensor, Tensor]:
-        """Augment (in training), embed and run the GRU over the packed captions.
+    def run_rnn(self, ids: Tensor, lengths: Tensor, merge: str = "concat") -> tuple[Tensor, Tensor, Tensor]:
+        """Augment (in training), embed and run the GRU over the captions (:func:`run_gru`).
 
         Returns:
-            ``(packed outputs, last hidden states layers·dirs×B×H, lengths after augmentation)``.
+            ``(B×T×dirs·H outputs (``merge="mean"``: directions averaged), zero past each length;
+            last hidden states layers·dirs×B×H; lengths after augmentation)``.
         """
         if self.training and self.cfg.augment > 0:
             ids, lengths = augment_tokens(ids, lengths, self.cfg.augment, self.vocab_size, self.mask_id)
-        packed = pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, hidden = self.rnn(packed)
+        out, hidden = run_gru(self.rnn, self.embed(ids), lengths, merge=merge)
         return out, hidden, lengths
 
 
@@ -76,10 +258,7 @@ class BiGRUTextEncoder(_RNNTextEncoder):
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """``ids``: B×T padded token ids, ``lengths``: B caption lengths. Returns B×embed_size."""
-        packed, _, lengths = self.run_rnn(ids, lengths)
-        out, _ = pad_packed_sequence(packed, batch_first=True, total_length=ids.shape[1])
-        half = out.shape[-1] // 2
-        out = (out[..., :half] + out[..., half:]) / 2
+        out, _, lengths = self.run_rnn(ids, lengths, merge="mean")
         pooled, _ = self.gpool(out, lengths)
         return pooled
 
