@@ -168,6 +168,12 @@ def test_minilm_tokenizer_round_trip(minilm):
         assert back.encode(c) == tok.encode(c)
 
 
+
+def test_packaged_minilm_by_name(minilm):
+    tok = HFTokenizer.from_pretrained("minilm-l6", max_length=32)
+    assert Path(tok.pretrained_path) == Path(minilm)
+    assert tok.encode("a dense residential area") == HFTokenizer.from_pretrained(minilm).encode("a dense residential area")
+
 # -- encoder ----------------------------------------------------------------------------------------
 
 

