@@ -3,12 +3,15 @@ published results.
 
     python benchmarks/rsicd.py ../shared/datasets/rsicd                   # all recipes
     python benchmarks/rsicd.py ../shared/datasets/rsicd --recipes gpo_bigru,mean_bigru --epochs 2
+    python benchmarks/rsicd.py ../shared/datasets/rsicd --epochs 3 --kmax 2,5,10 --seeds 0,1,2   # this README's run
 
 For each recipe: train on ``train`` with model selection on ``val`` only, then evaluate ``test`` once with
-the selected checkpoint. Writes to ``--out`` (default ``benchmarks/results/rsicd``):
+the selected checkpoint. ``kmax_bigru`` trains one run per image K of ``--kmax`` and evaluates only the K
+with the best val mR. ``--seeds`` repeats the recipe with the best val mR with more seeds (mean ± std). Writes to ``--out`` (default ``benchmarks/results/rsicd``):
 
-    results.json      every recipe's config overrides, val history, test metrics, mR, wall times
-    table.md          our rows next to the published rows of the dataset README
+    results.json      every recipe's config overrides, val history, test metrics, mR, wall times, the K
+                      search and the seed runs
+    table.md          our rows next to the published rows of the dataset README, the K search, the seeds
     val_mr.png        validation mR per epoch for each recipe
     recall_at_k.png   test R@K for K = 1..50, both directions
     retrievals.png    the recipe with the best validation mR: top-5 test images for 8 test captions
@@ -58,33 +61,38 @@ FEATURES = [
 ]
 BIGRU_GLOVE = ["model.text.kind=bigru", "model.text.word_dim=50", "model.text.word_vectors=glove-6b-50d"]
 
-# name -> (preset, overrides, description)
+SCHEDULE = ["loss.warmup_epochs=0", "epochs=8", "optim.lr_decay_epochs=[6]"]
+
+
+def _bigru(image_pool: str, text_pool: str, negatives: str = "sum") -> list[str]:
+    return [*FEATURES, *BIGRU_GLOVE, f"model.image.pooling={image_pool}", f"model.text.pooling={text_pool}",
+            f"loss.negatives={negatives}", *SCHEDULE]  # fmt: skip
+
+
+# name -> (preset, overrides, description). Every row uses the same features, text encoder, schedule and seed.
 RECIPES: dict[str, tuple[str, list[str], str]] = {
-    "gpo_bigru": (
-        "vse_infty_region_bigru",
-        [*FEATURES, *BIGRU_GLOVE, "model.image.pooling=gpo", "model.text.pooling=gpo", "loss.negatives=sum",
-         "loss.warmup_epochs=0", "epochs=8", "optim.lr_decay_epochs=[6]"],
-        "VSE∞: GPO on both sides, BiGRU (GloVe init), sum of hinges",
-    ),
-    "mean_bigru": (
-        "vse_infty_region_bigru",
-        [*FEATURES, *BIGRU_GLOVE, "model.image.pooling=mean", "model.text.pooling=mean", "loss.negatives=sum",
-         "loss.warmup_epochs=0", "epochs=8", "optim.lr_decay_epochs=[6]"],
-        "pooling ablation: mean on both sides",
-    ),
-    "max_bigru": (
-        "vse_infty_region_bigru",
-        [*FEATURES, *BIGRU_GLOVE, "model.image.pooling=max", "model.text.pooling=max", "loss.negatives=sum",
-         "loss.warmup_epochs=0", "epochs=8", "optim.lr_decay_epochs=[6]"],
-        "pooling ablation: max on both sides",
-    ),
-    "vsepp_mean_hardest": (
-        "vse_infty_region_bigru",
-        [*FEATURES, *BIGRU_GLOVE, "model.image.pooling=mean", "model.text.pooling=mean", "loss.negatives=hardest",
-         "loss.warmup_epochs=0", "epochs=8", "optim.lr_decay_epochs=[6]"],
-        "VSE++ baseline: mean pooling, hardest negatives",
-    ),
+    "gpo_bigru": ("vse_infty_region_bigru", _bigru("gpo", "gpo"),
+                  "VSE∞: GPO on both sides, BiGRU (GloVe init), sum of hinges"),
+    "mean_bigru": ("vse_infty_region_bigru", _bigru("mean", "mean"), "pooling ablation: mean on both sides"),
+    "max_bigru": ("vse_infty_region_bigru", _bigru("max", "max"), "pooling ablation: max on both sides"),
+    "vsepp_mean_hardest": ("vse_infty_region_bigru", _bigru("mean", "mean", "hardest"),
+                           "VSE++ baseline: mean pooling, hardest negatives (compare mean_bigru: sum)"),
 }  # fmt: skip
+# K-max pooling: the image K is searched on val (text K fixed at 2, the best text K of VSE∞'s Fig. 6 grid); only
+# the selected K is evaluated on test, as ``kmax_bigru``.
+KMAX = "kmax_bigru"
+KMAX_TEXT_K = 2
+
+
+def kmax_recipe(k: int) -> tuple[str, list[str], str]:
+    return ("vse_infty_region_bigru", _bigru(f"kmax:{k}", f"kmax:{KMAX_TEXT_K}"),
+            f"pooling ablation: K-max, image K={k} (searched on val), text K={KMAX_TEXT_K}")  # fmt: skip
+
+
+def _schedule(epochs: int) -> list[str]:
+    """``--epochs E``: the same schedule shortened, the learning rate decayed for the last quarter."""
+    return [f"epochs={epochs}", f"optim.lr_decay_epochs=[{max(1, round(epochs * 0.75))}]"]
+
 
 PUBLISHED_ROW = re.compile(r"^\|\s*([^|]+?)\s*\|" + r"\s*([\d.]+)\s*\|" * 7 + r"\s*$")
 
@@ -100,14 +108,67 @@ def published_rows(readme: Path) -> dict[str, list[float]]:
     return rows
 
 
-def markdown_table(ours: dict[str, dict[str, Any]], published: dict[str, list[float]]) -> str:
-    head = "| method | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | mR |\n|---|---|---|---|---|---|---|---|\n"
-    lines = [f"| {name} (published) | " + " | ".join(f"{v:.2f}" for v in vals) + " |" for name, vals in published.items()]
+def markdown_table(
+    ours: dict[str, dict[str, Any]],
+    published: dict[str, list[float]],
+    kmax_search: dict[str, float] | None = None,
+    seeds: dict[str, Any] | None = None,
+) -> str:
+    head = "| method | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | mR | val mR |\n|---|---|---|---|---|---|---|---|---|\n"
+    lines = [f"| {name} (published) | " + " | ".join(f"{v:.2f}" for v in vals) + " | |" for name, vals in published.items()]
     for name, r in ours.items():
         m = r["test"]
         vals = [m[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)] + [r["test_mR"]]
-        lines.append(f"| **vsekit {name}** | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
-    return head + "\n".join(lines) + "\n"
+        label = f"{name} (K={r['selected_k']})" if "selected_k" in r else name
+        lines.append(f"| **vsekit {label}** | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {_val_mr(r):.2f} |")
+    text = head + "\n".join(lines) + "\n"
+    if kmax_search:
+        text += "\nK-max search (image K, best val mR): " + ", ".join(f"K={k}: {v:.2f}" for k, v in kmax_search.items()) + "\n"
+    if seeds:
+        per = ", ".join(f"seed {s}: {v:.2f}" for s, v in seeds["test_mR"].items())
+        text += (f"\n{seeds['recipe']} over {len(seeds['test_mR'])} seeds: test mR **{seeds['mean']:.2f} ± {seeds['std']:.2f}**"
+                 f" (sample std; {per})\n")  # fmt: skip
+    return text
+
+
+def _val_mr(res: dict[str, Any]) -> float:
+    return max(h["val_mR"] for h in res["val_history"])
+
+
+def _train_one(name: str, recipe: tuple[str, list[str], str], seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Train one recipe with one seed (resumable: a finished run folder is only reloaded)."""
+    preset, overrides, desc = recipe
+    extra = [f"data.path={ctx['ann']}", f"data.features={ctx['feats']}", f"seed={seed}", *ctx["schedule"],
+             *ctx["overrides"]]  # fmt: skip
+    cfg = load_config(preset=preset, overrides=[*overrides, *extra])
+    run_dir = ctx["out"] / "runs" / f"{name}_seed{seed}"
+    t1 = time.perf_counter()
+    res = train(cfg, run_dir, log=print, progress_stream=sys.stderr)
+    return {
+        "description": desc,
+        "preset": preset,
+        "seed": seed,
+        "overrides": [*overrides, *extra],
+        "run_dir": str(run_dir),
+        "val_history": [{"epoch": r["epoch"], "val_mR": r["val_rsum"] / 6.0} for r in res.history],
+        "best_epoch": res.best_epoch,
+        "train_seconds_this_call": round(time.perf_counter() - t1, 1),
+        "train_seconds_total": round(sum(r.get("train_seconds", 0) + r.get("val_seconds", 0) for r in res.history), 1),
+        "extract_seconds": ctx["extract_seconds"],
+        "_model": res.model,
+        "_cfg": cfg,
+    }
+
+
+def _test_once(r: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the selected checkpoint on ``test`` (once per final recipe and seed)."""
+    cfg, model = r.pop("_cfg"), r.pop("_model")
+    test = build_dataset(cfg.data, cfg.data.test_split)
+    sims = similarity_matrix(model, test, cfg.eval_batch_size)
+    np.save(Path(r["run_dir"]) / "test_sims.npy", sims)
+    metrics = evaluate_sims(sims, test.captions_per_image)
+    curve = recall_curve(sims, test.captions_per_image, max_k=50)
+    return r | {"test": metrics, "test_mR": mean_recall(metrics), "recall_at_k": {k: v.tolist() for k, v in curve.items()}}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,49 +180,73 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     meta = extract_features(ann, images, feats, splits=["train", "val", "test"], progress_stream=sys.stderr)
     extract_s = round(time.perf_counter() - t0, 1)
-    spent = sum(t.get("seconds", 0.0) for t in meta["timing"].values())
+    spent = round(sum(t.get("seconds", 0.0) for t in meta["timing"].values()), 1)
     print(f"features: {feats} ({extract_s:.0f}s now; extraction time recorded per split: {meta['timing']})")
 
-    names = [n for n in args.recipes.split(",") if n] if args.recipes else list(RECIPES)
-    unknown = [n for n in names if n not in RECIPES]
+    known = [*RECIPES, KMAX]
+    names = [n for n in args.recipes.split(",") if n] if args.recipes else known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise VsekitError(f"--recipes: unknown recipe {unknown[0]!r} (known: {', '.join(RECIPES)})")
+        raise VsekitError(f"--recipes: unknown recipe {unknown[0]!r} (known: {', '.join(known)})")
+    try:
+        kmax_ks = [int(k) for k in args.kmax.split(",") if k]
+        seeds = [int(x) for x in args.seeds.split(",") if x]
+    except ValueError:
+        raise VsekitError(f"--kmax/--seeds: expected comma-separated integers, got {args.kmax!r} / {args.seeds!r}") from None
+    if KMAX in names and not kmax_ks:
+        raise VsekitError("--kmax: give at least one K to search")
+    ctx = {"ann": ann, "feats": feats, "out": out, "overrides": args.overrides, "extract_seconds": spent,
+           "schedule": _schedule(args.epochs) if args.epochs else []}  # fmt: skip
     results_path = out / "results.json"
-    results: dict[str, Any] = json.loads(results_path.read_text())["recipes"] if results_path.is_file() else {}
+    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results: dict[str, Any] = saved.get("recipes", {})
+    search: dict[str, float] = saved.get("kmax_search", {})
+    seed_runs: dict[str, Any] = saved.get("seeds", {})
+
+    def save() -> None:
+        doc = {"dataset": str(data), "features": meta | {"splits": {}}, "epochs_override": args.epochs,
+               "recipes": results, "kmax_search": search, "seeds": seed_runs}  # fmt: skip
+        atomic_write_json(doc, results_path)
+
     for name in names:
-        preset, overrides, desc = RECIPES[name]
-        extra = [f"data.path={ann}", f"data.features={feats}", f"seed={args.seed}", *args.overrides]
-        if args.epochs:
-            extra.append(f"epochs={args.epochs}")
-        cfg = load_config(preset=preset, overrides=[*overrides, *extra])
-        t1 = time.perf_counter()
-        res = train(cfg, out / "runs" / f"{name}_seed{args.seed}", log=print, progress_stream=sys.stderr)
-        train_s = round(time.perf_counter() - t1, 1)
-        test = build_dataset(cfg.data, cfg.data.test_split)
-        sims = similarity_matrix(res.model, test, cfg.eval_batch_size)
-        np.save(out / "runs" / f"{name}_seed{args.seed}" / "test_sims.npy", sims)
-        metrics = evaluate_sims(sims, test.captions_per_image)
-        curve = recall_curve(sims, test.captions_per_image, max_k=50)
-        results[name] = {
-            "description": desc,
-            "preset": preset,
-            "overrides": [*overrides, *extra],
-            "val_history": [{"epoch": r["epoch"], "val_mR": r["val_rsum"] / 6.0} for r in res.history],
-            "best_epoch": res.best_epoch,
-            "test": metrics,
-            "test_mR": mean_recall(metrics),
-            "recall_at_k": {k: v.tolist() for k, v in curve.items()},
-            "train_seconds_this_call": train_s,
-            "train_seconds_total": round(sum(r.get("train_seconds", 0) + r.get("val_seconds", 0) for r in res.history), 1),
-            "extract_seconds": round(spent, 1),
-        }
-        print(f"{name}: test mR {results[name]['test_mR']:.2f} (rsum {metrics['rsum']:.1f}), training {train_s:.0f}s")
-        atomic_write_json({"dataset": str(data), "features": meta | {"splits": {}}, "recipes": results}, results_path)
-    table = markdown_table(results, published_rows(data / "README.md"))
+        if name == KMAX:
+            trained = {k: _train_one(f"kmax{k}_bigru", kmax_recipe(k), args.seed, ctx) for k in kmax_ks}
+            search.update({str(k): round(_val_mr(r), 3) for k, r in trained.items()})
+            best_k = max(trained, key=lambda k: _val_mr(trained[k]))
+            r = _test_once(trained[best_k]) | {"selected_k": best_k}
+            print(f"kmax search on val (mR): {search}; selected K={best_k}")
+        else:
+            r = _test_once(_train_one(name, RECIPES[name], args.seed, ctx))
+        results[name] = r
+        print(f"{name}: val mR {_val_mr(r):.2f}, test mR {r['test_mR']:.2f} (rsum {r['test']['rsum']:.1f}), "
+              f"training {r['train_seconds_total']:.0f}s")  # fmt: skip
+        save()
+
+    if seeds and results:
+        # More seeds for the recipe with the best validation mR (chosen on val, never on test).
+        best = args.seed_recipe or max(results, key=lambda n: _val_mr(results[n]))
+        if best not in results:
+            raise VsekitError(f"--seed-recipe: {best!r} has not been run (ran: {', '.join(results)})")
+        recipe = kmax_recipe(results[best]["selected_k"]) if best == KMAX else RECIPES[best]
+        stem = f"kmax{results[best]['selected_k']}_bigru" if best == KMAX else best
+        runs = {str(args.seed): results[best]}
+        for seed in seeds:
+            if seed != args.seed:
+                runs[str(seed)] = _test_once(_train_one(stem, recipe, seed, ctx))
+        mrs = np.array([r["test_mR"] for r in runs.values()])
+        seed_runs = {"recipe": best, "test_mR": {s: r["test_mR"] for s, r in runs.items()},
+                     "train_seconds": {s: r["train_seconds_total"] for s, r in runs.items()},
+                     "mean": float(mrs.mean()), "std": float(mrs.std(ddof=1)) if len(mrs) > 1 else 0.0,
+                     "min": float(mrs.min()), "max": float(mrs.max())}  # fmt: skip
+        print(f"{best} over seeds {list(runs)}: test mR {seed_runs['mean']:.2f} ± {seed_runs['std']:.2f} "
+              f"(min {seed_runs['min']:.2f}, max {seed_runs['max']:.2f})")  # fmt: skip
+        save()
+
+    table = markdown_table(results, published_rows(data / "README.md"), search, seed_runs)
     atomic_write_text(table, out / "table.md")
     _plots(results, out)
-    best = max(results, key=lambda n: max(h["val_mR"] for h in results[n]["val_history"]))
-    _retrievals(best, out / "runs" / f"{best}_seed{args.seed}" / "test_sims.npy", ann, images, out / "retrievals.png")
+    best = max(results, key=lambda n: _val_mr(results[n]))
+    _retrievals(best, Path(results[best]["run_dir"]) / "test_sims.npy", ann, images, out / "retrievals.png")
     print(table)
     return results
 
@@ -205,9 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="the RSICD folder (dataset_rsicd.json, images/, README.md)")
     p.add_argument("--out", default="benchmarks/results/rsicd")
-    p.add_argument("--recipes", help=f"comma-separated subset of: {', '.join(RECIPES)}")
+    p.add_argument("--recipes", help=f"comma-separated subset of: {', '.join([*RECIPES, KMAX])}")
     p.add_argument("--epochs", type=int, help="override every recipe's epochs (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of every recipe's main run")
+    p.add_argument("--kmax", default="2,5,10,20", help="image K values searched on val for kmax_bigru")
+    p.add_argument("--seeds", default="", help="e.g. 0,1,2: also run the best recipe (by val mR) with these seeds")
+    p.add_argument("--seed-recipe", help="the recipe that --seeds repeats (default: the best by val mR)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every recipe")
     args = p.parse_intermixed_args(argv)
     try:

@@ -53,16 +53,28 @@ def test_runner_end_to_end(tmp_path):
     mod = _load()
     data = _fake_rsicd(tmp_path / "d")
     out = tmp_path / "out"
-    rc = mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru,mean_bigru", "--epochs", "1",
+    rc = mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru,kmax_bigru", "--kmax", "2,5", "--epochs", "1",
+                   "--seeds", "0,1", "--seed-recipe", "gpo_bigru",
                    "batch_size=12", "model.embed_size=32", "eval_batch_size=64"])  # fmt: skip
     assert rc == 0
-    res = json.loads((out / "results.json").read_text())["recipes"]
-    assert set(res) == {"gpo_bigru", "mean_bigru"}
+    doc = json.loads((out / "results.json").read_text())
+    res = doc["recipes"]
+    assert set(res) == {"gpo_bigru", "kmax_bigru"}
+    # K is chosen on val: the selected K is the one with the best validation mR of the search.
+    search = doc["kmax_search"]
+    assert set(search) == {"2", "5"} and str(res["kmax_bigru"]["selected_k"]) == max(search, key=search.get)
+    assert (out / "runs" / "kmax2_bigru_seed0").is_dir() and (out / "runs" / "kmax5_bigru_seed0").is_dir()
+    seeds = doc["seeds"]
+    assert seeds["recipe"] == "gpo_bigru" and set(seeds["test_mR"]) == {"0", "1"}
+    assert seeds["test_mR"]["0"] == res["gpo_bigru"]["test_mR"]
+    assert abs(seeds["mean"] - sum(seeds["test_mR"].values()) / 2) < 1e-9
     for r in res.values():
         assert len(r["recall_at_k"]["i2t"]) == 50 and r["recall_at_k"]["i2t"][-1] == 100.0  # 6 test images
         assert 0 <= r["test_mR"] <= 100 and r["extract_seconds"] >= 0 and r["train_seconds_this_call"] > 0
     table = (out / "table.md").read_text()
     assert "GaLR with MR (published)" in table and "**vsekit gpo_bigru**" in table
+    assert "K-max search" in table and "over 2 seeds" in table
     for png in ("val_mr.png", "recall_at_k.png", "retrievals.png"):
         assert (out / png).stat().st_size > 1000, png
     assert mod.main([str(data), "--out", str(out), "--recipes", "nope"]) == 2
+    assert mod.main([str(data), "--out", str(out), "--recipes", "kmax_bigru", "--kmax", "x"]) == 2
