@@ -5,6 +5,7 @@ Usage::
     git worktree add /tmp/vsekit-core b6d18c0          # the core issue's code, once
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --baseline-src /tmp/vsekit-core/src \\
         [--steps 10] [--warmup 2] [--threads 1] [--out benchmarks/results/bench_train_step.json]
+    python benchmarks/bench_train_step.py --device cuda --steps 30   # on a GPU: also counts host-device syncs
 
 Workload: the ``vse_infty_region_bigru`` preset sizes (embed 1024, region features 36×2048 with the
 residual MLP and size augmentation, BiGRU with 300-d words and text augmentation, GPO on both
@@ -24,6 +25,7 @@ step time of each and their ratio. With ``--profile`` the current code's step is
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -45,6 +47,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     from vsekit import training
     from vsekit.data.collate import Batch
     from vsekit.data.vocab import Vocabulary
@@ -57,7 +60,6 @@ def _worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     vocab = Vocabulary.from_words(f"w{i}" for i in range(args.vocab))
     model = create_model(cfg.model, vocab)
-    optimizer = training.build_optimizer(model, cfg)
     loss_fn = ContrastiveLoss(cfg.loss.margin, cfg.loss.negatives)
     rng = np.random.default_rng(0)
     b = args.batch
@@ -73,9 +75,13 @@ def _worker(args: argparse.Namespace) -> None:
         image_ids=torch.arange(b),
         caption_ids=torch.arange(b),
     )
+    model.to(device)
+    optimizer = training.build_optimizer(model, cfg)
+    batch = batch.to(device)
     has_compute_loss = hasattr(training, "compute_loss")
-    loss_sum = torch.zeros(())
+    loss_sum = torch.zeros((), device=device)
     model.train()
+    cuda = device.type == "cuda"
 
     def step() -> None:
         nonlocal loss_sum
@@ -104,11 +110,46 @@ def _worker(args: argparse.Namespace) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
     print("ready", flush=True)
     for line in sys.stdin:
+        if line.strip() == "syncs":
+            print(json.dumps(_sync_report(step)), flush=True)
+            continue
         if line.strip() != "step":
             break
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize()
         print(f"{time.perf_counter() - start:.6f}", flush=True)
+
+
+def _sync_report(step) -> dict[str, int]:
+    """Run one step with CUDA's sync debug mode on; count the host-device syncs by vsekit source line."""
+    import traceback
+    import warnings
+
+    import torch
+
+    sites: dict[str, int] = {}
+    original = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack() if "/vsekit/" in f.filename]
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else f"{filename}:{lineno}"
+        sites[where] = sites.get(where, 0) + 1
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = original
+    return sites
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,6 +159,7 @@ def _worker(args: argparse.Namespace) -> None:
 def _start(src: Path, args: argparse.Namespace, name: str, extra: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--worker", "--threads", str(args.threads), "--batch", str(args.batch),
+           "--device", args.device,
            "--vocab", str(args.vocab), "--warmup", str(args.warmup), *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
     line = proc.stdout.readline().strip()
@@ -143,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=10000)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the current step")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_train_step.json")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA steps are timed between synchronizations)")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/bench_train_step[_cuda].json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -161,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.steps):
             for name, proc in procs.items():
                 samples[name].append(_step(proc))
+        syncs = {}
+        if args.device.startswith("cuda"):  # host-device syncs in one step of each version, by source line
+            for name, proc in procs.items():
+                proc.stdin.write("syncs\n")
+                proc.stdin.flush()
+                syncs[name] = json.loads(proc.stdout.readline())
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -168,12 +217,14 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(timeout=60)
     median = {name: statistics.median(v) for name, v in samples.items()}
     base = median["core (b6d18c0)"]
-    print(f"training step, batch {args.batch}, {args.threads} thread(s), median of {args.steps} interleaved steps")
+    print(f"training step on {args.device}, batch {args.batch}, {args.threads} thread(s), median of {args.steps} interleaved steps")
     print(f"{'code':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'speedup':>8}")
     for name, v in samples.items():
         print(f"{name:<20} {median[name]:>9.3f} {min(v):>7.3f} {max(v):>7.3f} {base / median[name]:>7.2f}x")
     speedup = base / median["current"]
     print(f"target >= {TARGET_SPEEDUP}x: {'met' if speedup >= TARGET_SPEEDUP else 'NOT met'} ({speedup:.2f}x)")
+    for name, sites in syncs.items():
+        print(f"{name}: {sum(sites.values())} host-device syncs per step" + "".join(f"\n  {n:>3}  {w}" for w, n in sorted(sites.items(), key=lambda kv: -kv[1])))
     import torch
 
     from vsekit.io import atomic_write_json
@@ -182,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         "workload": "vse_infty_region_bigru sizes: batch 128, 36x2048 regions, embed 1024, BiGRU 300->1024, GPO both sides, vocab 10k, captions 9..19 tokens",
         "baseline_src": str(args.baseline_src),
         "threads": args.threads,
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
+        "host_device_syncs_per_step": syncs,
         "steps": args.steps,
         "warmup": args.warmup,
         "step_seconds": samples,
@@ -194,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "load_average": os.getloadavg(),
     }
-    atomic_write_json(result, args.out)
-    print(f"wrote {args.out}")
+    out = args.out or REPO / "benchmarks" / "results" / f"bench_train_step{'' if args.device == 'cpu' else '_cuda'}.json"
+    atomic_write_json(result, out)
+    print(f"wrote {out}")
     return 0
 
 
