@@ -86,6 +86,11 @@ def test_interrupted_extraction_resumes(tmp_path):
     second = extract_features(ann, root, out, splits=["train"], backbone="tiny", image_size=64, batch_size=2,
                               progress_stream=None)  # fmt: skip
     assert second["timing"]["train"]["images"] == 7 - state["done"]
+    # the recorded extraction time covers both calls and is reported when a later call skips the split
+    recorded = json.loads((out / "features.json").read_text())["splits"]["train"]["extract_seconds"]
+    assert recorded >= second["timing"]["train"]["seconds"] + state["seconds"] - 0.01 and state["seconds"] > 0
+    third = extract_features(ann, root, out, splits=["train"], backbone="tiny", image_size=64, progress_stream=None)
+    assert third["timing"]["train"]["skipped"] and third["timing"]["train"]["recorded_seconds"] == recorded
     full = tmp_path / "full"
     extract_features(ann, root, full, splits=["train"], backbone="tiny", image_size=64, batch_size=2, progress_stream=None)
     # same rows as one uninterrupted run (batch composition differs, so float rounding may too)

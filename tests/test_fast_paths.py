@@ -20,13 +20,13 @@ from vsekit.errors import ConfigError
 @pytest.mark.parametrize(
     "layers,bidirectional,merge", [(1, True, "concat"), (1, True, "mean"), (2, True, "mean"), (1, False, "concat"), (3, False, "concat")]
 )
-def test_unrolled_gru_matches_packed_nn_gru(layers: int, bidirectional: bool, merge: str) -> None:
+def test_unrolled_and_padded_gru_match_packed_nn_gru(layers: int, bidirectional: bool, merge: str) -> None:
     torch.manual_seed(0)
     gru = nn.GRU(5, 7, layers, batch_first=True, bidirectional=bidirectional).double()
     lengths = torch.tensor([4, 1, 6, 6, 2, 4, 1])  # repeats, length 1, shorter than the padded width 8
     x = torch.randn(7, 8, 5, dtype=torch.double, requires_grad=True)
     results = {}
-    for method in ("packed", "unrolled"):
+    for method in ("packed", "unrolled", "padded"):
         out, h_n = run_gru(gru, x, lengths, method, merge)
         g = torch.Generator().manual_seed(1)
         probe, probe_h = torch.randn(out.shape, generator=g, dtype=out.dtype), torch.randn(h_n.shape, generator=g, dtype=h_n.dtype)
@@ -34,11 +34,12 @@ def test_unrolled_gru_matches_packed_nn_gru(layers: int, bidirectional: bool, me
         results[method] = [out.detach(), h_n.detach(), x.grad.clone(), *(p.grad.clone() for p in gru.parameters())]
         x.grad = None
         gru.zero_grad()
-    assert results["packed"][0].shape == results["unrolled"][0].shape
-    for want, got in zip(results["packed"], results["unrolled"]):
-        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
     pad = torch.arange(8) >= lengths.unsqueeze(1)
-    assert (results["unrolled"][0][pad] == 0).all()
+    for method in ("unrolled", "padded"):
+        assert results["packed"][0].shape == results[method][0].shape
+        for want, got in zip(results["packed"], results[method]):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+        assert (results[method][0][pad] == 0).all()
 
 
 def test_gru_method_auto_and_errors() -> None:

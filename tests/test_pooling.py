@@ -527,3 +527,29 @@ def test_registry() -> None:
     assert isinstance(create_pooling("test_sum_pool"), SumPool)
     with pytest.raises(ConfigError):
         register_pooling("test_sum_pool")(SumPool)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_gpo_device_path_matches_the_host_path(dtype) -> None:
+    """The accelerator path (size table gathered on the device, no host read of the lengths), run here on
+    CPU tensors, gives the host path's pooled values, weights and gradients."""
+    torch.manual_seed(0)
+    gpo = GPO(32, 32).double()
+    lengths = torch.tensor([9, 3, 1, 9, 5, 7, 2])
+    base = torch.randn(7, 9, 6, dtype=torch.float64)
+    base[torch.arange(9) >= lengths.unsqueeze(1)] = float("nan")  # padding must not leak
+    results = []
+    for run in (gpo, gpo._forward_on_device):
+        x = base.to(dtype).requires_grad_()
+        pooled, weights = run(x, lengths)
+        pooled.float().pow(2).sum().backward()
+        results.append([pooled.detach(), weights.detach(), x.grad, *(p.grad.clone() for p in gpo.parameters())])
+        gpo.zero_grad()
+    tol = {torch.float64: 1e-12, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
+    for want, got in zip(*results):
+        assert torch.isfinite(got).all()  # NaN padding reaches neither values nor gradients
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    pad = torch.arange(9) >= lengths.unsqueeze(1)
+    assert (results[1][1][pad] == 0).all()
+    with torch.no_grad():
+        torch.testing.assert_close(gpo._forward_on_device(base.nan_to_num(0), lengths)[0], gpo(base.nan_to_num(0), lengths)[0])

@@ -123,7 +123,8 @@ def extract_features(
         n = len(records)
         final = out / f"{split}_ims.npy"
         if final.is_file() and split in meta["splits"]:
-            timing[split] = {"images": n, "seconds": 0.0, "skipped": "already extracted"}
+            recorded = meta["splits"][split].get("extract_seconds")
+            timing[split] = {"images": n, "seconds": 0.0, "skipped": "already extracted", "recorded_seconds": recorded}
             continue
         files = [str(_image_path(image_root, r).relative_to(image_root)) for r in records]
         partial = out / f"{split}_ims.npy.partial"
@@ -133,11 +134,11 @@ def extract_features(
         fmap = net(probe.to(dev))
         grid, channels = fmap.shape[2] * fmap.shape[3], fmap.shape[1]
         shape = (n, grid, channels)
-        done = 0
+        done, earlier_seconds = 0, 0.0
         if partial.is_file() and state_path.is_file():
             state = json.loads(state_path.read_text())
             if state.get("files") == files and tuple(state.get("shape", ())) == shape:
-                done = int(state["done"])
+                done, earlier_seconds = int(state["done"]), float(state.get("seconds", 0.0))
         if done == 0:
             arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=shape)
         else:
@@ -161,7 +162,8 @@ def extract_features(
                 arr[done:end] = f.flatten(2).transpose(1, 2).float().cpu().numpy().astype(dtype)
                 arr.flush()
                 done = end
-                atomic_write_json({"done": done, "shape": list(shape), "files": files}, state_path, indent=None)
+                elapsed = earlier_seconds + time.perf_counter() - t0  # over resumed calls too
+                atomic_write_json({"done": done, "shape": list(shape), "files": files, "seconds": elapsed}, state_path, indent=None)
                 bar.update(len(batch_images))
         bar.close()
         seconds = time.perf_counter() - t0
@@ -171,6 +173,9 @@ def extract_features(
         if done == n:
             os.replace(partial, final)
             state_path.unlink(missing_ok=True)
-            meta["splits"][split] = {"images": n, "grid": grid, "channels": channels, "files": files}
+            total = earlier_seconds + seconds
+            meta["splits"][split] = {"images": n, "grid": grid, "channels": channels, "files": files,
+                                     "extract_seconds": round(total, 2), "images_per_second": round(n / max(total, 1e-9), 1),
+                                     "device": str(dev), "threads": torch.get_num_threads()}  # fmt: skip
             atomic_write_json(meta, meta_path)
     return {**meta, "timing": timing}

@@ -135,7 +135,7 @@ def check_lengths(features: Tensor, lengths: Lengths) -> Tensor:
 
 def length_mask(lengths: Tensor, max_len: int, device: torch.device | None = None) -> Tensor:
     """Boolean B×``max_len`` mask that is True at the first ``lengths[b]`` positions of row ``b``."""
-    lengths = lengths.to(device) if device is not None else lengths
+    lengths = lengths.to(device, non_blocking=True) if device is not None else lengths  # host lengths: no wait
     return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
 
 
@@ -213,7 +213,8 @@ def gpo_size_weights(
     if pe is None:
         pe = positional_encoding(longest, gru.input_size, device=weight.device, dtype=weight.dtype)
     inputs = pe[:longest].unsqueeze(0).expand(sizes_cpu.numel(), longest, pe.shape[1])
-    packed = pack_padded_sequence(inputs, sizes_cpu, batch_first=True, enforce_sorted=False)
+    descending = bool((sizes_cpu[:-1] >= sizes_cpu[1:]).all())  # then no permutation is sent to the device
+    packed = pack_padded_sequence(inputs, sizes_cpu, batch_first=True, enforce_sorted=descending)
     hidden, _ = pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=longest)
     hidden = (hidden[..., : gru.hidden_size] + hidden[..., gru.hidden_size :]) / 2
     scores = linear(hidden).squeeze(-1)
@@ -425,6 +426,13 @@ def _sort_pool(x: Tensor, weights: Tensor, valid: Tensor) -> Tensor:
     ranked = _fill_padding(x, valid, float("-inf")).transpose(1, 2).contiguous().sort(dim=-1, descending=True).values
     if not bool(valid.all()):
         ranked = ranked.masked_fill(~valid.unsqueeze(1), 0)  # -inf ranks (weight 0) would give NaN
+    return torch.bmm(ranked, weights.unsqueeze(-1)).squeeze(-1)
+
+
+def _sort_pool_device(x: Tensor, weights: Tensor, valid: Tensor) -> Tensor:
+    """:func:`_sort_pool` without a data-dependent branch or ``nonzero``, so that nothing waits for the device."""
+    ranked = x.masked_fill(~valid.unsqueeze(-1), float("-inf")).transpose(1, 2).sort(dim=-1, descending=True).values
+    ranked = ranked.masked_fill(~valid.unsqueeze(1), 0)  # -inf ranks (weight 0) would give NaN
     return torch.bmm(ranked, weights.unsqueeze(-1)).squeeze(-1)
 
 
@@ -730,6 +738,14 @@ class GPO(SetPooling):
         sizes = torch.as_tensor(sizes, dtype=torch.int64).cpu()
         return gpo_size_weights(sizes, self.gru, self.linear, self.positional_encoding(int(sizes.max())))
 
+    def size_table(self, length: int) -> Tensor:
+        """``length``×``length`` weights of every set size ``1..length`` (row ``n-1``: size ``n``), differentiable.
+
+        Built from sizes that are known on the host (no device read), for the sync-free device path.
+        """
+        sizes = torch.arange(length, 0, -1)  # descending: packed without a sort
+        return self.size_weights(sizes).flip(0)
+
     def compute_weights(self, lengths: Lengths) -> Tensor:
         """B×max(lengths) weights, once per distinct size, differentiable (never cached)."""
         lens = torch.as_tensor(lengths).detach().to("cpu", torch.int64)
@@ -780,6 +796,8 @@ class GPO(SetPooling):
         Returns:
             ``(pooled B×D, weights B×L)``; weights past each length are exactly 0.
         """
+        if isinstance(lengths, Tensor) and lengths.device.type != "cpu" and features.device == lengths.device:
+            return self._forward_on_device(features, lengths)
         lens = check_lengths(features, lengths)
         length = features.shape[1]
         longest = int(lens.max())
@@ -793,3 +811,29 @@ class GPO(SetPooling):
             tolerance = self.tail_tolerance
         pooled = _pool_sorted(features[:, :longest], lens, weights, self.method, tolerance)
         return pooled, F.pad(weights, (0, length - longest)).to(features.dtype)
+
+    def _forward_on_device(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for lengths on an accelerator, without a host-device synchronisation.
+
+        The set sizes are never read back: the weights of every size up to the padded width come
+        from one generator pass (:meth:`size_table`, whose sizes the host knows) and each set's row
+        is gathered on the device. Same values and gradients as the per-distinct-size host path.
+        """
+        if features.dim() != 3 or not features.is_floating_point() or lengths.shape != features.shape[:1]:
+            raise DataError(
+                f"features must be a floating-point B×L×D tensor and lengths (B,), got {tuple(features.shape)} "
+                f"and {tuple(lengths.shape)}"
+            )
+        length = features.shape[1]
+        lens = lengths.to(torch.int64)
+        torch._assert_async(((lens >= 1) & (lens <= length)).all(), "GPO: lengths must lie in 1..L (the padded size)")
+        wide = _wide(features.dtype)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            table = self.size_table(length)
+        else:
+            with torch.no_grad():
+                table = self.size_table(length)
+        weights = table.to(wide)[lens - 1]  # B×L, exactly zero past each length
+        valid = torch.arange(length, device=features.device) < lens.unsqueeze(1)
+        pooled = _sort_pool_device(features.to(wide), weights, valid)
+        return pooled.to(features.dtype), weights.to(features.dtype)

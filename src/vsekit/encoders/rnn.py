@@ -17,10 +17,12 @@ from ..pooling import create_pooling
 from .common import augment_tokens
 from .registry import register_text_encoder
 
-GRU_METHODS = ("auto", "packed", "unrolled")
+GRU_METHODS = ("auto", "packed", "unrolled", "padded")
 """How :func:`run_gru` runs a GRU: ``packed`` (``nn.GRU`` on a packed sequence, the reference),
-``unrolled`` (a step loop over the packed rows, for CPU training) or ``auto`` (``unrolled`` when a
-gradient is needed on CPU, ``packed`` otherwise)."""
+``unrolled`` (a step loop over the packed rows, for CPU training), ``padded`` (one direction at a time
+over the padded batch, the reverse direction on each sequence reversed within its length: no host
+lengths, so nothing waits for the device) or ``auto`` (``unrolled`` when a gradient is needed on CPU,
+``padded`` on other devices, ``packed`` otherwise)."""
 
 
 class _GRUDirection(torch.autograd.Function):
@@ -156,6 +158,43 @@ def _pad_rows(data: Tensor, packed: PackedSequence, total_length: int) -> Tensor
     return out.index_copy(0, index.to(data.device), data).view(batch, total_length, data.shape[1])
 
 
+def _gru_padded(gru: nn.GRU, inputs: Tensor, lengths: Tensor, merge_mean: bool) -> tuple[Tensor, Tensor]:
+    """:func:`run_gru` with device lengths and no packing (``method="padded"``).
+
+    A causal pass over a padded row gives exact outputs at its valid positions, whatever follows them.
+    The forward direction runs on the padded batch as it is; the reverse direction runs forward over
+    each row reversed within its length (the padding stays behind the valid prefix) and its outputs are
+    reversed back. Each direction is one ``torch.gru`` call (cuDNN on GPUs) with that direction's
+    weights; the final states are read at position ``length - 1`` of each pass.
+    """
+    batch, steps, _ = inputs.shape
+    lens = lengths.to(torch.int64)
+    position = torch.arange(steps, device=inputs.device).unsqueeze(0)
+    valid = position < lens.unsqueeze(1)
+    reverse = torch.where(valid, lens.unsqueeze(1) - 1 - position, position)  # B×T, its own inverse
+    last = (lens - 1).clamp(min=0).view(batch, 1, 1)
+    suffixes = ("", "_reverse") if gru.bidirectional else ("",)
+    x, finals = inputs, []
+    for layer in range(gru.num_layers):
+        outs = []
+        for direction, suffix in enumerate(suffixes):
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if gru.bias else ("weight_ih", "weight_hh")
+            weights = [getattr(gru, f"{n}_l{layer}{suffix}") for n in names]
+            flip = reverse.unsqueeze(-1)
+            xi = x.gather(1, flip.expand_as(x)) if direction else x
+            h0 = x.new_zeros(1, batch, gru.hidden_size)
+            y, _ = torch.gru(xi, h0, weights, gru.bias, 1, 0.0, gru.training, False, True)
+            finals.append(y.gather(1, last.expand(batch, 1, gru.hidden_size)).squeeze(1))
+            outs.append(y.gather(1, flip.expand_as(y)) if direction else y)
+        if merge_mean and layer == gru.num_layers - 1 and len(outs) == 2:
+            x = (outs[0] + outs[1]) / 2
+        else:
+            x = torch.cat(outs, dim=-1)
+        if gru.dropout > 0 and gru.training and layer < gru.num_layers - 1:
+            x = F.dropout(x, gru.dropout, training=True)
+    return x.masked_fill(~valid.unsqueeze(-1), 0), torch.stack(finals)
+
+
 def run_gru(
     gru: nn.GRU, inputs: Tensor, lengths: Tensor, method: str = "auto", merge: str = "concat"
 ) -> tuple[Tensor, Tensor]:
@@ -184,7 +223,12 @@ def run_gru(
         raise ConfigError("run_gru needs a batch-first GRU")
     if method == "auto":
         training = torch.is_grad_enabled() and any(p.requires_grad for p in gru.parameters())
-        method = "unrolled" if training and inputs.device.type == "cpu" else "packed"
+        if inputs.device.type != "cpu":
+            method = "padded"
+        else:
+            method = "unrolled" if training else "packed"
+    if method == "padded":
+        return _gru_padded(gru, inputs, lengths.to(inputs.device, non_blocking=True), merge == "mean")
     if method == "unrolled" and gru.dropout > 0 and gru.training and gru.num_layers > 1:
         method = "packed"  # inter-layer dropout is nn.GRU's business
     packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
