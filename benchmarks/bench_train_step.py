@@ -133,8 +133,11 @@ def _sync_report(step) -> dict[str, int]:
 
     sites: dict[str, int] = {}
     original = warnings.showwarning
+    flag = [False]  # inside the step
 
     def record(message, category, filename, lineno, file=None, line=None):
+        if not flag[0]:  # switching the mode itself, not the step
+            return
         frames = [f for f in traceback.extract_stack() if "/vsekit/" in f.filename]
         where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else f"{filename}:{lineno}"
         sites[where] = sites.get(where, 0) + 1
@@ -145,7 +148,9 @@ def _sync_report(step) -> dict[str, int]:
         warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
+            flag[0] = True
             step()
+            flag[0] = False
         finally:
             torch.cuda.set_sync_debug_mode("default")
             warnings.showwarning = original
@@ -157,7 +162,7 @@ def _sync_report(step) -> dict[str, int]:
 
 
 def _start(src: Path, args: argparse.Namespace, name: str, extra: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()), OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--worker", "--threads", str(args.threads), "--batch", str(args.batch),
            "--device", args.device,
            "--vocab", str(args.vocab), "--warmup", str(args.warmup), *extra]  # fmt: skip

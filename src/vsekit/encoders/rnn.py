@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,9 @@ def _gru_padded(gru: nn.GRU, inputs: Tensor, lengths: Tensor, merge_mean: bool) 
             flip = reverse.unsqueeze(-1)
             xi = x.gather(1, flip.expand_as(x)) if direction else x
             h0 = x.new_zeros(1, batch, gru.hidden_size)
-            y, _ = torch.gru(xi, h0, weights, gru.bias, 1, 0.0, gru.training, False, True)
+            with warnings.catch_warnings():  # cuDNN copies one direction's weights into its layout; known, small
+                warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+                y, _ = torch.gru(xi, h0, weights, gru.bias, 1, 0.0, gru.training, False, True)
             finals.append(y.gather(1, last.expand(batch, 1, gru.hidden_size)).squeeze(1))
             outs.append(y.gather(1, flip.expand_as(y)) if direction else y)
         if merge_mean and layer == gru.num_layers - 1 and len(outs) == 2:
