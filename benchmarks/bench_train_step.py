@@ -18,7 +18,7 @@ back to the host every step; the current one accumulates it on the device).
 Each code version runs in its own worker process (``PYTHONPATH`` = its ``src``), both built from
 the same seed and batch. After ``--warmup`` steps each, the workers are stepped alternately, one
 step at a time, so that load changes on a shared machine hit both alike; the result is the median
-step time of each and their ratio. With ``--profile`` the current code's step is also profiled
+step time of each and their ratio. ``--compile`` adds the current code with ``compile=true``. With ``--profile`` the current code's step is also profiled
 (``torch.profiler``, top operators by self time).
 """
 
@@ -82,11 +82,12 @@ def _worker(args: argparse.Namespace) -> None:
     loss_sum = torch.zeros((), device=device)
     model.train()
     cuda = device.type == "cuda"
+    forward = training._compiled(training.TrainingForward(model, cfg)) if args.compile else None
 
     def step() -> None:
         nonlocal loss_sum
         if has_compute_loss:  # current code: the loss function of the training loop
-            loss = training.compute_loss(model, batch, loss_fn, cfg, cfg.precision)
+            loss = training.compute_loss(model, batch, loss_fn, cfg, cfg.precision, forward=forward)
         else:  # core release: the training loop's inline forward
             img = model.forward_image(batch.images, batch.image_lengths)
             cap = model.forward_text(batch.captions, batch.caption_lengths)
@@ -107,7 +108,10 @@ def _worker(args: argparse.Namespace) -> None:
 
         with profile() as prof:
             step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+            if cuda:
+                torch.cuda.synchronize()
+        sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60), file=sys.stderr)
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "syncs":
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=10000)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the current step")
+    parser.add_argument("--compile", action="store_true", help="also time the current code with compile=true (torch.compile)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA steps are timed between synchronizations)")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/bench_train_step[_cuda].json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -201,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--baseline-src {args.baseline_src}: no vsekit package there (git worktree add /tmp/vsekit-core b6d18c0)")
 
     candidates = {"core (b6d18c0)": (args.baseline_src, []), "current": (REPO / "src", ["--profile"] if args.profile else [])}
+    if args.compile:  # compiled during the worker's warm-up steps
+        candidates["current, compile=true"] = (REPO / "src", ["--compile"])
     procs = {}
     try:
         for name, (src, extra) in candidates.items():
