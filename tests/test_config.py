@@ -57,3 +57,35 @@ def test_file_with_preset_and_validation(tmp_path):
     f.write_text("data:\n  kind: precomp\n")
     with pytest.raises(ConfigError, match="data.path"):
         load_config(f)
+
+
+def test_rsicd_presets_differ_only_where_their_names_say() -> None:
+    """The RSICD pooling ablation compares like with like: same features, text encoder, schedule and seed."""
+    from vsekit.config import to_dict
+
+    def flat(name: str) -> dict:
+        out = {}
+
+        def walk(d, prefix=""):
+            for k, v in d.items():
+                if isinstance(v, dict) and k not in ("lr_mults", "freeze", "synthetic"):
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    out[prefix + k] = v
+
+        walk(to_dict(get_preset(name)))
+        return out
+
+    base = flat("rsicd_vse_infty")
+    expected = {
+        "rsicd_mean": {"model.image.pooling": "mean", "model.text.pooling": "mean"},
+        "rsicd_max": {"model.image.pooling": "max", "model.text.pooling": "max"},
+        "rsicd_kmax": {"model.image.pooling": "kmax:5", "model.text.pooling": "kmax:2"},
+        "rsicd_vsepp": {"model.image.pooling": "mean", "model.text.pooling": "mean", "loss.negatives": "hardest"},
+        "rsicd_instance": {"model.instance_classes": -1, "loss.instance_image_weight": 1.0, "loss.instance_text_weight": 1.0},
+    }
+    for name, diff in expected.items():
+        other = flat(name)
+        changed = {k: other[k] for k in base if other[k] != base[k] and k != "name"}
+        assert changed == diff, name
+    assert base["model.image.img_dim"] == 1280 and base["data.kind"] == "karpathy" and base["data.path"] in ("", None)

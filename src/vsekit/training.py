@@ -317,9 +317,9 @@ def resolve_for_data(cfg: TrainConfig, train_set: Any) -> TrainConfig:
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
-    """The parts of a config that must not change when a run is resumed."""
+    """The parts of a config that must not change when a run is resumed (the name is only a label)."""
     d = to_dict(cfg)
-    for key in ("epochs", "workers", "device", "eval_batch_size", "compile"):
+    for key in ("name", "epochs", "workers", "device", "eval_batch_size", "compile"):
         d.pop(key)
     return d
 
