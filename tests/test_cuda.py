@@ -1,0 +1,78 @@
+"""The accelerator paths on a real GPU, against the CPU (skipped without CUDA; `benchmarks/gpu_check.sh` runs them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vsekit.encoders.rnn import run_gru
+from vsekit.pooling import GPO
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Full float32 products, so that CUDA and CPU agree to float32 rounding."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_padded_gru_on_cuda_matches_packed_on_cpu() -> None:
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(16, 24, 1, batch_first=True, bidirectional=True)
+    x = torch.randn(32, 20, 16, requires_grad=True)
+    lengths = torch.randint(1, 21, (32,))
+    out, h_n = run_gru(gru, x, lengths, method="packed", merge="mean")
+    (out.sum() + h_n.sum()).backward()
+    want = [out.detach(), h_n.detach(), x.grad.clone(), *(p.grad.clone() for p in gru.parameters())]
+    gru.zero_grad()
+    gru.cuda()
+    xc = x.detach().cuda().requires_grad_()
+    out_c, h_c = run_gru(gru, xc, lengths.cuda(), merge="mean")  # auto -> padded on CUDA
+    (out_c.sum() + h_c.sum()).backward()
+    got = [out_c.detach(), h_c.detach(), xc.grad, *(p.grad for p in gru.parameters())]
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g.cpu(), w, atol=5e-4, rtol=1e-3)  # float32 sums over 640 steps, other orders
+
+
+def test_gpo_on_cuda_matches_cpu_and_never_syncs() -> None:
+    torch.manual_seed(0)
+    gpo = GPO(32, 32)
+    x = torch.randn(64, 49, 128, requires_grad=True)
+    lengths = torch.randint(1, 50, (64,))
+    pooled, weights = gpo(x, lengths)
+    pooled.pow(2).sum().backward()
+    want = [pooled.detach(), weights.detach(), x.grad.clone(), *(p.grad.clone() for p in gpo.parameters())]
+    gpo.zero_grad()
+    gpo.cuda()
+    xc = x.detach().cuda().requires_grad_()
+    lc = lengths.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+    try:
+        pooled_c, weights_c = gpo(xc, lc)
+        pooled_c.pow(2).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got = [pooled_c.detach(), weights_c.detach(), xc.grad, *(p.grad for p in gpo.parameters())]
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g.cpu(), w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpo_half_precision_on_cuda(dtype) -> None:
+    torch.manual_seed(0)
+    gpo = GPO(32, 32).cuda()
+    x = torch.randn(64, 49, 128, device="cuda") * 100
+    lengths = torch.randint(1, 50, (64,), device="cuda")
+    with torch.no_grad():
+        ref, _ = gpo(x, lengths)
+        with torch.autocast("cuda", dtype=dtype):
+            half, weights = gpo(x.to(dtype), lengths)
+    assert torch.isfinite(half).all()
+    assert (weights[torch.arange(49, device="cuda") >= lengths.unsqueeze(1)] == 0).all()
+    eps = {torch.bfloat16: 2**-8, torch.float16: 2**-11}[dtype]
+    assert ((half.float() - ref).abs().max() / ref.abs().max()).item() < 4 * eps
