@@ -195,6 +195,9 @@ def test_health_stats_openapi_and_page(scenes, client):
     s = client.get("/api/stats").json()
     assert s["items"] == 2 * NUM_COLORS and s["backend"] == "exact" and s["model"].endswith("best.pt")
     assert s["index"]["num_images"] == NUM_COLORS and s["queries"] >= 1 and s["uptime_s"] >= 0
+    # no absolute path of the serving machine is given away
+    assert "/" not in s["model"] and "/" not in s["index"]["root"] and "/" not in s["index"]["model"]["checkpoint"]
+    assert not any(isinstance(v, str) and v.startswith("/") for v in s["index"].values())
     lat = s["latency_ms"]
     assert lat["count"] >= 1 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     schema = client.get("/openapi.json").json()

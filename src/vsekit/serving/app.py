@@ -408,8 +408,15 @@ class _Service:
         return self.index
 
     def index_stats(self) -> dict[str, Any]:
+        """The index's statistics as served: file names only, never this machine's absolute paths."""
         if self._stats is None:  # the index does not change while served
-            self._stats = dict(self.require().stats())
+            stats = dict(self.require().stats())
+            for key in ("path", "root", "source"):
+                if stats.get(key):
+                    stats[key] = Path(str(stats[key])).name
+            if isinstance(stats.get("model"), dict) and stats["model"].get("checkpoint"):
+                stats["model"] = {**stats["model"], "checkpoint": Path(str(stats["model"]["checkpoint"])).name}
+            self._stats = stats
         return self._stats
 
     def item_count(self) -> int:
