@@ -31,7 +31,7 @@ def _fake_rsicd(root: Path) -> Path:
         img[16:48, 16:48] = colors[name]
         Image.fromarray(img).save(root / "images" / f"{i}.jpg")
         split = "train" if i < 24 else ("val" if i < 30 else "test")
-        records.append({"filename": f"{i}.jpg", "imgid": i, "split": split,
+        records.append({"filename": f"{i}.jpg", "imgid": i, "split": split, "label": name,
                         "sentences": [{"raw": f"a {name} square number {c}"} for c in range(5)]})  # fmt: skip
     (root / "dataset_rsicd.json").write_text(json.dumps({"images": records}))
     (root / "README.md").write_text(
@@ -74,7 +74,27 @@ def test_runner_end_to_end(tmp_path):
     table = (out / "table.md").read_text()
     assert "GaLR with MR (published)" in table and "**vsekit gpo_bigru**" in table
     assert "K-max search" in table and "over 2 seeds" in table
+    # the scene-label yardstick: 6 test images, 2 per colour class
+    oracle = doc["scene_label_oracle"]
+    assert oracle["classes"] == 3 and "scene-label oracle" in table and 0 < oracle["test_mR"] <= 100
     for png in ("val_mr.png", "recall_at_k.png", "retrievals.png"):
         assert (out / png).stat().st_size > 1000, png
     assert mod.main([str(data), "--out", str(out), "--recipes", "nope"]) == 2
     assert mod.main([str(data), "--out", str(out), "--recipes", "kmax_bigru", "--kmax", "x"]) == 2
+
+
+def test_scene_label_oracle_by_hand(tmp_path):
+    """Two classes of two images: every image's own captions and its twin's tie at the top."""
+    mod = _load()
+    images = [{"filename": f"{i}.jpg", "split": "test", "label": "ab"[i // 2], "sentences": [{"raw": "x"}] * 5} for i in range(4)]
+    ann = tmp_path / "d.json"
+    ann.write_text(json.dumps({"images": images}))
+    r = mod.scene_label_oracle(ann, tie_breaks=20)
+    assert r["classes"] == 2
+    m = r["test"]
+    # i2t: 10 tied candidates, 5 correct -> R@1 = P(first is own) = 0.5; R@5 and R@10 = 100 (at most 5 wrong ahead)
+    assert 30 <= m["i2t_r1"] <= 70 and m["i2t_r10"] == 100.0
+    # t2i: 2 tied images, 1 correct -> R@1 about 50, R@5 = 100
+    assert 20 <= m["t2i_r1"] <= 80 and m["t2i_r5"] == 100.0
+    ann.write_text(json.dumps({"images": [{"filename": "0.jpg", "split": "test", "sentences": [{"raw": "x"}] * 5}]}))
+    assert mod.scene_label_oracle(ann) is None  # no labels: no row
