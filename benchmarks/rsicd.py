@@ -90,19 +90,24 @@ def markdown_table(
     seeds: dict[str, Any] | None = None,
     oracle: dict[str, Any] | None = None,
 ) -> str:
-    head = "| method | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | mR | val mR |\n|---|---|---|---|---|---|---|---|---|\n"
-    lines = [f"| {name} (published) | " + " | ".join(f"{v:.2f}" for v in vals) + " | |" for name, vals in published.items()]
+    head = ("| method | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | mR | val mR | training |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+    lines = [f"| {name} (published) | " + " | ".join(f"{v:.2f}" for v in vals) + " | | |" for name, vals in published.items()]
     for name, r in ours.items():
         m = r["test"]
         vals = [m[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)] + [r["test_mR"]]
         label = f"{name} (K={r['selected_k']})" if "selected_k" in r else name
-        lines.append(f"| **vsekit {label}** | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {_val_mr(r):.2f} |")
+        minutes = r["train_seconds_total"] / 60
+        lines.append(f"| **vsekit {label}** | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {_val_mr(r):.2f} | {minutes:.1f} min |")
     if oracle:
         m = oracle["test"]
         vals = [m[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)] + [oracle["test_mR"]]
         lines.append(f"| scene-label oracle ({oracle['classes']} classes; a yardstick, not a method) | "
-                     + " | ".join(f"{v:.2f}" for v in vals) + " | |")  # fmt: skip
+                     + " | ".join(f"{v:.2f}" for v in vals) + " | | |")  # fmt: skip
     text = head + "\n".join(lines) + "\n"
+    extract = next((r["extract_seconds"] for r in ours.values() if r.get("extract_seconds")), None)
+    if extract:
+        text += f"\nFeature extraction, shared by every recipe: {extract / 60:.1f} min (recorded when the features were extracted).\n"
     if kmax_search:
         text += "\nK-max search (image K, best val mR): " + ", ".join(f"K={k}: {v:.2f}" for k, v in kmax_search.items()) + "\n"
     if seeds:
