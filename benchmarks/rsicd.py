@@ -275,6 +275,7 @@ def _plots(results: dict[str, Any], out: Path) -> None:
     for name, r in results.items():
         ax.plot([h["epoch"] for h in r["val_history"]], [h["val_mR"] for h in r["val_history"]], marker="o", ms=3, label=name)
     ax.set(xlabel="epoch", ylabel="validation mR", title="RSICD validation mR per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(plt, fig, out / "val_mr.png")
