@@ -65,7 +65,7 @@ def kmax_recipe(k: int) -> tuple[str, list[str], str]:
 
 
 def _schedule(epochs: int) -> list[str]:
-    """``--epochs E``: the same schedule shortened, the learning rate decayed for the last quarter."""
+    """``--epochs E``: the schedule at another length, the learning rate decayed for the last quarter."""
     return [f"epochs={epochs}", f"optim.lr_decay_epochs=[{max(1, round(epochs * 0.75))}]"]
 
 

