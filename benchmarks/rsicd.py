@@ -60,6 +60,11 @@ DEFAULT_RECIPES = ["gpo_bigru", "mean_bigru", "max_bigru", "vsepp_mean_hardest",
 KMAX = "kmax_bigru"
 
 
+def kmax_run(k: int) -> str:
+    """The run folder stem of the K-max candidate with image K = ``k``."""
+    return f"kmax{k}_bigru"
+
+
 def kmax_recipe(k: int) -> tuple[str, list[str], str]:
     return ("rsicd_kmax", [f"model.image.pooling=kmax:{k}"], f"pooling ablation: K-max, image K={k} (searched on val), text K=2")
 
@@ -83,6 +88,11 @@ def published_rows(readme: Path) -> dict[str, list[float]]:
     return rows
 
 
+def _row(metrics: dict[str, float], mr: float) -> str:
+    """The six recalls and the mR of a table row."""
+    return " | ".join(f"{v:.2f}" for v in [metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)] + [mr])
+
+
 def markdown_table(
     ours: dict[str, dict[str, Any]],
     published: dict[str, list[float]],
@@ -94,16 +104,12 @@ def markdown_table(
             "|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
     lines = [f"| {name} (published) | " + " | ".join(f"{v:.2f}" for v in vals) + " | | |" for name, vals in published.items()]
     for name, r in ours.items():
-        m = r["test"]
-        vals = [m[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)] + [r["test_mR"]]
         label = f"{name} (K={r['selected_k']})" if "selected_k" in r else name
         minutes = r["train_seconds_total"] / 60
-        lines.append(f"| **vsekit {label}** | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {_val_mr(r):.2f} | {minutes:.1f} min |")
+        lines.append(f"| **vsekit {label}** | {_row(r['test'], r['test_mR'])} | {_val_mr(r):.2f} | {minutes:.1f} min |")
     if oracle:
-        m = oracle["test"]
-        vals = [m[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)] + [oracle["test_mR"]]
         lines.append(f"| scene-label oracle ({oracle['classes']} classes; a yardstick, not a method) | "
-                     + " | ".join(f"{v:.2f}" for v in vals) + " | | |")  # fmt: skip
+                     f"{_row(oracle['test'], oracle['test_mR'])} | | |")  # fmt: skip
     text = head + "\n".join(lines) + "\n"
     extract = next((r["extract_seconds"] for r in ours.values() if r.get("extract_seconds")), None)
     if extract:
@@ -211,15 +217,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = saved.get("recipes", {})
     search: dict[str, float] = saved.get("kmax_search", {})
     seed_runs: dict[str, Any] = saved.get("seeds", {})
+    oracle = scene_label_oracle(ann)
+    if oracle:
+        print(f"scene-label oracle: test mR {oracle['test_mR']:.2f} ± {oracle['test_mR_std']:.2f} over tie-breaks")
 
     def save() -> None:
         doc = {"dataset": str(data), "features": meta | {"splits": {}}, "epochs_override": args.epochs,
                "recipes": results, "kmax_search": search, "seeds": seed_runs}  # fmt: skip
-        atomic_write_json(doc, results_path)
+        atomic_write_json(doc | ({"scene_label_oracle": oracle} if oracle else {}), results_path)
 
     for name in names:
         if name == KMAX:
-            trained = {k: _train_one(f"kmax{k}_bigru", kmax_recipe(k), args.seed, ctx) for k in kmax_ks}
+            trained = {k: _train_one(kmax_run(k), kmax_recipe(k), args.seed, ctx) for k in kmax_ks}
             search.update({str(k): round(_val_mr(r), 3) for k, r in trained.items()})
             best_k = max(trained, key=lambda k: _val_mr(trained[k]))
             r = _test_once(trained[best_k]) | {"selected_k": best_k}
@@ -237,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if best not in results:
             raise VsekitError(f"--seed-recipe: {best!r} has not been run (ran: {', '.join(results)})")
         recipe = kmax_recipe(results[best]["selected_k"]) if best == KMAX else RECIPES[best]
-        stem = f"kmax{results[best]['selected_k']}_bigru" if best == KMAX else best
+        stem = kmax_run(results[best]["selected_k"]) if best == KMAX else best
         runs = {str(args.seed): results[best]}
         for seed in seeds:
             if seed != args.seed:
@@ -251,11 +260,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"(min {seed_runs['min']:.2f}, max {seed_runs['max']:.2f})")  # fmt: skip
         save()
 
-    oracle = scene_label_oracle(ann)
-    if oracle:
-        doc = json.loads(results_path.read_text()) if results_path.is_file() else {}
-        atomic_write_json(doc | {"scene_label_oracle": oracle}, results_path)
-        print(f"scene-label oracle: test mR {oracle['test_mR']:.2f} ± {oracle['test_mR_std']:.2f} over tie-breaks")
     table = markdown_table(results, published_rows(data / "README.md"), search, seed_runs, oracle)
     atomic_write_text(table, out / "table.md")
     _plots(results, out)

@@ -92,7 +92,7 @@ def test_scene_label_oracle_by_hand(tmp_path):
     r = mod.scene_label_oracle(ann, tie_breaks=20)
     assert r["classes"] == 2
     m = r["test"]
-    # i2t: 10 tied candidates, 5 correct -> R@1 = P(first is own) = 0.5; R@5 and R@10 = 100 (at most 5 wrong ahead)
+    # i2t: 10 tied candidates, 5 correct -> R@1 = P(first is own) = 0.5; R@10 = 100 (all 10 candidates fit)
     assert 30 <= m["i2t_r1"] <= 70 and m["i2t_r10"] == 100.0
     # t2i: 2 tied images, 1 correct -> R@1 about 50, R@5 = 100
     assert 20 <= m["t2i_r1"] <= 80 and m["t2i_r5"] == 100.0

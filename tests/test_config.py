@@ -61,7 +61,6 @@ def test_file_with_preset_and_validation(tmp_path):
 
 def test_rsicd_presets_differ_only_where_their_names_say() -> None:
     """The RSICD pooling ablation compares like with like: same features, text encoder, schedule and seed."""
-    from vsekit.config import to_dict
 
     def flat(name: str) -> dict:
         out = {}

@@ -828,12 +828,9 @@ class GPO(SetPooling):
         lens = lengths.to(torch.int64)
         torch._assert_async(((lens >= 1) & (lens <= length)).all(), "GPO: lengths must lie in 1..L (the padded size)")
         wide = _wide(features.dtype)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
             table = self.size_table(length)
-        else:
-            with torch.no_grad():
-                table = self.size_table(length)
         weights = table.to(wide)[lens - 1]  # B×L, exactly zero past each length
-        valid = torch.arange(length, device=features.device) < lens.unsqueeze(1)
+        valid = length_mask(lens, length)
         pooled = _sort_pool_device(features.to(wide), weights, valid)
         return pooled.to(features.dtype), weights.to(features.dtype)

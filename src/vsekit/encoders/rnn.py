@@ -173,15 +173,15 @@ def _gru_padded(gru: nn.GRU, inputs: Tensor, lengths: Tensor, merge_mean: bool) 
     position = torch.arange(steps, device=inputs.device).unsqueeze(0)
     valid = position < lens.unsqueeze(1)
     reverse = torch.where(valid, lens.unsqueeze(1) - 1 - position, position)  # B×T, its own inverse
+    flip = reverse.unsqueeze(-1)
     last = (lens - 1).clamp(min=0).view(batch, 1, 1)
     suffixes = ("", "_reverse") if gru.bidirectional else ("",)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if gru.bias else ("weight_ih", "weight_hh")
     x, finals = inputs, []
     for layer in range(gru.num_layers):
         outs = []
         for direction, suffix in enumerate(suffixes):
-            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if gru.bias else ("weight_ih", "weight_hh")
             weights = [getattr(gru, f"{n}_l{layer}{suffix}") for n in names]
-            flip = reverse.unsqueeze(-1)
             xi = x.gather(1, flip.expand_as(x)) if direction else x
             h0 = x.new_zeros(1, batch, gru.hidden_size)
             with warnings.catch_warnings():  # cuDNN copies one direction's weights into its layout; known, small
