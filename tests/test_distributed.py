@@ -90,7 +90,7 @@ def _exact_scenario(rank: int, overrides: list[str], epochs: tuple[int, ...], st
     assert any(isinstance(m, CrossRankBatchNorm) for m in model.modules())
     ddp = wrap_ddp(TrainingForward(model, cfg), torch.device("cpu"))
     ref_opt, opt = build_optimizer(ref, cfg), build_optimizer(model, cfg)
-    loss_fn = ContrastiveLoss(cfg.loss.margin, cfg.loss.negatives, cfg.loss.warmup_epochs, cfg.loss.same_image_positives)
+    loss_fn = ContrastiveLoss.from_config(cfg.loss)
     collate = Collator(tokenizer, ref.image_input, train=True)
     tight = dict(rtol=1e-9, atol=1e-12)
     checked_same_image = False
@@ -145,9 +145,9 @@ def test_shares_of_the_sharded_loss_sum_to_the_global_loss():
     torch.manual_seed(0)
     img, cap = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
     ids = torch.tensor([0, 1, 0, 2, 1, 3, 3])
-    for negatives in ("hardest", "sum"):
+    for negatives in ("hardest", "sum", "softmax"):
         for image_ids in (None, ids):
-            expected = triplet_hinge_loss(img @ cap.t(), 0.2, negatives, image_ids=image_ids)
+            expected = triplet_hinge_loss(img @ cap.t(), 0.2, negatives, image_ids=image_ids, temperature=0.3)
             for world in (1, 2, 3):
                 total = 0
                 for rank in range(world):
@@ -155,7 +155,7 @@ def test_shares_of_the_sharded_loss_sum_to_the_global_loss():
                     lo, hi = s.offset, s.offset + s.size
                     local_ids = None if image_ids is None else image_ids[lo:hi]
                     total = total + sharded_triplet_hinge_loss(
-                        img[lo:hi] @ cap.t(), img @ cap[lo:hi].t(), lo, 0.2, negatives, local_ids, image_ids
+                        img[lo:hi] @ cap.t(), img @ cap[lo:hi].t(), lo, 0.2, negatives, local_ids, image_ids, 0.3
                     )
                 torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
     assert shard_sizes(10, 4) == (3, 3, 2, 2)

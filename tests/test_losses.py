@@ -1,4 +1,6 @@
-"""The hinge triplet loss against values computed by hand."""
+"""The hinge triplet loss and the InfoNCE (softmax) loss against values computed by hand."""
+
+import math
 
 import pytest
 import torch
@@ -89,3 +91,57 @@ def test_bad_arguments():
         triplet_hinge_loss(S, 0.2, "hard")
     with pytest.raises(ValueError, match="square"):
         triplet_hinge_loss(torch.zeros(2, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# negatives='softmax' (InfoNCE): per query -log(exp(s_pos / t) / sum exp(s / t)), each direction averaged
+
+
+def _ce(pos: float, others: list[float], t: float) -> float:
+    """-log softmax of the positive among itself and ``others``, written out."""
+    return -math.log(math.exp(pos / t) / (math.exp(pos / t) + sum(math.exp(o / t) for o in others)))
+
+
+def test_softmax_by_hand():
+    t = 0.1
+    rows = _ce(0.5, [0.6, 0.1], t) + _ce(0.4, [0.25, 0.55], t) + _ce(0.7, [0.2, 0.1], t)
+    cols = _ce(0.5, [0.25, 0.2], t) + _ce(0.4, [0.6, 0.1], t) + _ce(0.7, [0.1, 0.55], t)
+    expected = rows / 3 + cols / 3
+    assert triplet_hinge_loss(S, 0.2, "softmax", temperature=t).item() == pytest.approx(expected, rel=1e-5)
+    # the margin plays no part
+    assert triplet_hinge_loss(S, 0.0, "softmax", temperature=t).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_softmax_same_image_positives_leave_the_softmax():
+    # entries 0 and 1 show the same image: row 0 drops column 1, row 1 drops column 0, and likewise columns
+    t = 0.1
+    rows = _ce(0.5, [0.1], t) + _ce(0.4, [0.55], t) + _ce(0.7, [0.2, 0.1], t)
+    cols = _ce(0.5, [0.2], t) + _ce(0.4, [0.1], t) + _ce(0.7, [0.1, 0.55], t)
+    loss = ContrastiveLoss(negatives="softmax", temperature=t, same_image_positives=True)
+    assert loss(S, torch.tensor([7, 7, 3])).item() == pytest.approx(rows / 3 + cols / 3, rel=1e-5)
+
+
+def test_softmax_collapsed_model_gives_2_log_b():
+    # all similarities equal: every query's softmax is uniform over the B candidates
+    for b in (2, 5, 16):
+        assert triplet_hinge_loss(torch.full((b, b), 0.3), 0.2, "softmax").item() == pytest.approx(2 * math.log(b))
+
+
+def test_softmax_gradient_by_hand():
+    # d/dS[i, j] of the row term is (p_ij - [i == j]) / (t B); columns add the same with the column softmax
+    t, b = 0.1, 3
+    s = S.clone().requires_grad_(True)
+    triplet_hinge_loss(s, 0.2, "softmax", temperature=t).backward()
+    p_rows, p_cols = torch.softmax(S / t, dim=1), torch.softmax(S / t, dim=0)
+    expected = (p_rows + p_cols - 2 * torch.eye(b)) / (t * b)
+    torch.testing.assert_close(s.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_module_and_config():
+    from vsekit.config import LossConfig
+
+    loss = ContrastiveLoss.from_config(LossConfig(negatives="softmax", temperature=0.1))
+    assert loss.current_negatives == "softmax" and loss.temperature == 0.1
+    assert loss(S).item() == pytest.approx(triplet_hinge_loss(S, 0.2, "softmax", temperature=0.1).item())
+    with pytest.raises(ConfigError, match="loss.temperature"):
+        ContrastiveLoss(negatives="softmax", temperature=0.0)

@@ -53,6 +53,7 @@ class TextEncoderConfig:
     word_vectors: str | None = None  # optional GloVe-style text file ("word v1 v2 ...") to initialise embeddings
     normalize: bool = True  # l2-normalise the embedding
     transformer_path: str | None = None  # kind 'transformer': a local Hugging Face model folder
+    frozen: bool = False  # kind 'transformer': keep its pretrained weights (eval mode, no gradients); on CPU its outputs are cached per caption
     max_length: int = 32  # token positions (Dual-Path text CNN; longest transformer input)
     dropout: float = 0.0  # Dual-Path text branch: dropout before the instance classifier
 
@@ -74,7 +75,8 @@ class LossConfig:
     """Hinge triplet loss (VSE0 / VSE++)."""
 
     margin: float = 0.2
-    negatives: str = "hardest"  # 'hardest' (VSE++, max of hinges) | 'sum' (VSE0, sum of hinges)
+    negatives: str = "hardest"  # 'hardest' (VSE++, max of hinges) | 'sum' (VSE0, sum of hinges) | 'softmax' (InfoNCE)
+    temperature: float = 0.05  # negatives='softmax': the softmax temperature
     warmup_epochs: int = 0  # VSE∞ warm-up: use 'sum' for the first N epochs, then `negatives`
     same_image_positives: bool = False  # other captions of the same image in the batch are not negatives
     ranking_weight: float = 1.0  # weight of the hinge ranking loss (0: instance loss only, Dual-Path stage 1)
@@ -349,7 +351,7 @@ _CHOICES = {
     "model.similarity": ("cosine", "order"),
     "model.image.size_augment_mode": ("region", "grid"),
     "optim.optimizer": ("adamw", "adam", "sgd"),
-    "loss.negatives": ("hardest", "sum"),
+    "loss.negatives": ("hardest", "sum", "softmax"),
     "data.kind": ("synthetic", "precomp", "karpathy", "frames", "synthetic_video"),
     "precision": ("fp32", "bf16", "fp16"),
 }
@@ -419,10 +421,14 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"optim.lr: expected a positive number, got {cfg.optim.lr}")
     if cfg.loss.margin < 0:
         raise ConfigError(f"loss.margin: expected a non-negative number, got {cfg.loss.margin}")
+    if not cfg.loss.temperature > 0:
+        raise ConfigError(f"loss.temperature: expected a positive number, got {cfg.loss.temperature}")
     if cfg.workers < 0:
         raise ConfigError(f"workers: expected >= 0, got {cfg.workers}")
     if require_data and cfg.data.kind in ("precomp", "karpathy", "frames") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.kind={cfg.data.kind!r}")
+    if cfg.model.text.frozen and cfg.model.text.kind != "transformer":
+        raise ConfigError(f"model.text.frozen: only kind 'transformer' can be frozen, got kind {cfg.model.text.kind!r}")
     if require_data and cfg.model.text.kind == "transformer" and not cfg.model.text.transformer_path:
         raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
     if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):

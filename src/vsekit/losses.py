@@ -8,7 +8,16 @@ The hinge triplet loss of VSE++ (Faghri et al., BMVC 2018), in both directions, 
 ``negatives='sum'`` (VSE0) adds every violation; ``negatives='hardest'`` (VSE++) keeps, per query, only the
 hardest negative. Rows of ``sims`` are images and columns captions; the positive pairs are on the diagonal.
 
-Both directions are :func:`query_hinge` (one query per row against candidate columns).
+``negatives='softmax'`` is not a hinge: it is the InfoNCE / CLIP loss, a cross-entropy per query over its
+positive and every in-batch negative at a temperature ``tau``::
+
+    loss = mean_i -log softmax_j(S[i, :] / tau)[i]  +  mean_j -log softmax_i(S[:, j] / tau)[j]
+
+It weighs each negative by how close it is (between 'sum' and 'hardest') and needs no margin. It is not in
+the three papers; it is here because on small, repetitive caption sets (RSICD) it learns markedly better
+than either hinge (see the README's RSICD results).
+
+Both directions are :func:`query_hinge` / :func:`query_softmax` (one query per row against candidate columns).
 :func:`sharded_triplet_hinge_loss` is one process's share of the loss of a global batch in data-parallel
 training: its own queries against every candidate of the global batch (see :mod:`vsekit.distributed`).
 """
@@ -18,9 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .config import LossConfig
 from .errors import ConfigError
 
-NEGATIVES = ("hardest", "sum")
+NEGATIVES = ("hardest", "sum", "softmax")
+"""How a query's negatives combine: max of hinges (VSE++), sum of hinges (VSE0), or softmax (InfoNCE)."""
 
 
 def negatives_mask(n: int, image_ids: Tensor | None = None, device: torch.device | None = None) -> Tensor:
@@ -52,25 +63,60 @@ def query_hinge(scores: Tensor, positive: Tensor, not_negative: Tensor, margin: 
     return cost.amax(dim=1).sum() if negatives == "hardest" else cost.sum()
 
 
+def query_softmax(scores: Tensor, positive: Tensor, not_negative: Tensor, temperature: float) -> Tensor:
+    """One direction of the InfoNCE loss: every row is a query scored against candidate columns.
+
+    Args:
+        scores: Q×C similarities of the queries (rows) with the candidates (columns).
+        positive: Q int64 column of each query's positive.
+        not_negative: Q×C boolean mask of the candidates that are not negatives (the positive itself, and
+            other positives, which are left out of the softmax).
+        temperature: the softmax temperature ``tau`` (> 0).
+
+    Returns:
+        ``sum_q -log( exp(s[q, p_q] / tau) / sum_{c in {p_q} + negatives(q)} exp(s[q, c] / tau) )``.
+    """
+    logits = scores / temperature
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    others = not_negative.clone()
+    others[rows, positive] = False  # the positive stays in the softmax, other positives leave it
+    logits = logits.masked_fill(others, float("-inf"))
+    return nn.functional.cross_entropy(logits, positive, reduction="sum")
+
+
+def _direction(
+    scores: Tensor, positive: Tensor, not_negative: Tensor, margin: float, negatives: str, temperature: float
+) -> Tensor:
+    """One direction of the ranking loss, summed over its queries (hinge or softmax by ``negatives``)."""
+    if negatives == "softmax":
+        return query_softmax(scores, positive, not_negative, temperature)
+    return query_hinge(scores, positive, not_negative, margin, negatives)
+
+
 def triplet_hinge_loss(
     sims: Tensor,
     margin: float = 0.2,
     negatives: str = "hardest",
     image_ids: Tensor | None = None,
     positives_mask: Tensor | None = None,
+    temperature: float = 0.05,
 ) -> Tensor:
-    """Bidirectional hinge triplet loss on an in-batch similarity matrix.
+    """Bidirectional hinge triplet loss on an in-batch similarity matrix (or, with ``negatives='softmax'``,
+    the InfoNCE loss).
 
     Args:
         sims: B×B similarities, rows images, columns captions; pair (i, i) is positive.
         margin: the hinge margin alpha.
-        negatives: ``'hardest'`` (VSE++: max over negatives per query) or ``'sum'`` (VSE0: all negatives).
+        negatives: ``'hardest'`` (VSE++: max over negatives per query), ``'sum'`` (VSE0: all negatives) or
+            ``'softmax'`` (InfoNCE; ``margin`` is not used).
         image_ids: optional B image ids. When given, other captions of the same image in the batch are
             treated as positives and excluded from the negatives (off in the official code).
         positives_mask: optional precomputed B×B boolean mask of non-negatives (overrides ``image_ids``).
+        temperature: the softmax temperature (``'softmax'`` only).
 
     Returns:
-        The scalar loss, summed (not averaged) over the batch as in the official code.
+        The scalar loss: hinges are summed (not averaged) over the batch as in the official code; the
+        softmax loss is the mean over the batch of each direction's cross-entropy, the two directions added.
 
     Example:
         >>> s = torch.tensor([[0.9, 0.8], [0.1, 0.5]])
@@ -86,7 +132,10 @@ def triplet_hinge_loss(
     mask = positives_mask if positives_mask is not None else negatives_mask(n, image_ids, sims.device)
     diagonal = torch.arange(n, device=sims.device)
     # image queries are the rows, caption queries the columns
-    return query_hinge(sims, diagonal, mask, margin, negatives) + query_hinge(sims.t(), diagonal, mask.t(), margin, negatives)
+    loss = _direction(sims, diagonal, mask, margin, negatives, temperature) + _direction(
+        sims.t(), diagonal, mask.t(), margin, negatives, temperature
+    )
+    return loss / n if negatives == "softmax" else loss
 
 
 class ContrastiveLoss(nn.Module):
@@ -98,23 +147,37 @@ class ContrastiveLoss(nn.Module):
 
     Args:
         margin: hinge margin.
-        negatives: ``'hardest'`` or ``'sum'`` after the warm-up.
+        negatives: ``'hardest'``, ``'sum'`` or ``'softmax'`` (InfoNCE) after the warm-up.
         warmup_epochs: number of initial epochs that use ``'sum'``.
         same_image_positives: exclude other captions of the same image from the negatives (needs
             ``image_ids`` in :meth:`forward`).
+        temperature: softmax temperature of ``negatives='softmax'``.
     """
 
     def __init__(
-        self, margin: float = 0.2, negatives: str = "hardest", warmup_epochs: int = 0, same_image_positives: bool = False
+        self,
+        margin: float = 0.2,
+        negatives: str = "hardest",
+        warmup_epochs: int = 0,
+        same_image_positives: bool = False,
+        temperature: float = 0.05,
     ) -> None:
         super().__init__()
         if negatives not in NEGATIVES:
             raise ConfigError(f"loss.negatives: expected one of {', '.join(NEGATIVES)}, got {negatives!r}")
+        if not temperature > 0:
+            raise ConfigError(f"loss.temperature: expected a positive number, got {temperature}")
+        self.temperature = temperature
         self.margin = margin
         self.negatives = negatives
         self.warmup_epochs = warmup_epochs
         self.same_image_positives = same_image_positives
         self.epoch = 0
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig) -> ContrastiveLoss:
+        """The ranking loss of a training config's ``loss`` section."""
+        return cls(cfg.margin, cfg.negatives, cfg.warmup_epochs, cfg.same_image_positives, cfg.temperature)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the negatives for ``epoch`` (0-based)."""
@@ -129,7 +192,11 @@ class ContrastiveLoss(nn.Module):
         if self.same_image_positives and image_ids is None:
             raise ValueError("same_image_positives needs the batch's image_ids")
         return triplet_hinge_loss(
-            sims, self.margin, self.current_negatives, image_ids if self.same_image_positives else None
+            sims,
+            self.margin,
+            self.current_negatives,
+            image_ids if self.same_image_positives else None,
+            temperature=self.temperature,
         )
 
     def forward_shard(
@@ -146,13 +213,13 @@ class ContrastiveLoss(nn.Module):
         use = self.same_image_positives
         return sharded_triplet_hinge_loss(
             image_sims, caption_sims, offset, self.margin, self.current_negatives,
-            image_ids if use else None, all_image_ids if use else None,
+            image_ids if use else None, all_image_ids if use else None, self.temperature,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
             f"margin={self.margin}, negatives={self.negatives!r}, warmup_epochs={self.warmup_epochs}, "
-            f"same_image_positives={self.same_image_positives}"
+            f"same_image_positives={self.same_image_positives}, temperature={self.temperature}"
         )
 
 
@@ -164,6 +231,7 @@ def sharded_triplet_hinge_loss(
     negatives: str = "hardest",
     image_ids: Tensor | None = None,
     all_image_ids: Tensor | None = None,
+    temperature: float = 0.05,
 ) -> Tensor:
     """One process's share of :func:`triplet_hinge_loss` over a global batch of B pairs.
 
@@ -176,13 +244,14 @@ def sharded_triplet_hinge_loss(
         caption_sims: B×b similarities of all B images with the local captions (queries, columns).
         offset: position of the local pairs in the global batch.
         margin: the hinge margin.
-        negatives: ``'hardest'`` or ``'sum'``.
+        negatives: ``'hardest'``, ``'sum'`` or ``'softmax'``.
         image_ids: optional b image ids of the local pairs; with ``all_image_ids`` (the B ids of the
             global batch), other captions of the same image are positives, not negatives.
         all_image_ids: the B image ids of the global batch (needed with ``image_ids``).
+        temperature: the softmax temperature (``'softmax'`` only).
 
     Returns:
-        The scalar share.
+        The scalar share (for ``'softmax'`` its queries' cross-entropies divided by B, the global batch).
     """
     if negatives not in NEGATIVES:
         raise ConfigError(f"negatives: expected one of {', '.join(NEGATIVES)}, got {negatives!r}")
@@ -198,9 +267,10 @@ def sharded_triplet_hinge_loss(
     else:
         not_negative = torch.zeros(b, total, dtype=torch.bool, device=image_sims.device)
         not_negative[local, positive] = True
-    return query_hinge(image_sims, positive, not_negative, margin, negatives) + query_hinge(
-        caption_sims.t(), positive, not_negative, margin, negatives
+    loss = _direction(image_sims, positive, not_negative, margin, negatives, temperature) + _direction(
+        caption_sims.t(), positive, not_negative, margin, negatives, temperature
     )
+    return loss / total if negatives == "softmax" else loss
 
 
 def instance_loss(logits: Tensor, labels: Tensor, total: int | None = None) -> Tensor:

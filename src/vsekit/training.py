@@ -167,11 +167,14 @@ def build_optimizer(model: VSEModel, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def apply_freeze(model: VSEModel, cfg: TrainConfig, epoch: int) -> list[str]:
-    """Freeze (``requires_grad=False``) the modules of ``optim.freeze`` that are frozen at ``epoch``.
+    """Freeze (``requires_grad=False``) the modules of ``optim.freeze`` that are frozen at ``epoch`` (and a
+    transformer text encoder with ``model.text.frozen``, always).
 
     Returns the frozen module paths.
     """
     frozen = [p for p, n in cfg.optim.freeze.items() if n < 0 or epoch < n]
+    if cfg.model.text.kind == "transformer" and cfg.model.text.frozen:
+        frozen.append("text_encoder.bert")  # model.text.frozen: the transformer never trains
     for prefix in cfg.optim.freeze:
         if not any(name == prefix or name.startswith(prefix + ".") for name, _ in model.named_parameters()):
             raise ConfigError(f"optim.freeze.{prefix}: no parameter of the model is under this module path")
@@ -429,7 +432,7 @@ def _train(
         convert_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    loss_fn = ContrastiveLoss(cfg.loss.margin, cfg.loss.negatives, cfg.loss.warmup_epochs, cfg.loss.same_image_positives)
+    loss_fn = ContrastiveLoss.from_config(cfg.loss)
 
     start_epoch, start_batch, step = 0, 0, 0
     best_rsum, best_epoch, history = -math.inf, -1, []
