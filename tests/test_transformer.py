@@ -479,3 +479,72 @@ def test_presets_hold_the_official_bert_recipes():
     assert grid.optim.lr_mults == {**bigru.optim.lr_mults, "text_encoder.bert": 0.1}
     assert grid.optim.freeze == bigru.optim.freeze and grid.optim.unfreeze_ramp == bigru.optim.unfreeze_ramp
     assert (grid.loss, grid.data, grid.epochs) == (bigru.loss, bigru.data, bigru.epochs)
+
+
+# -- frozen transformer (model.text.frozen) ---------------------------------------------------------
+
+
+def test_frozen_transformer_caches_its_states_and_never_trains(tiny_bert):
+    from vsekit.training import apply_freeze
+
+    tok = HFTokenizer.from_pretrained(tiny_bert, max_length=32)
+    model = _model(tok, frozen=True, augment=0.0)
+    enc = model.text_encoder
+    model.train()
+    assert model.training and enc.training and not enc.bert.training  # no dropout in the frozen transformer
+    ids = [tok.encode(c) for c in CAPTIONS]
+    tokens, lengths = collate_captions(ids, tok.pad_id)
+    first = model.forward_text(tokens, lengths)
+    assert len(enc._cache) == len(CAPTIONS)
+    first.sum().backward()
+    assert all(p.grad is None for p in enc.bert.parameters())
+    assert enc.linear.weight.grad.abs().sum() > 0
+    # from the cache, and in another batch (other order, other padding): the same embeddings
+    again = model.forward_text(tokens, lengths)
+    assert torch.equal(again, first)
+    order = [2, 0, 1]
+    sub_tokens, sub_lengths = collate_captions([ids[i] for i in order], tok.pad_id)
+    torch.testing.assert_close(model.forward_text(sub_tokens, sub_lengths), first[order], atol=1e-6, rtol=1e-6)
+    assert len(enc._cache) == len(CAPTIONS)
+    # against the transformer run by hand in eval mode (states rounded to float16, the cache's precision)
+    with torch.no_grad():
+        plain = _reference_outputs(enc, ids)
+        torch.testing.assert_close(enc(tokens, lengths), plain, atol=2e-3, rtol=2e-3)
+    # evaluation and inference compute without adding to the cache, and give the training-mode embeddings
+    model.eval()
+    torch.testing.assert_close(model.forward_text(tokens, lengths), first.detach(), atol=1e-6, rtol=1e-6)
+    model.encode_text(["a big dog", "two red cars"])
+    assert len(enc._cache) == len(CAPTIONS)
+    # training keeps it frozen whatever optim.freeze says
+    cfg = apply_overrides(get_preset("vse_infty_region_transformer"), ["model.text.frozen=true", "optim.freeze={}"])
+    enc.bert.requires_grad_(True)
+    apply_freeze(model, cfg, epoch=0)
+    assert not any(p.requires_grad for p in enc.bert.parameters())
+    assert all(p.requires_grad for p in enc.linear.parameters())
+
+
+def test_frozen_needs_a_transformer():
+    cfg = apply_overrides(get_preset("demo_gpo"), ["model.text.frozen=true"])
+    with pytest.raises(ConfigError, match="model.text.frozen: only kind 'transformer'"):
+        validate(cfg)
+
+
+def test_frozen_recipe_learns_with_the_softmax_loss(tiny_bert, tmp_path):
+    """The rsicd_minilm_frozen recipe (frozen transformer, softmax loss) on generated data, by the CLI."""
+    run = tmp_path / "run"
+    proc = run_cli(
+        "train", "--preset", "vse_infty_region_transformer", "--run-dir", str(run), "--quiet",
+        f"model.text.transformer_path={tiny_bert}", *LEARN, "model.text.frozen=true", "model.text.augment=0.0",
+        "loss.negatives=softmax", "loss.temperature=0.1", "loss.same_image_positives=true", "optim.lr_mults={}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["config"]["loss"]["negatives"] == "softmax" and ckpt["config"]["model"]["text"]["frozen"] is True
+    assert ckpt["best_rsum"] > 3 * CHANCE_RSUM, proc.stdout
+    # the transformer's weights are the pretrained ones, untouched by training
+    pretrained = transformers.AutoModel.from_pretrained(str(tiny_bert), local_files_only=True).state_dict()
+    for name, value in pretrained.items():
+        key = f"text_encoder.bert.{name}"
+        if key in ckpt["model"]:
+            assert torch.equal(ckpt["model"][key], value), key

@@ -10,6 +10,14 @@ is picked with probability ``p``; a picked word has all its sub-tokens masked (h
 sub-token replaced by a random vocabulary token (a tenth), or all its sub-tokens deleted (the other 40%).
 The official code does this on strings before tokenisation; here it runs vectorised on the padded id
 tensor, grouping sub-tokens into words with the tokenizer's ``continuation`` table.
+
+With ``model.text.frozen`` the transformer keeps its pretrained weights: it runs in eval mode (no dropout)
+without gradients, and only ``linear`` and the pooling train. Its output for a caption then never changes,
+so in training on the CPU each distinct caption's token states are computed once and kept (at most
+:data:`FROZEN_CACHE_CAPTIONS` captions): after the first epoch a training step costs no transformer pass.
+Evaluation and inference do not add to the cache (a search server would otherwise keep every query).
+Frozen token states are rounded to float16 (the cache's precision) on every device and whether or not
+they came from the cache, so an embedding never depends on what was computed before.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ from ..errors import ConfigError
 from ..pooling import create_pooling
 from .common import compact, valid_mask
 from .registry import register_text_encoder
+
+FROZEN_CACHE_CAPTIONS = 1_000_000
+"""Most captions whose frozen token states one encoder keeps (about 15 KB each for MiniLM-L6 captions of
+20 tokens); captions beyond it are recomputed on every call."""
 
 
 def word_starts(ids: Tensor, lengths: Tensor, continuation: Tensor, special: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,6 +173,48 @@ class TransformerTextEncoder(nn.Module):
         self.register_buffer("continuation", tokenizer.continuation[:vocab_size].clone(), persistent=False)
         self.register_buffer("special", special, persistent=False)
         self.register_buffer("random_pool", torch.nonzero(~never_random).flatten(), persistent=False)
+        self._cache: dict[bytes, Tensor] = {}  # frozen, CPU: token-id bytes -> T×hidden float16 states
+        if cfg.frozen:
+            self.bert.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TransformerTextEncoder:
+        """As ``nn.Module.train``, except that a frozen transformer stays in eval mode."""
+        super().train(mode)
+        if self.cfg.frozen:
+            self.bert.eval()
+        return self
+
+    def _frozen_states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Token states of the frozen transformer (B×T×hidden, zeros past each length), without gradients.
+
+        In training on the CPU, captions seen before come from the cache and the others run as one batch;
+        otherwise the whole batch runs (on an accelerator, reading ids back to key a cache would make the
+        step wait for the device).
+        """
+        longest = ids.shape[1]
+        attention = valid_mask(lengths, longest)
+        if ids.device.type != "cpu" or not self.training:
+            with torch.no_grad():
+                hidden = self.bert(input_ids=ids, attention_mask=attention.to(torch.int64)).last_hidden_state
+            return hidden.half().float().masked_fill(~attention[..., None], 0.0)
+        keys = [row[:n].numpy().tobytes() for row, n in zip(ids, lengths.tolist())]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        fresh: dict[int, Tensor] = {}
+        if missing:
+            sub, sub_lengths = ids[missing], lengths[missing]
+            width = int(sub_lengths.max())
+            with torch.no_grad():
+                mask = valid_mask(sub_lengths, width).to(torch.int64)
+                states = self.bert(input_ids=sub[:, :width], attention_mask=mask).last_hidden_state
+            for row, i in enumerate(missing):
+                fresh[i] = states[row, : int(lengths[i])].to(torch.float16)
+                if len(self._cache) < FROZEN_CACHE_CAPTIONS:
+                    self._cache[keys[i]] = fresh[i]
+        hidden = torch.zeros(ids.shape[0], longest, self.bert.config.hidden_size)
+        for i, k in enumerate(keys):
+            state = fresh[i] if i in fresh else self._cache[k]
+            hidden[i, : state.shape[0]] = state  # float16 -> float32
+        return hidden
 
     def augment(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The training-time word augmentation (:func:`augment_words`) with ``cfg.augment``."""
@@ -175,7 +229,10 @@ class TransformerTextEncoder(nn.Module):
             ids, lengths = self.augment(ids, lengths)
         longest = int(lengths.max())
         ids = ids[:, :longest]
-        attention = valid_mask(lengths, longest).to(torch.int64)
-        hidden = self.bert(input_ids=ids, attention_mask=attention).last_hidden_state
+        if self.cfg.frozen:
+            hidden = self._frozen_states(ids, lengths)
+        else:
+            attention = valid_mask(lengths, longest).to(torch.int64)
+            hidden = self.bert(input_ids=ids, attention_mask=attention).last_hidden_state
         pooled, _ = self.gpool(self.linear(hidden), lengths)
         return pooled
