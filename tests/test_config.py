@@ -88,3 +88,8 @@ def test_rsicd_presets_differ_only_where_their_names_say() -> None:
         changed = {k: other[k] for k in base if other[k] != base[k] and k != "name"}
         assert changed == diff, name
     assert base["model.image.img_dim"] == 1280 and base["data.kind"] == "karpathy" and base["data.path"] in ("", None)
+    # the frozen-MiniLM recipe changes the text branch, the loss and the optimiser, never the image side or data
+    frozen = flat("rsicd_minilm_frozen")
+    same = [k for k in base if k.startswith(("model.image.", "data.", "model.embed_size", "batch_size", "eval_protocol"))]
+    assert {k: frozen[k] for k in same} == {k: base[k] for k in same}
+    assert (frozen["model.text.kind"], frozen["model.text.frozen"], frozen["loss.negatives"]) == ("transformer", True, "softmax")

@@ -403,6 +403,27 @@ def rsicd_vse_infty_minilm() -> TrainConfig:
     return cfg
 
 
+@register_preset(
+    "rsicd_minilm_frozen",
+    "RSICD, the fastest strong recipe: Lite0 grid features + frozen MiniLM-L6 token states (cached), "
+    "GPO on both sides, InfoNCE (softmax over in-batch negatives), AdamW wd 0.5, 5 epochs",
+)
+def rsicd_minilm_frozen() -> TrainConfig:
+    # Measured on RSICD val (README, Results on RSICD): with features this small a run overfits within
+    # 2-3 epochs, so strong weight decay matters; the softmax loss beat the sum of hinges by about 2 mR on
+    # val, and a frozen MiniLM beat the BiGRU trained from GloVe. Frozen, its states are computed once
+    # per caption (the first epoch) and cached, so later epochs cost only the two small heads.
+    cfg = apply_overrides(
+        vse_infty_region_transformer(),
+        [*_RSICD, "model.text.transformer_path=minilm-l6", "model.text.frozen=true", "model.text.augment=0.0",
+         "loss.negatives=softmax", "loss.temperature=0.05", "loss.warmup_epochs=0", "loss.same_image_positives=true",
+         "optim.lr=0.001", "optim.weight_decay=0.5", "optim.text_lr_mult=1.0", "optim.lr_mults={}",
+         "epochs=5", "optim.lr_decay_epochs=[4]"],
+    )  # fmt: skip
+    cfg.name = "rsicd_minilm_frozen"
+    return cfg
+
+
 def _dualpath(name: str, stage: int) -> TrainConfig:
     # layumi/Image-Text-Embedding, Flickr30K recipe (resnet52_new_hope_word2_pool.m, *_Rankloss.m and the
     # train_flickr_*.m drivers): end-to-end image CNN + deep text CNN (32 word slots, shift augmentation),
