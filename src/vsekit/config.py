@@ -72,7 +72,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Hinge triplet loss (VSE0 / VSE++)."""
+    """The ranking loss: hinge triplet loss (VSE0 / VSE++) or the softmax (InfoNCE) loss, plus Dual-Path's
+    instance losses."""
 
     margin: float = 0.2
     negatives: str = "hardest"  # 'hardest' (VSE++, max of hinges) | 'sum' (VSE0, sum of hinges) | 'softmax' (InfoNCE)
