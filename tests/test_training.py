@@ -192,3 +192,13 @@ def test_compile_option_compiles_the_training_forward_only(tmp_path, monkeypatch
     # toggling compile does not make a run incomparable: it resumes
     resumed = train(tiny_config("epochs=1"), tmp_path, progress_stream=None)
     assert resumed.completed
+
+
+def test_data_paths_compare_by_where_they_point(tmp_path, monkeypatch):
+    from vsekit.training import _comparable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "feats").mkdir()
+    relative, absolute = tiny_config("data.features=feats"), tiny_config(f"data.features={tmp_path / 'feats'}")
+    assert _comparable(relative) == _comparable(absolute)
+    assert _comparable(relative) != _comparable(tiny_config("data.features=other"))

@@ -320,10 +320,14 @@ def resolve_for_data(cfg: TrainConfig, train_set: Any) -> TrainConfig:
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
-    """The parts of a config that must not change when a run is resumed (the name is only a label)."""
+    """The parts of a config that must not change when a run is resumed (the name is only a label, and a
+    data path counts by where it points: relative and absolute spellings of one folder are the same)."""
     d = to_dict(cfg)
     for key in ("name", "epochs", "workers", "device", "eval_batch_size", "compile"):
         d.pop(key)
+    for key in ("path", "features", "images"):
+        if d["data"].get(key):
+            d["data"][key] = str(Path(d["data"][key]).expanduser().resolve())
     return d
 
 
