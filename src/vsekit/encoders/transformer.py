@@ -184,6 +184,11 @@ class TransformerTextEncoder(nn.Module):
             self.bert.eval()
         return self
 
+    def _states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """The transformer's last hidden states of padded ids (B×T×hidden; padding attended to by none)."""
+        attention = valid_mask(lengths, ids.shape[1]).to(torch.int64)
+        return self.bert(input_ids=ids, attention_mask=attention).last_hidden_state
+
     def _frozen_states(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """Token states of the frozen transformer (B×T×hidden, zeros past each length), without gradients.
 
@@ -192,20 +197,17 @@ class TransformerTextEncoder(nn.Module):
         step wait for the device).
         """
         longest = ids.shape[1]
-        attention = valid_mask(lengths, longest)
         if ids.device.type != "cpu" or not self.training:
             with torch.no_grad():
-                hidden = self.bert(input_ids=ids, attention_mask=attention.to(torch.int64)).last_hidden_state
-            return hidden.half().float().masked_fill(~attention[..., None], 0.0)
+                hidden = self._states(ids, lengths)
+            return hidden.half().float().masked_fill(~valid_mask(lengths, longest)[..., None], 0.0)
         keys = [row[:n].numpy().tobytes() for row, n in zip(ids, lengths.tolist())]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         fresh: dict[int, Tensor] = {}
         if missing:
-            sub, sub_lengths = ids[missing], lengths[missing]
-            width = int(sub_lengths.max())
+            sub_lengths = lengths[missing]
             with torch.no_grad():
-                mask = valid_mask(sub_lengths, width).to(torch.int64)
-                states = self.bert(input_ids=sub[:, :width], attention_mask=mask).last_hidden_state
+                states = self._states(ids[missing, : int(sub_lengths.max())], sub_lengths)
             for row, i in enumerate(missing):
                 fresh[i] = states[row, : int(lengths[i])].to(torch.float16)
                 if len(self._cache) < FROZEN_CACHE_CAPTIONS:
@@ -229,10 +231,6 @@ class TransformerTextEncoder(nn.Module):
             ids, lengths = self.augment(ids, lengths)
         longest = int(lengths.max())
         ids = ids[:, :longest]
-        if self.cfg.frozen:
-            hidden = self._frozen_states(ids, lengths)
-        else:
-            attention = valid_mask(lengths, longest).to(torch.int64)
-            hidden = self.bert(input_ids=ids, attention_mask=attention).last_hidden_state
+        hidden = self._frozen_states(ids, lengths) if self.cfg.frozen else self._states(ids, lengths)
         pooled, _ = self.gpool(self.linear(hidden), lengths)
         return pooled
