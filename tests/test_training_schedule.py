@@ -63,6 +63,7 @@ def test_freeze_schedule():
     cfg = tiny_config("optim.freeze={image_encoder: 2, text_encoder.gpool: -1}")
     model = _model(cfg)
     assert unfreeze_epoch(cfg) == 2
+    assert model.frozen_modules() == []  # no encoder here has a permanently frozen part
     for epoch, image_frozen in ((0, True), (1, True), (2, False), (7, False)):
         apply_freeze(model, cfg, epoch)
         assert all(p.requires_grad != image_frozen for p in model.image_encoder.parameters())

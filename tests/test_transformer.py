@@ -518,7 +518,8 @@ def test_frozen_transformer_caches_its_states_and_never_trains(tiny_bert):
     # training keeps it frozen whatever optim.freeze says
     cfg = apply_overrides(get_preset("vse_infty_region_transformer"), ["model.text.frozen=true", "optim.freeze={}"])
     enc.bert.requires_grad_(True)
-    apply_freeze(model, cfg, epoch=0)
+    assert model.frozen_modules() == ["text_encoder.bert"]
+    assert apply_freeze(model, cfg, epoch=0) == ["text_encoder.bert"]
     assert not any(p.requires_grad for p in enc.bert.parameters())
     assert all(p.requires_grad for p in enc.linear.parameters())
 

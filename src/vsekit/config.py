@@ -70,6 +70,11 @@ class ModelConfig:
     instance_classes: int = 0  # Dual-Path instance loss: classes of the shared classifier (-1: training images)
 
 
+NEGATIVES = ("hardest", "sum", "softmax")
+"""``loss.negatives``: how a query's negatives combine: max of hinges (VSE++), sum of hinges (VSE0), or
+softmax (InfoNCE). :mod:`vsekit.losses` implements them."""
+
+
 @dataclass
 class LossConfig:
     """The ranking loss: hinge triplet loss (VSE0 / VSE++) or the softmax (InfoNCE) loss, plus Dual-Path's
@@ -352,7 +357,7 @@ _CHOICES = {
     "model.similarity": ("cosine", "order"),
     "model.image.size_augment_mode": ("region", "grid"),
     "optim.optimizer": ("adamw", "adam", "sgd"),
-    "loss.negatives": ("hardest", "sum", "softmax"),
+    "loss.negatives": NEGATIVES,
     "data.kind": ("synthetic", "precomp", "karpathy", "frames", "synthetic_video"),
     "precision": ("fp32", "bf16", "fp16"),
 }

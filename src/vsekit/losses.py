@@ -27,11 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import LossConfig
+from .config import NEGATIVES, LossConfig
 from .errors import ConfigError
-
-NEGATIVES = ("hardest", "sum", "softmax")
-"""How a query's negatives combine: max of hinges (VSE++), sum of hinges (VSE0), or softmax (InfoNCE)."""
 
 
 def negatives_mask(n: int, image_ids: Tensor | None = None, device: torch.device | None = None) -> Tensor:

@@ -112,6 +112,14 @@ class VSEModel(nn.Module):
         )
         self._similarity = SIMILARITIES[config.similarity]
 
+    def frozen_modules(self) -> list[str]:
+        """Module paths that never train in this model: what its encoders declare as ``frozen_submodules``
+        (e.g. ``text_encoder.bert`` of a transformer encoder built with ``model.text.frozen``)."""
+        out = []
+        for name in ("image_encoder", "text_encoder"):
+            out += [f"{name}.{sub}" for sub in getattr(getattr(self, name), "frozen_submodules", ())]
+        return out
+
     @property
     def vocab(self) -> Any:
         """The tokenizer (kept under its older name)."""

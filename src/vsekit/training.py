@@ -167,14 +167,12 @@ def build_optimizer(model: VSEModel, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def apply_freeze(model: VSEModel, cfg: TrainConfig, epoch: int) -> list[str]:
-    """Freeze (``requires_grad=False``) the modules of ``optim.freeze`` that are frozen at ``epoch`` (and a
-    transformer text encoder with ``model.text.frozen``, always).
+    """Freeze (``requires_grad=False``) the modules of ``optim.freeze`` that are frozen at ``epoch``, and
+    always those the model's encoders declare as never training (:meth:`VSEModel.frozen_modules`).
 
     Returns the frozen module paths.
     """
-    frozen = [p for p, n in cfg.optim.freeze.items() if n < 0 or epoch < n]
-    if cfg.model.text.kind == "transformer" and cfg.model.text.frozen:
-        frozen.append("text_encoder.bert")  # model.text.frozen: the transformer never trains
+    frozen = [p for p, n in cfg.optim.freeze.items() if n < 0 or epoch < n] + model.frozen_modules()
     for prefix in cfg.optim.freeze:
         if not any(name == prefix or name.startswith(prefix + ".") for name, _ in model.named_parameters()):
             raise ConfigError(f"optim.freeze.{prefix}: no parameter of the model is under this module path")

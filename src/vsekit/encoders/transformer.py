@@ -177,6 +177,11 @@ class TransformerTextEncoder(nn.Module):
         if cfg.frozen:
             self.bert.eval().requires_grad_(False)
 
+    @property
+    def frozen_submodules(self) -> tuple[str, ...]:
+        """Submodules that never train (paths relative to this encoder): the transformer with ``frozen``."""
+        return ("bert",) if self.cfg.frozen else ()
+
     def train(self, mode: bool = True) -> TransformerTextEncoder:
         """As ``nn.Module.train``, except that a frozen transformer stays in eval mode."""
         super().train(mode)
