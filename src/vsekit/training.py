@@ -68,7 +68,6 @@ from .losses import ContrastiveLoss, instance_loss
 from .models import VSEModel, create_model
 from .progress import Progress
 
-
 LOSS_SYNC_STEPS = 20
 """The training loop reads the loss back from the device every this many steps (and before
 checkpoints and at epoch ends), not every step: a read-back waits for the device to finish."""
