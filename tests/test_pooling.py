@@ -553,3 +553,30 @@ def test_gpo_device_path_matches_the_host_path(dtype) -> None:
     assert (results[1][1][pad] == 0).all()
     with torch.no_grad():
         torch.testing.assert_close(gpo._forward_on_device(base.nan_to_num(0), lengths)[0], gpo(base.nan_to_num(0), lengths)[0])
+
+
+def test_gpo_device_path_caches_its_size_table_until_the_parameters_change() -> None:
+    """Inference on the device path builds the size table once per parameter state (not per batch); a
+    longer padded width, an optimizer step or a reload rebuilds it, and the values match a fresh table."""
+    torch.manual_seed(0)
+    gpo = GPO(16, 16).double()
+    x, lengths = torch.randn(4, 6, 3, dtype=torch.float64), torch.tensor([6, 2, 5, 1])
+    with torch.no_grad():
+        first = gpo.cached_size_table(6)
+        torch.testing.assert_close(first, gpo.size_table(6), atol=0, rtol=0)
+        assert gpo.cached_size_table(6).data_ptr() == first.data_ptr()  # reused
+        short = gpo.cached_size_table(4)  # a prefix of the cached table is the 4-wide table
+        torch.testing.assert_close(short, gpo.size_table(4), atol=1e-15, rtol=0)
+        longer = gpo.cached_size_table(9)
+        torch.testing.assert_close(longer, gpo.size_table(9), atol=0, rtol=0)
+        pooled = gpo._forward_on_device(x, lengths)[0]
+        torch.testing.assert_close(pooled, gpo(x, lengths)[0])
+        gpo.linear.weight.add_(0.5)  # the parameters change in place: the cache must notice
+        changed = gpo._forward_on_device(x, lengths)[0]
+        torch.testing.assert_close(changed, gpo(x, lengths)[0])
+        assert not torch.allclose(changed, pooled)
+        torch.testing.assert_close(gpo.cached_size_table(9), gpo.size_table(9), atol=0, rtol=0)
+    with torch.inference_mode():  # inference tensors have no version counter: computed, not cached
+        frozen = GPO(16, 16).double()
+        frozen.load_state_dict(gpo.state_dict())
+        torch.testing.assert_close(frozen._forward_on_device(x, lengths)[0], changed)

@@ -704,6 +704,7 @@ class GPO(SetPooling):
         self.linear = nn.Linear(d_hidden, 1, bias=False)
         self._pe_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._weight_cache: dict[tuple[torch.device, torch.dtype], tuple[tuple, dict[int, Tensor]]] = {}
+        self._table_cache: dict[tuple[torch.device, torch.dtype], tuple[tuple, Tensor]] = {}
 
     def extra_repr(self) -> str:
         return f"d_pe={self.d_pe}, d_hidden={self.d_hidden}, method={self.method!r}"
@@ -712,6 +713,7 @@ class GPO(SetPooling):
         """Drop the cached positional encodings and weight vectors."""
         self._pe_cache.clear()
         self._weight_cache.clear()
+        self._table_cache.clear()
 
     def train(self, mode: bool = True) -> GPO:
         """Switch mode and drop the caches."""
@@ -745,6 +747,22 @@ class GPO(SetPooling):
         """
         sizes = torch.arange(length, 0, -1)  # descending: packed without a sort
         return self.size_weights(sizes).flip(0)
+
+    def cached_size_table(self, length: int) -> Tensor:
+        """:meth:`size_table` without autograd, kept until the parameters change (their version counters)
+        or a longer table is asked for; rebuilt every call when the parameters are inference tensors."""
+        params = list(self.parameters())
+        key = (params[0].device, params[0].dtype)
+        if any(p.is_inference() for p in params):  # no version counters to key a cache on
+            with torch.no_grad():
+                return self.size_table(length)
+        state = tuple((p._version, p.data_ptr()) for p in params)
+        entry = self._table_cache.get(key)
+        if entry is None or entry[0] != state or entry[1].shape[0] < length:
+            with torch.inference_mode(False), torch.no_grad():
+                entry = (state, self.size_table(length))
+            self._table_cache[key] = entry
+        return entry[1][:length, :length]
 
     def compute_weights(self, lengths: Lengths) -> Tensor:
         """B×max(lengths) weights, once per distinct size, differentiable (never cached)."""
@@ -828,8 +846,10 @@ class GPO(SetPooling):
         lens = lengths.to(torch.int64)
         torch._assert_async(((lens >= 1) & (lens <= length)).all(), "GPO: lengths must lie in 1..L (the padded size)")
         wide = _wide(features.dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             table = self.size_table(length)
+        else:  # inference: one generator pass per parameter state, not per batch
+            table = self.cached_size_table(length)
         weights = table.to(wide)[lens - 1]  # B×L, exactly zero past each length
         valid = length_mask(lens, length)
         pooled = _sort_pool_device(features.to(wide), weights, valid)
