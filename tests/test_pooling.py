@@ -580,3 +580,31 @@ def test_gpo_device_path_caches_its_size_table_until_the_parameters_change() -> 
         frozen = GPO(16, 16).double()
         frozen.load_state_dict(gpo.state_dict())
         torch.testing.assert_close(frozen._forward_on_device(x, lengths)[0], changed)
+
+
+@pytest.mark.parametrize("name", ["mean", "max", "kmax:3", "gpo"])
+def test_accelerator_lengths_path_matches_the_host_path(name, monkeypatch) -> None:
+    """Sizes that already lie on an accelerator are used there, never read back by the host. Run here on
+    CPU tensors by forcing that path: same pooled values, weights and input gradients as the host path."""
+    import vsekit.pooling as pooling
+
+    torch.manual_seed(0)
+    pool = create_pooling(name).double()
+    lengths = torch.tensor([9, 3, 1, 9, 5, 7, 2])
+    base = torch.randn(7, 9, 6, dtype=torch.float64)
+    results = []
+    for forced in (False, True):
+        monkeypatch.setattr(pooling, "_on_accelerator", lambda features, lengths, forced=forced: forced)
+        x = base.clone().requires_grad_()
+        pooled, weights = pool(x, lengths)
+        pooled.pow(2).sum().backward()
+        results.append((pooled.detach(), weights.detach(), x.grad))
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    full = torch.full((7,), 9)  # every set full: mean pooling's unmasked shortcut is host-only
+    monkeypatch.setattr(pooling, "_on_accelerator", lambda features, lengths: False)
+    host_full = pool(base, full)[0]
+    monkeypatch.setattr(pooling, "_on_accelerator", lambda features, lengths: True)
+    torch.testing.assert_close(pool(base, full)[0], host_full, atol=1e-12, rtol=1e-12)
+    with pytest.raises(DataError, match="lengths"):
+        pool(base, lengths[:3])  # shapes are still checked at once

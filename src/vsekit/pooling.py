@@ -139,9 +139,28 @@ def length_mask(lengths: Tensor, max_len: int, device: torch.device | None = Non
     return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
 
 
+def _on_accelerator(features: Tensor, lengths: Lengths) -> bool:
+    """Whether ``lengths`` already lie on the (non-CPU) device of ``features``: pool without reading them back."""
+    return isinstance(lengths, Tensor) and lengths.device.type != "cpu" and features.device == lengths.device
+
+
+def _check_on_device(features: Tensor, lengths: Tensor) -> Tensor:
+    """:func:`check_lengths` for sizes on an accelerator: shapes checked now, the range by an asynchronous
+    device assert (a host read would make the host wait for the device). Returns int64 sizes there."""
+    if features.dim() != 3 or not features.is_floating_point() or lengths.shape != features.shape[:1]:
+        raise DataError(
+            f"features must be a floating-point B×L×D tensor and lengths (B,), got {tuple(features.shape)} "
+            f"and {tuple(lengths.shape)}"
+        )
+    lens = lengths.to(torch.int64)
+    torch._assert_async(((lens >= 1) & (lens <= features.shape[1])).all(), "lengths must lie in 1..L (the padded size)")
+    return lens
+
+
 def _prepare(features: Tensor, lengths: Lengths) -> tuple[Tensor, Tensor]:
-    """Validated CPU lengths and the B×L validity mask on the features' device."""
-    lens = check_lengths(features, lengths)
+    """Validated lengths and the B×L validity mask on the features' device. The lengths come back as an int64
+    CPU tensor, or, when they already lie on the features' accelerator, there (never read by the host)."""
+    lens = _check_on_device(features, lengths) if _on_accelerator(features, lengths) else check_lengths(features, lengths)
     return lens, length_mask(lens, features.shape[1], features.device)
 
 
@@ -613,7 +632,7 @@ class MeanPool(SetPooling):
         lens, valid = _prepare(features, lengths)
         wide = _wide(features.dtype)  # half precision: sum in float32 (36 values near 6e4 overflow fp16)
         counts = lens.to(features.device, wide).unsqueeze(1)
-        if int(lens.min()) == features.shape[1]:
+        if lens.device.type == "cpu" and int(lens.min()) == features.shape[1]:  # all full: no masking
             pooled = features.sum(1, dtype=wide) / counts
         else:
             pooled = _fill_padding(features, valid, 0).sum(1, dtype=wide) / counts
@@ -814,7 +833,7 @@ class GPO(SetPooling):
         Returns:
             ``(pooled B×D, weights B×L)``; weights past each length are exactly 0.
         """
-        if isinstance(lengths, Tensor) and lengths.device.type != "cpu" and features.device == lengths.device:
+        if _on_accelerator(features, lengths):
             return self._forward_on_device(features, lengths)
         lens = check_lengths(features, lengths)
         length = features.shape[1]
@@ -837,14 +856,8 @@ class GPO(SetPooling):
         from one generator pass (:meth:`size_table`, whose sizes the host knows) and each set's row
         is gathered on the device. Same values and gradients as the per-distinct-size host path.
         """
-        if features.dim() != 3 or not features.is_floating_point() or lengths.shape != features.shape[:1]:
-            raise DataError(
-                f"features must be a floating-point B×L×D tensor and lengths (B,), got {tuple(features.shape)} "
-                f"and {tuple(lengths.shape)}"
-            )
+        lens = _check_on_device(features, lengths)
         length = features.shape[1]
-        lens = lengths.to(torch.int64)
-        torch._assert_async(((lens >= 1) & (lens <= length)).all(), "GPO: lengths must lie in 1..L (the padded size)")
         wide = _wide(features.dtype)
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             table = self.size_table(length)
