@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -393,38 +393,46 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
-def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Swap every BatchNorm layer of ``module`` (in place) for a :class:`CrossRankBatchNorm` sharing its
-    parameters and buffers. Returns ``module`` (or the replacement when ``module`` itself is a BatchNorm)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CrossRankBatchNorm):
-        new = CrossRankBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-        new._plain = type(module)
-        new.weight, new.bias = module.weight, module.bias
-        new.running_mean, new.running_var = module.running_mean, module.running_var
-        new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
+def _swap_batchnorms(module: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """Replace (in place) every submodule for which ``swap`` returns a new module; returns ``module`` or its
+    replacement. ``swap`` returns None to descend into a module's children instead."""
+    new = swap(module)
+    if new is not None:
         return new
     for name, child in module.named_children():
-        new_child = convert_batchnorm(child)
+        new_child = _swap_batchnorms(child, swap)
         if new_child is not child:
             setattr(module, name, new_child)
     return module
+
+
+def _rebuild_batchnorm(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """A ``cls`` BatchNorm sharing ``module``'s parameters, buffers and mode."""
+    new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    new.weight, new.bias = module.weight, module.bias
+    new.running_mean, new.running_var = module.running_mean, module.running_var
+    new.num_batches_tracked = module.num_batches_tracked
+    new.train(module.training)
+    return new
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm layer of ``module`` (in place) for a :class:`CrossRankBatchNorm` sharing its
+    parameters and buffers. Returns ``module`` (or the replacement when ``module`` itself is a BatchNorm)."""
+
+    def swap(m: nn.Module) -> nn.Module | None:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, CrossRankBatchNorm):
+            new = _rebuild_batchnorm(m, CrossRankBatchNorm)
+            new._plain = type(m)
+            return new
+        return None
+
+    return _swap_batchnorms(module, swap)
 
 
 def restore_batchnorm(module: nn.Module) -> nn.Module:
     """Undo :func:`convert_batchnorm`: every :class:`CrossRankBatchNorm` becomes its original class again."""
-    if isinstance(module, CrossRankBatchNorm):
-        new = module._plain(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-        new.weight, new.bias = module.weight, module.bias
-        new.running_mean, new.running_var = module.running_mean, module.running_var
-        new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        new_child = restore_batchnorm(child)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module
+    return _swap_batchnorms(module, lambda m: _rebuild_batchnorm(m, m._plain) if isinstance(m, CrossRankBatchNorm) else None)
 
 
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
