@@ -34,8 +34,9 @@ def _karpathy(tmp_path, n_train=5, n_test=3):
     return ann, root
 
 
-def _reference(backbone, paths, size):
-    """Plain per-image reference: PIL decode, the test transform, one forward pass per image."""
+def _reference(backbone, paths, size, turn=None):
+    """Plain per-image reference: PIL decode, the test transform (then ``turn`` of the network input), one
+    forward pass per image."""
     from vsekit.backbones import create_backbone
     from vsekit.data.images import PixelInput, load_image
 
@@ -45,7 +46,7 @@ def _reference(backbone, paths, size):
     with torch.no_grad():
         for p in paths:
             x, _ = pix.collate([load_image(p)], train=False)
-            out.append(net(x)[0].flatten(1).t().numpy())
+            out.append(net(turn(x) if turn else x)[0].flatten(1).t().numpy())
     return np.stack(out)
 
 
@@ -122,3 +123,102 @@ def test_extract_cli(tmp_path):
     assert "test: 3 images" in r.stdout and (tmp_path / "f" / "test_ims.npy").is_file()
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing"), str(tmp_path / "g")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+class _MeanModel:
+    """A stand-in model for the view averaging: an image embeds as the normalised mean of its regions."""
+
+    class config:  # noqa: N801 - mirrors VSEModel.config's fields that encode_dataset reads
+        embed_size = 4
+
+        class image:  # noqa: N801
+            normalize = True
+
+    def encode_image(self, images, batch_size=256):
+        return torch.nn.functional.normalize(torch.stack([torch.from_numpy(x).mean(0)[:4] for x in images]), dim=-1)
+
+    def encode_text(self, texts, batch_size=256):
+        return torch.ones(len(texts), 4)
+
+
+def test_views_are_the_transformed_images_and_average_at_evaluation(tmp_path):
+    from vsekit.config import DataConfig, TrainConfig, validate
+    from vsekit.data.factory import build_dataset
+    from vsekit.evaluation.retrieval import encode_dataset
+    from vsekit.extract import extract_features
+
+    ann, root = _karpathy(tmp_path)
+    out = tmp_path / "feats"
+    kw = dict(backbone="tiny", image_size=64, batch_size=2, progress_stream=None)
+    extract_features(ann, root, out, splits=["train", "test"], **kw)
+    meta = extract_features(ann, root, out, splits=["test"], views=["rot90", "hflip"], **kw)
+    assert meta["timing"]["test"]["skipped"] and meta["timing"]["test.rot90"]["images"] == 3
+    saved = json.loads((out / "features.json").read_text())["splits"]["test"]["views"]
+    assert set(saved) == {"rot90", "hflip"} and saved["rot90"]["images"] == 3
+    assert not list(out.glob("*.partial")) and not list(out.glob("*.progress.json"))
+    # each view is the backbone on the transformed network input
+    paths = [root / f"im{i}.png" for i in (5, 6, 7)]
+    for view, turn in (("rot90", lambda x: x.rot90(1, (2, 3))), ("hflip", lambda x: x.flip(3))):
+        ref = _reference("tiny", paths, 64, turn)
+        np.testing.assert_allclose(np.load(out / f"test_ims.{view}.npy").astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+        assert not np.allclose(ref, _reference("tiny", paths, 64), atol=1e-2)
+    again = extract_features(ann, root, out, splits=["test"], views=["rot90"], **kw)
+    assert again["timing"]["test.rot90"]["skipped"]
+    with pytest.raises(ConfigError, match="views: unknown view 'rot45'"):
+        extract_features(ann, root, out, splits=["test"], views=["rot45"], **kw)
+
+    # evaluation averages the embeddings over the plain image and its views; training data never has views
+    data = DataConfig(kind="karpathy", path=str(ann), features=str(out), eval_views=["rot90", "hflip"])
+    test = build_dataset(data, "test", evaluation=True)
+    assert set(test.views) == {"rot90", "hflip"} and build_dataset(data, "test").views == {}
+    img, _ = encode_dataset(_MeanModel(), test)
+    model = _MeanModel()
+    plain = model.encode_image([test.image(i) for i in range(3)])
+    views = [model.encode_image([np.load(out / f"test_ims.{v}.npy")[i].astype(np.float32) for i in range(3)]) for v in ("rot90", "hflip")]
+    torch.testing.assert_close(img, torch.nn.functional.normalize((plain + views[0] + views[1]) / 3, dim=-1))
+    assert not torch.allclose(img, plain, atol=1e-3)
+    with pytest.raises(DataError, match=r"train_ims.rot90.npy: view file not found .*--views rot90"):
+        build_dataset(data, "train", evaluation=True)
+    bad = TrainConfig(data=DataConfig(kind="karpathy", path=str(ann), features=str(out), eval_views=["rot45"]))
+    with pytest.raises(ConfigError, match="data.eval_views: unknown view 'rot45'"):
+        validate(bad)
+    bad.data = DataConfig(kind="synthetic", eval_views=["rot90"])
+    with pytest.raises(ConfigError, match="data.eval_views: only for data.kind='karpathy'"):
+        validate(bad)
+
+
+def test_eval_cli_averages_over_the_views_of_the_checkpoint_or_the_flag(tmp_path):
+    from .conftest import tiny_config
+    from vsekit.checkpoint import model_from_checkpoint, read_checkpoint
+    from vsekit.config import DataConfig
+    from vsekit.data.factory import build_dataset
+    from vsekit.evaluation.retrieval import similarity_matrix
+    from vsekit.training import train
+
+    ann, root = _karpathy(tmp_path)
+    feats = tmp_path / "f"
+    cmd = [sys.executable, "-m", "vsekit", "extract", str(ann), str(root), str(feats), "--splits", "train,test",
+           "--backbone", "tiny", "--image-size", "64", "--quiet", "--views", "rot180"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "test.rot180: 3 images" in r.stdout and (feats / "test_ims.rot180.npy").is_file()
+    channels = np.load(feats / "test_ims.npy", mmap_mode="r").shape[2]
+    cfg = tiny_config("epochs=1", "data.kind=karpathy", f"data.path={ann}", f"data.features={feats}", "data.val_split=test",
+                      "data.val_max_images=null", "data.vocab_min_count=1", f"model.image.img_dim={channels}", "batch_size=4",
+                      "data.eval_views=[rot180]")  # fmt: skip
+    train(cfg, run_dir=tmp_path / "run", progress_stream=None)
+    model = model_from_checkpoint(read_checkpoint(tmp_path / "run" / "best.pt")).eval()
+    data = DataConfig(kind="karpathy", path=str(ann), features=str(feats))
+    expected = {}
+    for views in ([], ["rot180"]):
+        data.eval_views = views
+        expected[bool(views)] = similarity_matrix(model, build_dataset(data, "test", evaluation=True))
+    assert not np.allclose(expected[True], expected[False], atol=1e-4)
+    base = [sys.executable, "-m", "vsekit", "eval", str(tmp_path / "run"), "--split", "test", "--device", "cpu"]
+    for flag, views in (([], True), (["--eval-views", ""], False), (["--eval-views", "rot180"], True)):
+        out = tmp_path / "sims.npy"
+        r = subprocess.run([*base, *flag, "--save-sims", str(out)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_allclose(np.load(out), expected[views], atol=1e-5)
+    r = subprocess.run([*base, "--eval-views", "rot45"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "data.eval_views: unknown view 'rot45'" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data-path", help="data folder/file (default: the one in the checkpoint's config)")
     e.add_argument("--features", help="feature folder for Karpathy-JSON data")
     e.add_argument("--images", help="image folder for Karpathy-JSON data (raw-image models)")
+    e.add_argument("--eval-views", help="average each image's embedding over these test-time views too, e.g. "
+                   "rot90,rot180,rot270 (files from 'vsekit extract --views'; '' for none; default: the checkpoint's)")  # fmt: skip
     e.add_argument("--protocol", help="coco1k, coco5k, f30k or kcaptions (default: folds=1)")
     e.add_argument("--sims", nargs="+", help="evaluate these saved images×captions .npy matrices (averaged if several)")
     e.add_argument("--captions-per-image", type=int, default=5, help="with --sims (default 5)")
@@ -70,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     x.add_argument("--max-images", type=int, help="stop after this many images per split (resumable)")
+    x.add_argument("--views", default="", help="also store these test-time views of every image for data.eval_views: "
+                   "rot90, rot180, rot270, hflip, vflip (comma-separated)")  # fmt: skip
     x.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("convert", help="import an official VSE∞ (BiGRU / BERT, region features) or VSE++ (precomp) checkpoint")
@@ -191,6 +195,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             raise DataError("eval: give a checkpoint (file or run folder) or --sims FILES")
         from .checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
+        from .config import validate
         from .data.factory import build_dataset
         from .evaluation.retrieval import similarity_matrix
         from .training import resolve_device
@@ -203,9 +208,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             cfg.data.features = args.features
         if args.images:
             cfg.data.images = args.images
+        if args.eval_views is not None:
+            cfg.data.eval_views = [v.strip() for v in args.eval_views.split(",") if v.strip()]
+            validate(cfg, require_data=False)
         split = args.split or cfg.data.test_split
         model = model_from_checkpoint(ckpt).to(resolve_device(args.device)).eval()
-        dataset = build_dataset(cfg.data, split)
+        dataset = build_dataset(cfg.data, split, evaluation=True)
         sims = similarity_matrix(model, dataset, cfg.eval_batch_size)
         if args.save_sims:
             from .io import atomic_write
@@ -227,7 +235,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     result = extract_features(
         args.annotations, args.images, args.out, splits=splits, backbone=args.backbone, image_size=args.image_size,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, max_images=args.max_images,
-        progress_stream=None if args.quiet else sys.stderr,
+        progress_stream=None if args.quiet else sys.stderr, views=[v.strip() for v in args.views.split(",") if v.strip()],
     )  # fmt: skip
     for split, t in result["timing"].items():
         rate = f", {t['images_per_second']:.1f} images/s" if "images_per_second" in t else f" ({t.get('skipped', '')})"

@@ -142,6 +142,10 @@ class DataConfig:
     val_max_images: int | None = 1000  # the official validation uses the first 1000 dev images
     vocab_min_count: int = 4  # words seen fewer times in the training captions map to <unk>
     synthetic: dict[str, Any] = field(default_factory=dict)
+    # karpathy + features: test-time views (e.g. [rot90, rot180, rot270]) whose image embeddings are averaged
+    # with the plain image's wherever a split is evaluated (validation, vsekit eval; never the training split);
+    # files {features}/{split}_ims.{view}.npy from `vsekit extract --views`
+    eval_views: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -437,6 +441,14 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"model.text.frozen: only kind 'transformer' can be frozen, got kind {cfg.model.text.kind!r}")
     if require_data and cfg.model.text.kind == "transformer" and not cfg.model.text.transformer_path:
         raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
+    if cfg.data.eval_views:
+        from .extract import VIEWS
+
+        unknown = [v for v in cfg.data.eval_views if v not in VIEWS]
+        if unknown:
+            raise ConfigError(f"data.eval_views: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
+        if cfg.data.kind != "karpathy" or not cfg.data.features:
+            raise ConfigError("data.eval_views: only for data.kind='karpathy' with data.features (vsekit extract --views)")
     if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):
         raise ConfigError("data.features or data.images: required for data.kind='karpathy' (features folder or image folder)")
     from .pooling import create_pooling

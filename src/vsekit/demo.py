@@ -35,7 +35,7 @@ def _train_and_test(pooling: str, cfg: Any, out: Path, threads: int | None, verb
         cfg, out / pooling, log=(lambda m: print(f"[{pooling}] {m}", flush=True)) if verbose else None,
         progress_stream=sys.stderr if verbose and threads is None else None,
     )  # fmt: skip
-    test = build_dataset(cfg.data, cfg.data.test_split)
+    test = build_dataset(cfg.data, cfg.data.test_split, evaluation=True)
     metrics = evaluate_model(res.model, test, batch_size=cfg.eval_batch_size)
     return {
         "metrics": metrics,

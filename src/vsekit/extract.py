@@ -3,8 +3,11 @@
 The output folder is the precomputed-feature layout that training and evaluation read
 (``data.kind=karpathy`` with ``data.features=<folder>``)::
 
-    {split}_ims.npy   N×(h·w)×C float16 (memory-mappable), rows in the JSON's image order of that split
-    features.json     backbone, preprocessing, grid shape, dtype, and per split the image file names
+    {split}_ims.npy          N×(h·w)×C float16 (memory-mappable), rows in the JSON's image order of that split
+    {split}_ims.{view}.npy   with ``views``: the same rows for a transformed copy of every image (``rot90``,
+                             ``rot180``, ``rot270``, ``hflip``, ``vflip``), for test-time view averaging
+                             (``data.eval_views``)
+    features.json            backbone, preprocessing, grid shape, dtype, and per split the image file names
 
 Extraction is resumable: rows are written into ``{split}_ims.npy.partial`` and the number of finished
 images into ``{split}.progress.json`` (atomically, after the rows are flushed); a killed run continues
@@ -22,7 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -33,6 +36,21 @@ from .progress import Progress
 
 META = "features.json"
 FORMAT = "vsekit-features-1"
+
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "rot90": lambda x: x.rot90(1, (2, 3)),
+    "rot180": lambda x: x.rot90(2, (2, 3)),
+    "rot270": lambda x: x.rot90(3, (2, 3)),
+    "hflip": lambda x: x.flip(3),
+    "vflip": lambda x: x.flip(2),
+}
+"""Test-time views of an image, applied to the normalised B×3×H×W network input (rotations counter-clockwise).
+Aerial and other top-down images have no canonical orientation, so their rotations are equally valid views."""
+
+
+def view_file(split: str, view: str | None = None) -> str:
+    """The feature file name of a split (``view=None``) or of one of its :data:`VIEWS`."""
+    return f"{split}_ims.npy" if view is None else f"{split}_ims.{view}.npy"
 
 
 def _image_path(root: Path, record: Any) -> Path:
@@ -69,6 +87,7 @@ def extract_features(
     workers: int = 4,
     progress_stream: TextIO | None = sys.stderr,
     max_images: int | None = None,
+    views: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Extract backbone grid features for the images of a Karpathy-style JSON.
 
@@ -85,19 +104,25 @@ def extract_features(
         workers: threads decoding images.
         progress_stream: where the progress bar goes (``None``: silent).
         max_images: stop after this many images per split (for a quick look; the split stays partial).
+        views: also extract these :data:`VIEWS` of every image of each split (``{split}_ims.{view}.npy``), once
+            the split itself is complete; recorded under the split's ``views`` in ``features.json``.
 
     Returns:
-        The metadata written to ``features.json`` plus ``timing`` (seconds and images/s per split).
+        The metadata written to ``features.json`` plus ``timing`` (seconds and images/s per split, and per
+        ``{split}.{view}``).
     """
     from .backbones import create_backbone
     from .data.datasets import KarpathyJSON
-    from .data.images import PixelInput, load_image
+    from .data.images import PixelInput
     from .training import resolve_device
 
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype: expected float16 or float32, got {dtype!r}")
     if batch_size < 1 or image_size < 1:
         raise ConfigError("batch_size and image_size: expected positive integers")
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ConfigError(f"views: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
     image_root = Path(images)
     if not image_root.is_dir():
         raise DataError(f"{image_root}: image folder not found")
@@ -118,20 +143,59 @@ def extract_features(
     meta.setdefault("splits", {})
     timing: dict[str, Any] = {}
 
+    job = _Job(net, pixels, dev, image_root, out, dtype, batch_size, workers, max_images, progress_stream)
     for split in splits:
         records = data.records(split.split("+"))
+        for view in (None, *views):
+            if view is not None and split not in meta["splits"]:
+                break  # the views of a split follow the split itself
+            done_entry = meta["splits"].get(split) if view is None else meta["splits"][split].get("views", {}).get(view)
+            key = split if view is None else f"{split}.{view}"
+            if (out / view_file(split, view)).is_file() and done_entry:
+                timing[key] = {"images": len(records), "seconds": 0.0, "skipped": "already extracted",
+                               "recorded_seconds": done_entry.get("extract_seconds")}  # fmt: skip
+                continue
+            entry, timing[key] = job.run(split, records, view)
+            if entry is not None:
+                if view is None:
+                    meta["splits"][split] = entry
+                else:
+                    entry.pop("files")  # the split's own list
+                    meta["splits"][split].setdefault("views", {})[view] = entry
+                atomic_write_json(meta, meta_path)
+    return {**meta, "timing": timing}
+
+
+class _Job:
+    """One extraction's fixed settings; :meth:`run` extracts one split (or one view of it), resumably."""
+
+    def __init__(self, net: Any, pixels: Any, dev: torch.device, image_root: Path, out: Path, dtype: str,
+                 batch_size: int, workers: int, max_images: int | None, progress_stream: TextIO | None) -> None:  # fmt: skip
+        self.net, self.pixels, self.dev, self.image_root, self.out = net, pixels, dev, image_root, out
+        self.dtype, self.batch_size, self.workers = dtype, batch_size, workers
+        self.max_images, self.progress_stream = max_images, progress_stream
+
+    def _features(self, x: torch.Tensor, view: str | None) -> torch.Tensor:
+        if view is not None:
+            x = VIEWS[view](x)
+        return self.net(x.to(self.dev).contiguous(memory_format=torch.channels_last))  # B×C×h×w
+
+    def run(self, split: str, records: list, view: str | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Extract ``records`` into ``{split}_ims[.{view}].npy``. Returns the split's ``features.json`` entry
+        (None while it is partial) and this call's timing."""
+        from .data.images import load_image
+
+        out, dtype, batch_size = self.out, self.dtype, self.batch_size
         n = len(records)
-        final = out / f"{split}_ims.npy"
-        if final.is_file() and split in meta["splits"]:
-            recorded = meta["splits"][split].get("extract_seconds")
-            timing[split] = {"images": n, "seconds": 0.0, "skipped": "already extracted", "recorded_seconds": recorded}
-            continue
-        files = [str(_image_path(image_root, r).relative_to(image_root)) for r in records]
-        partial = out / f"{split}_ims.npy.partial"
-        state_path = out / f"{split}.progress.json"
+        image_root = self.image_root
+        paths = [_image_path(image_root, r) for r in records]
+        files = [str(p.relative_to(image_root)) for p in paths]
+        final = out / view_file(split, view)
+        partial = final.with_name(final.name + ".partial")
+        state_path = out / (f"{split}.progress.json" if view is None else f"{split}.{view}.progress.json")
         # probe the grid shape with one image
-        probe, _ = pixels.collate([load_image(_image_path(image_root, records[0]))], train=False)
-        fmap = net(probe.to(dev))
+        probe, _ = self.pixels.collate([load_image(paths[0])], train=False)
+        fmap = self._features(probe, view)
         grid, channels = fmap.shape[2] * fmap.shape[3], fmap.shape[1]
         shape = (n, grid, channels)
         done, earlier_seconds = 0, 0.0
@@ -143,20 +207,19 @@ def extract_features(
             arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=shape)
         else:
             arr = np.load(partial, mmap_mode="r+")
-        stop = n if max_images is None else min(n, done + max_images)
-        bar = Progress(n, f"extract {split}", "images", progress_stream)
+        stop = n if self.max_images is None else min(n, done + self.max_images)
+        bar = Progress(n, f"extract {split}" + (f" ({view})" if view else ""), "images", self.progress_stream)
         bar.count = done
         t0 = time.perf_counter()
         start_done = done
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            paths = [_image_path(image_root, r) for r in records]
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             nxt = pool.map(load_image, paths[done : min(done + batch_size, stop)]) if done < stop else None
             while done < stop:
                 end = min(done + batch_size, stop)
                 batch_images = list(nxt)
                 nxt = pool.map(load_image, paths[end : min(end + batch_size, stop)]) if end < stop else None
-                x, _ = pixels.collate(batch_images, train=False)
-                f = net(x.to(dev).contiguous(memory_format=torch.channels_last))  # B×C×h×w
+                x, _ = self.pixels.collate(batch_images, train=False)
+                f = self._features(x, view)
                 if f.shape[1] != channels or f.shape[2] * f.shape[3] != grid:
                     raise DataError(f"{paths[done]}: backbone output {tuple(f.shape[1:])} differs from the first image's")
                 arr[done:end] = f.flatten(2).transpose(1, 2).float().cpu().numpy().astype(dtype)
@@ -167,15 +230,15 @@ def extract_features(
                 bar.update(len(batch_images))
         bar.close()
         seconds = time.perf_counter() - t0
-        timing[split] = {"images": done - start_done, "seconds": round(seconds, 2),
-                         "images_per_second": round((done - start_done) / max(seconds, 1e-9), 1)}  # fmt: skip
+        timing = {"images": done - start_done, "seconds": round(seconds, 2),
+                  "images_per_second": round((done - start_done) / max(seconds, 1e-9), 1)}  # fmt: skip
         del arr
-        if done == n:
-            os.replace(partial, final)
-            state_path.unlink(missing_ok=True)
-            total = earlier_seconds + seconds
-            meta["splits"][split] = {"images": n, "grid": grid, "channels": channels, "files": files,
-                                     "extract_seconds": round(total, 2), "images_per_second": round(n / max(total, 1e-9), 1),
-                                     "device": str(dev), "threads": torch.get_num_threads()}  # fmt: skip
-            atomic_write_json(meta, meta_path)
-    return {**meta, "timing": timing}
+        if done < n:
+            return None, timing
+        os.replace(partial, final)
+        state_path.unlink(missing_ok=True)
+        total = earlier_seconds + seconds
+        entry = {"images": n, "grid": grid, "channels": channels, "files": files,
+                 "extract_seconds": round(total, 2), "images_per_second": round(n / max(total, 1e-9), 1),
+                 "device": str(self.dev), "threads": torch.get_num_threads()}  # fmt: skip
+        return entry, timing

@@ -392,7 +392,7 @@ def _train(
     if datasets is None:
         datasets = {
             "train": build_dataset(cfg.data, cfg.data.train_split),
-            "val": build_dataset(cfg.data, cfg.data.val_split, max_images=cfg.data.val_max_images),
+            "val": build_dataset(cfg.data, cfg.data.val_split, max_images=cfg.data.val_max_images, evaluation=True),
         }
     train_set, val_set = datasets["train"], datasets["val"]
 

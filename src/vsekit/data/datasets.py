@@ -116,6 +116,8 @@ class FeatureCaptionDataset(CaptionDataset):
             viewed as a set of one), or a list of ``N`` arrays of shape ``(K_i, D)``.
         captions: ``N * captions_per_image`` captions, those of image ``i`` at ``i*k .. i*k+k-1``.
         captions_per_image: ``k``.
+        views: optional test-time views, name -> an array shaped like ``features`` (the same images
+            transformed, e.g. rotated); evaluation averages each image's embeddings over it and its views.
 
     Raises:
         DataError: if the shapes or counts are inconsistent.
@@ -126,6 +128,7 @@ class FeatureCaptionDataset(CaptionDataset):
         features: np.ndarray | Sequence[np.ndarray],
         captions: Sequence[str],
         captions_per_image: int,
+        views: dict[str, np.ndarray] | None = None,
     ) -> None:
         if not isinstance(captions_per_image, int) or captions_per_image < 1:
             raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
@@ -158,6 +161,13 @@ class FeatureCaptionDataset(CaptionDataset):
                 f"captions: expected {num_images} images x {captions_per_image} = "
                 f"{num_images * captions_per_image} captions, got {len(captions)}"
             )
+        self.views: dict[str, np.ndarray] = {}
+        for name, arr in (views or {}).items():
+            if not isinstance(features, np.ndarray) or not isinstance(arr, np.ndarray) or arr.shape != features.shape:
+                got = getattr(arr, "shape", type(arr).__name__)
+                raise DataError(f"views[{name!r}]: expected an array shaped like the features {getattr(features, 'shape', '')}, got {got}")
+            _check_float_features(arr, f"views[{name!r}]")
+            self.views[name] = arr
         self._features = features
         self._captions = captions
         self.num_images = num_images
@@ -175,6 +185,10 @@ class FeatureCaptionDataset(CaptionDataset):
     def captions(self) -> list[str]:
         """Return all captions in order."""
         return list(self._captions)
+
+    def view_image(self, view: str, i: int) -> np.ndarray:
+        """Return a float32 copy of image ``i``'s feature set in test-time view ``view``."""
+        return np.array(self.views[view][i], dtype=np.float32)
 
     def num_regions(self) -> np.ndarray:
         """Return the number of regions ``K_i`` of every image as an int64 array."""

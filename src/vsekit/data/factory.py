@@ -11,7 +11,7 @@ from ..errors import ConfigError, DataError
 from .datasets import CaptionDataset
 
 
-def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None):
+def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, evaluation: bool = False):
     """The caption-indexed dataset of one split.
 
     Args:
@@ -19,6 +19,8 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None):
         split: a split name of that data (``train``/``val``/``test`` for synthetic and Karpathy data;
             the file prefix for the precomp and frames layouts, e.g. ``dev`` or ``testall``).
         max_images: keep only the first images (the official validation uses 1000).
+        evaluation: the split is evaluated, not trained on: it carries the test-time views of
+            ``cfg.eval_views`` (``{features}/{split}_ims.{view}.npy``).
     """
     from .datasets import FeatureCaptionDataset, KarpathyJSON, PrecompDataset, captions_from_records
     from .synthetic import SyntheticConfig, make_synthetic
@@ -66,7 +68,15 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None):
             raise DataError(
                 f"{feats_path}: expected {len(records)}×K×D features for split {split!r}, got shape {feats.shape}"
             )
-        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k)
+        views = {}
+        for view in cfg.eval_views if evaluation else ():
+            view_path = Path(cfg.features) / f"{split}_ims.{view}.npy"
+            if not view_path.is_file():
+                raise DataError(f"{view_path}: view file not found (data.eval_views; make it with vsekit extract --views {view})")
+            views[view] = np.load(view_path, mmap_mode="r")
+            if views[view].shape != feats.shape:
+                raise DataError(f"{view_path}: expected the shape of {feats_path.name}, {feats.shape}, got {views[view].shape}")
+        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k, views=views)
     else:
         raise ConfigError(f"data.kind: unknown kind {cfg.kind!r}")
     if max_images is not None and max_images < ds.num_images:
@@ -84,6 +94,12 @@ class FirstImages(CaptionDataset):
         self.captions_per_image = base.captions_per_image
         self.feature_dim = base.feature_dim
         self.image_kind = getattr(base, "image_kind", "features")
+        self.views = getattr(base, "views", {})  # rows past n are never read
+
+    def view_image(self, view: str, i: int) -> np.ndarray:
+        if not 0 <= i < self.num_images:
+            raise IndexError(f"image index {i} out of range for {self.num_images} images")
+        return self.base.view_image(view, i)
 
     def image(self, i: int) -> np.ndarray:
         if not 0 <= i < self.num_images:

@@ -16,7 +16,9 @@ def encode_dataset(
 ) -> tuple[Tensor, Tensor]:
     """Embed a caption-indexed dataset.
 
-    Each image is encoded once (not once per caption, as the official loaders do).
+    Each image is encoded once (not once per caption, as the official loaders do). A dataset with test-time
+    ``views`` (``data.eval_views``) gives each image the mean of its embeddings over the plain image and
+    every view (re-normalised when the model normalises image embeddings).
 
     Args:
         model: a :class:`vsekit.models.VSEModel`.
@@ -30,7 +32,15 @@ def encode_dataset(
     images, captions = [], []
     for start in range(0, dataset.num_images, batch_size):
         stop = min(start + batch_size, dataset.num_images)
-        images.append(model.encode_image([dataset.image(i) for i in range(start, stop)], batch_size=batch_size))
+        emb = model.encode_image([dataset.image(i) for i in range(start, stop)], batch_size=batch_size)
+        views = getattr(dataset, "views", None) or {}
+        if views:
+            for view in views:
+                emb = emb + model.encode_image([dataset.view_image(view, i) for i in range(start, stop)], batch_size=batch_size)
+            emb = emb / (1 + len(views))
+            if model.config.image.normalize:
+                emb = torch.nn.functional.normalize(emb, dim=-1)
+        images.append(emb)
         if on_progress:
             on_progress(stop - start)
     all_captions = dataset.captions()
