@@ -37,7 +37,7 @@ from vsekit.data.factory import build_dataset
 from vsekit.errors import VsekitError
 from vsekit.evaluation import evaluate_sims, mean_recall, recall_curve
 from vsekit.evaluation.retrieval import similarity_matrix
-from vsekit.extract import extract_features
+from vsekit.extract import VIEWS, extract_features
 from vsekit.io import atomic_write_json, atomic_write_text
 from vsekit.plots import plot_recall_curves
 from vsekit.training import train
@@ -114,6 +114,7 @@ def markdown_table(
     kmax_search: dict[str, float] | None = None,
     seeds: dict[str, Any] | None = None,
     oracle: dict[str, Any] | None = None,
+    views: dict[str, Any] | None = None,
 ) -> str:
     head = ("| method | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | mR | val mR | training |\n"
             "|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
@@ -135,6 +136,14 @@ def markdown_table(
         per = ", ".join(f"seed {s}: {v:.2f}" for s, v in seeds["test_mR"].items())
         text += (f"\n{seeds['recipe']} over {len(seeds['test_mR'])} seeds: test mR **{seeds['mean']:.2f} ± {seeds['std']:.2f}**"
                  f" (sample std; {per})\n")  # fmt: skip
+    if views and views.get("runs"):
+        n, v = len(views["runs"]), views
+        per = ", ".join(f"{name}: {r['test_mR_views']:.2f}" for name, r in v["runs"].items())
+        text += (f"\n{v['recipe']} with test-time views {', '.join(v['views'])} averaged in (`data.eval_views`), {n} run(s):"
+                 f" val mR {v['val_mR_plain']['mean']:.2f} -> {v['val_mR_views']['mean']:.2f}, test mR"
+                 f" {v['test_mR_plain']['mean']:.2f} -> **{v['test_mR_views']['mean']:.2f} ± {v['test_mR_views']['std']:.2f}**"
+                 f" ({per}). View extraction: val {v['extract_seconds']['val'] / 60:.1f} min, test"
+                 f" {v['extract_seconds']['test'] / 60:.1f} min.\n")  # fmt: skip
     return text
 
 
@@ -192,12 +201,43 @@ def _train_one(name: str, recipe: tuple[str, list[str], str], seed: int, ctx: di
 def _test_once(r: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the selected checkpoint on ``test`` (once per final recipe and seed)."""
     cfg, model = r.pop("_cfg"), r.pop("_model")
-    test = build_dataset(cfg.data, cfg.data.test_split)
+    test = build_dataset(cfg.data, cfg.data.test_split, evaluation=True)
     sims = similarity_matrix(model, test, cfg.eval_batch_size)
     np.save(Path(r["run_dir"]) / "test_sims.npy", sims)
     metrics = evaluate_sims(sims, test.captions_per_image)
     curve = recall_curve(sims, test.captions_per_image, max_k=50)
     return r | {"test": metrics, "test_mR": mean_recall(metrics), "recall_at_k": {k: v.tolist() for k, v in curve.items()}}
+
+
+def _with_views(views: list[str], run_dirs: list[Path], ctx: dict[str, Any], images: Path) -> dict[str, Any]:
+    """Extract the test-time ``views`` of val and test (timed apart from the main extraction) and evaluate each
+    run's selected checkpoint on val and test without and with them (``data.eval_views``), side by side."""
+    from vsekit.checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
+
+    meta = extract_features(ctx["ann"], images, ctx["feats"], splits=["val", "test"], views=views, progress_stream=sys.stderr)
+    seconds = {s: sum(meta["splits"][s]["views"][v]["extract_seconds"] for v in views) for s in ("val", "test")}
+    runs: dict[str, Any] = {}
+    for run_dir in run_dirs:
+        ckpt = read_checkpoint(run_dir / "best.pt")
+        cfg, model = config_from_checkpoint(ckpt), model_from_checkpoint(ckpt).eval()
+        cfg.data.path, cfg.data.features = str(ctx["ann"]), str(ctx["feats"])
+        row: dict[str, Any] = {}
+        for label, chosen in (("plain", []), ("views", views)):
+            cfg.data.eval_views = chosen
+            for split in ("val", "test"):
+                ds = build_dataset(cfg.data, split, evaluation=True)
+                metrics = evaluate_sims(similarity_matrix(model, ds, cfg.eval_batch_size), ds.captions_per_image)
+                row[f"{split}_mR_{label}"] = mean_recall(metrics)
+                if split == "test" and label == "views":
+                    row["test"] = metrics
+        runs[run_dir.name] = row
+        print(f"{run_dir.name}: val mR {row['val_mR_plain']:.2f} -> {row['val_mR_views']:.2f}, "
+              f"test mR {row['test_mR_plain']:.2f} -> {row['test_mR_views']:.2f} with views {views}")  # fmt: skip
+    out: dict[str, Any] = {"views": views, "extract_seconds": seconds, "runs": runs}
+    for key in ("val_mR_plain", "val_mR_views", "test_mR_plain", "test_mR_views"):
+        vals = np.array([r[key] for r in runs.values()])
+        out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -221,8 +261,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         kmax_ks = [int(k) for k in args.kmax.split(",") if k]
         seeds = [int(x) for x in args.seeds.split(",") if x]
+        views = [v for v in args.eval_views.split(",") if v]
+        if any(v not in VIEWS for v in views):
+            raise ValueError
     except ValueError:
-        raise VsekitError(f"--kmax/--seeds: expected comma-separated integers, got {args.kmax!r} / {args.seeds!r}") from None
+        raise VsekitError(f"--kmax/--seeds/--eval-views: expected comma-separated integers / views ({', '.join(VIEWS)}), "
+                          f"got {args.kmax!r} / {args.seeds!r} / {args.eval_views!r}") from None
     if KMAX in names and not kmax_ks:
         raise VsekitError("--kmax: give at least one K to search")
     ctx = {"ann": ann, "feats": feats, "out": out, "overrides": args.overrides, "extract_seconds": spent,
@@ -232,13 +276,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = saved.get("recipes", {})
     search: dict[str, float] = saved.get("kmax_search", {})
     seed_runs: dict[str, Any] = saved.get("seeds", {})
+    view_runs: dict[str, Any] = saved.get("eval_views", {})
     oracle = scene_label_oracle(ann)
     if oracle:
         print(f"scene-label oracle: test mR {oracle['test_mR']:.2f} ± {oracle['test_mR_std']:.2f} over tie-breaks")
 
     def save() -> None:
         doc = {"dataset": str(data), "features": meta | {"splits": {}}, "epochs_override": args.epochs,
-               "recipes": results, "kmax_search": search, "seeds": seed_runs}  # fmt: skip
+               "recipes": results, "kmax_search": search, "seeds": seed_runs, "eval_views": view_runs}  # fmt: skip
         atomic_write_json(doc | ({"scene_label_oracle": oracle} if oracle else {}), results_path)
 
     for name in names:
@@ -275,7 +320,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"(min {seed_runs['min']:.2f}, max {seed_runs['max']:.2f})")  # fmt: skip
         save()
 
-    table = markdown_table(results, published_rows(data / "README.md"), search, seed_runs, oracle)
+    if views and results:
+        # Test-time views for the recipe the seeds repeat (or the best by val): chosen on val, reported on test.
+        best = seed_runs.get("recipe") or max(results, key=lambda n: _val_mr(results[n]))
+        stem = kmax_run(results[best]["selected_k"]) if best == KMAX else best
+        seed_list = list(seed_runs.get("test_mR", {str(args.seed): None}))
+        view_runs = _with_views(views, [ctx["out"] / "runs" / f"{stem}_seed{s}" for s in seed_list], ctx, images)
+        view_runs["recipe"] = best
+        save()
+    table = markdown_table(results, published_rows(data / "README.md"), search, seed_runs, oracle, view_runs)
     atomic_write_text(table, out / "table.md")
     _plots(results, out)
     best = max(results, key=lambda n: _val_mr(results[n]))
@@ -330,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kmax", default="2,5,10,20", help="image K values searched on val for kmax_bigru")
     p.add_argument("--seeds", default="", help="e.g. 0,1,2: also run the best recipe (by val mR) with these seeds")
     p.add_argument("--seed-recipe", help="the recipe that --seeds repeats (default: the best by val mR)")
+    p.add_argument("--eval-views", default="", help="e.g. rot90,rot180,rot270: also evaluate that recipe's runs with "
+                   "these test-time views averaged in (extracted for val and test, timed apart)")  # fmt: skip
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every recipe")
     args = p.parse_intermixed_args(argv)
     try:

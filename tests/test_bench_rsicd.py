@@ -54,7 +54,7 @@ def test_runner_end_to_end(tmp_path):
     data = _fake_rsicd(tmp_path / "d")
     out = tmp_path / "out"
     rc = mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru,kmax_bigru", "--kmax", "2,5", "--epochs", "1",
-                   "--seeds", "0,1", "--seed-recipe", "gpo_bigru",
+                   "--seeds", "0,1", "--seed-recipe", "gpo_bigru", "--eval-views", "rot180",
                    "batch_size=12", "model.embed_size=32", "eval_batch_size=64"])  # fmt: skip
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
@@ -68,12 +68,18 @@ def test_runner_end_to_end(tmp_path):
     assert seeds["recipe"] == "gpo_bigru" and set(seeds["test_mR"]) == {"0", "1"}
     assert seeds["test_mR"]["0"] == res["gpo_bigru"]["test_mR"]
     assert abs(seeds["mean"] - sum(seeds["test_mR"].values()) / 2) < 1e-9
+    # test-time views for the seeded recipe: its runs evaluated without (as recorded) and with the views
+    views = doc["eval_views"]
+    assert views["recipe"] == "gpo_bigru" and set(views["runs"]) == {"gpo_bigru_seed0", "gpo_bigru_seed1"}
+    for seed in ("0", "1"):
+        assert views["runs"][f"gpo_bigru_seed{seed}"]["test_mR_plain"] == pytest.approx(seeds["test_mR"][seed], abs=1e-4)
+    assert (out / "features_lite0" / "test_ims.rot180.npy").is_file() and views["extract_seconds"]["test"] > 0
     for r in res.values():
         assert len(r["recall_at_k"]["i2t"]) == 50 and r["recall_at_k"]["i2t"][-1] == 100.0  # 6 test images
         assert 0 <= r["test_mR"] <= 100 and r["extract_seconds"] >= 0 and r["train_seconds_this_call"] > 0
     table = (out / "table.md").read_text()
     assert "GaLR with MR (published)" in table and "**vsekit gpo_bigru**" in table
-    assert "K-max search" in table and "over 2 seeds" in table
+    assert "K-max search" in table and "over 2 seeds" in table and "test-time views rot180" in table
     # the scene-label yardstick: 6 test images, 2 per colour class
     oracle = doc["scene_label_oracle"]
     assert oracle["classes"] == 3 and "scene-label oracle" in table and 0 < oracle["test_mR"] <= 100
@@ -81,6 +87,7 @@ def test_runner_end_to_end(tmp_path):
         assert (out / png).stat().st_size > 1000, png
     assert mod.main([str(data), "--out", str(out), "--recipes", "nope"]) == 2
     assert mod.main([str(data), "--out", str(out), "--recipes", "kmax_bigru", "--kmax", "x"]) == 2
+    assert mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru", "--eval-views", "rot45"]) == 2
 
 
 def test_scene_label_oracle_by_hand(tmp_path):
