@@ -222,3 +222,33 @@ def test_eval_cli_averages_over_the_views_of_the_checkpoint_or_the_flag(tmp_path
         np.testing.assert_allclose(np.load(out), expected[views], atol=1e-5)
     r = subprocess.run([*base, "--eval-views", "rot45"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "data.eval_views: unknown view 'rot45'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_train_views_draw_the_image_or_a_view_uniformly_and_reproducibly(tmp_path):
+    from vsekit.config import DataConfig
+    from vsekit.data.factory import build_dataset
+    from vsekit.extract import extract_features
+
+    ann, root = _karpathy(tmp_path)
+    out = tmp_path / "feats"
+    extract_features(ann, root, out, splits=["train"], views=["rot90", "hflip"], backbone="tiny", image_size=64,
+                     progress_stream=None)  # fmt: skip
+    data = DataConfig(kind="karpathy", path=str(ann), features=str(out), train_views=["rot90", "hflip"])
+    train = build_dataset(data, "train")
+    assert train.draw_views and not build_dataset(data, "train", evaluation=True).views  # eval_views is separate
+    choices = [np.load(out / name)[2].astype(np.float32) for name in ("train_ims.npy", "train_ims.rot90.npy", "train_ims.hflip.npy")]
+
+    def draws(seed):
+        torch.manual_seed(seed)
+        picked = []
+        for _ in range(300):
+            x = train.image(2)
+            picked.append(next(c for c, ref in enumerate(choices) if np.array_equal(x, ref)))  # always one of the three
+        return picked
+
+    first = draws(0)
+    counts = np.bincount(first, minlength=3)
+    assert counts.min() > 70, counts  # uniform: 100 each expected
+    assert draws(0) == first and draws(1) != first  # the global torch RNG decides (a resumed run draws the same)
+    item = train[2 * 5]  # a training item reads its image through the same draw
+    assert any(np.array_equal(item["image"], c) for c in choices)

@@ -146,6 +146,9 @@ class DataConfig:
     # with the plain image's wherever a split is evaluated (validation, vsekit eval; never the training split);
     # files {features}/{split}_ims.{view}.npy from `vsekit extract --views`
     eval_views: list[str] = field(default_factory=list)
+    # karpathy + features: views drawn at random with the plain image for every training sample (rotation
+    # augmentation; files {features}/{train_split}_ims.{view}.npy from `vsekit extract --views`)
+    train_views: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -441,14 +444,15 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"model.text.frozen: only kind 'transformer' can be frozen, got kind {cfg.model.text.kind!r}")
     if require_data and cfg.model.text.kind == "transformer" and not cfg.model.text.transformer_path:
         raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
-    if cfg.data.eval_views:
-        from .extract import VIEWS
+    for key, chosen in (("data.eval_views", cfg.data.eval_views), ("data.train_views", cfg.data.train_views)):
+        if chosen:
+            from .extract import VIEWS
 
-        unknown = [v for v in cfg.data.eval_views if v not in VIEWS]
-        if unknown:
-            raise ConfigError(f"data.eval_views: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
-        if cfg.data.kind != "karpathy" or not cfg.data.features:
-            raise ConfigError("data.eval_views: only for data.kind='karpathy' with data.features (vsekit extract --views)")
+            unknown = [v for v in chosen if v not in VIEWS]
+            if unknown:
+                raise ConfigError(f"{key}: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
+            if cfg.data.kind != "karpathy" or not cfg.data.features:
+                raise ConfigError(f"{key}: only for data.kind='karpathy' with data.features (vsekit extract --views)")
     if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):
         raise ConfigError("data.features or data.images: required for data.kind='karpathy' (features folder or image folder)")
     from .pooling import create_pooling

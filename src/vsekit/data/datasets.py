@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from vsekit.errors import DataError
 from vsekit.io import atomic_write, atomic_write_text
@@ -116,8 +117,10 @@ class FeatureCaptionDataset(CaptionDataset):
             viewed as a set of one), or a list of ``N`` arrays of shape ``(K_i, D)``.
         captions: ``N * captions_per_image`` captions, those of image ``i`` at ``i*k .. i*k+k-1``.
         captions_per_image: ``k``.
-        views: optional test-time views, name -> an array shaped like ``features`` (the same images
-            transformed, e.g. rotated); evaluation averages each image's embeddings over it and its views.
+        views: optional views, name -> an array shaped like ``features`` (the same images transformed, e.g.
+            rotated). Evaluation averages each image's embeddings over the image and its views.
+        draw_views: training augmentation: :meth:`image` returns the plain image or one of its views, drawn
+            uniformly with the global torch RNG (so a resumed run draws the same), instead of the plain image.
 
     Raises:
         DataError: if the shapes or counts are inconsistent.
@@ -129,6 +132,7 @@ class FeatureCaptionDataset(CaptionDataset):
         captions: Sequence[str],
         captions_per_image: int,
         views: dict[str, np.ndarray] | None = None,
+        draw_views: bool = False,
     ) -> None:
         if not isinstance(captions_per_image, int) or captions_per_image < 1:
             raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
@@ -168,6 +172,7 @@ class FeatureCaptionDataset(CaptionDataset):
                 raise DataError(f"views[{name!r}]: expected an array shaped like the features {getattr(features, 'shape', '')}, got {got}")
             _check_float_features(arr, f"views[{name!r}]")
             self.views[name] = arr
+        self.draw_views = draw_views and bool(self.views)
         self._features = features
         self._captions = captions
         self.num_images = num_images
@@ -175,7 +180,12 @@ class FeatureCaptionDataset(CaptionDataset):
         self.feature_dim = int(dim)
 
     def image(self, i: int) -> np.ndarray:
-        """Return a float32 copy of the feature set of image ``i``, shape ``(K_i, D)``."""
+        """Return a float32 copy of the feature set of image ``i``, shape ``(K_i, D)`` (with ``draw_views``:
+        of the image or one of its views, drawn at random)."""
+        if self.draw_views:
+            r = int(torch.randint(len(self.views) + 1, ()))
+            if r:
+                return self.view_image(list(self.views)[r - 1], i)
         return np.array(self._features[i], dtype=np.float32)
 
     def caption(self, j: int) -> str:

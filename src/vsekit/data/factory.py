@@ -20,7 +20,8 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
             the file prefix for the precomp and frames layouts, e.g. ``dev`` or ``testall``).
         max_images: keep only the first images (the official validation uses 1000).
         evaluation: the split is evaluated, not trained on: it carries the test-time views of
-            ``cfg.eval_views`` (``{features}/{split}_ims.{view}.npy``).
+            ``cfg.eval_views`` (``{features}/{split}_ims.{view}.npy``); otherwise those of
+            ``cfg.train_views``, drawn at random per sample.
     """
     from .datasets import FeatureCaptionDataset, KarpathyJSON, PrecompDataset, captions_from_records
     from .synthetic import SyntheticConfig, make_synthetic
@@ -69,14 +70,14 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
                 f"{feats_path}: expected {len(records)}×K×D features for split {split!r}, got shape {feats.shape}"
             )
         views = {}
-        for view in cfg.eval_views if evaluation else ():
+        for view in cfg.eval_views if evaluation else cfg.train_views:
             view_path = Path(cfg.features) / f"{split}_ims.{view}.npy"
             if not view_path.is_file():
                 raise DataError(f"{view_path}: view file not found (data.eval_views; make it with vsekit extract --views {view})")
             views[view] = np.load(view_path, mmap_mode="r")
             if views[view].shape != feats.shape:
                 raise DataError(f"{view_path}: expected the shape of {feats_path.name}, {feats.shape}, got {views[view].shape}")
-        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k, views=views)
+        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k, views=views, draw_views=not evaluation)
     else:
         raise ConfigError(f"data.kind: unknown kind {cfg.kind!r}")
     if max_images is not None and max_images < ds.num_images:
