@@ -451,7 +451,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
             unknown = [v for v in chosen if v not in VIEWS]
             if unknown:
                 raise ConfigError(f"{key}: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
-            if cfg.data.kind != "karpathy" or not cfg.data.features:
+            if cfg.data.kind != "karpathy" or (require_data and not cfg.data.features):
                 raise ConfigError(f"{key}: only for data.kind='karpathy' with data.features (vsekit extract --views)")
     if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):
         raise ConfigError("data.features or data.images: required for data.kind='karpathy' (features folder or image folder)")
