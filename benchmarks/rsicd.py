@@ -348,10 +348,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save()
 
     if views and results:
-        # Test-time views for the recipe the seeds repeat (or the best by val): chosen on val, reported on test.
-        best = seed_runs.get("recipe") or max(results, key=lambda n: _val_mr(results[n]))
+        # Test-time views for --views-recipe, or the recipe the seeds repeat, or the best by val: compared on val and
+        # test side by side.
+        best = args.views_recipe or seed_runs.get("recipe") or max(results, key=lambda n: _val_mr(results[n]))
+        if best not in results:
+            raise VsekitError(f"--views-recipe: {best!r} has not been run (ran: {', '.join(results)})")
         stem = kmax_run(results[best]["selected_k"]) if best == KMAX else best
-        seed_list = list(seed_runs.get("test_mR", {str(args.seed): None}))
+        seed_list = [args.seed, *(s for s in seeds if s != args.seed)]
+        recipe = kmax_recipe(results[best]["selected_k"]) if best == KMAX else RECIPES[best]
+        for seed in seed_list:  # trains the runs that are missing, only reloads the others
+            _train_one(stem, recipe, seed, ctx)
         view_runs = _with_views(views, [ctx["out"] / "runs" / f"{stem}_seed{s}" for s in seed_list], ctx, images)
         view_runs["recipe"] = best
         save()
@@ -410,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kmax", default="2,5,10,20", help="image K values searched on val for kmax_bigru")
     p.add_argument("--seeds", default="", help="e.g. 0,1,2: also run the best recipe (by val mR) with these seeds")
     p.add_argument("--seed-recipe", help="the recipe that --seeds repeats (default: the best by val mR)")
-    p.add_argument("--eval-views", default="", help="e.g. rot90,rot180,rot270: also evaluate that recipe's runs with "
-                   "these test-time views averaged in (extracted for val and test, timed apart)")  # fmt: skip
+    p.add_argument("--eval-views", default="", help="e.g. rot90,rot180,rot270: also evaluate a recipe's runs (--seed and "
+                   "--seeds) with these test-time views averaged in (extracted for val and test, timed apart)")
+    p.add_argument("--views-recipe", help="the recipe --eval-views evaluates (default: the one --seeds repeats)")  # fmt: skip
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every recipe")
     args = p.parse_intermixed_args(argv)
     try:

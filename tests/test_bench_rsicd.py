@@ -98,6 +98,12 @@ def test_runner_end_to_end(tmp_path):
     assert mod.main([str(data), "--out", str(out), "--recipes", "nope"]) == 2
     assert mod.main([str(data), "--out", str(out), "--recipes", "kmax_bigru", "--kmax", "x"]) == 2
     assert mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru", "--eval-views", "rot45"]) == 2
+    # the views can target another recipe than the seeded one
+    rc = mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru", "--eval-views", "rot90", "--views-recipe", "gpo_bigru",
+                   "--epochs", "1", "batch_size=12", "model.embed_size=32", "eval_batch_size=64"])  # fmt: skip
+    assert rc == 0 and set(json.loads((out / "results.json").read_text())["eval_views"]["runs"]) == {"gpo_bigru_seed0"}
+    assert mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru", "--eval-views", "rot90", "--views-recipe", "nope",
+                     "--epochs", "1", "batch_size=12", "model.embed_size=32", "eval_batch_size=64"]) == 2  # fmt: skip
 
 
 def test_scene_label_oracle_by_hand(tmp_path):
