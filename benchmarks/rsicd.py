@@ -377,8 +377,9 @@ def _plots(results: dict[str, Any], out: Path) -> None:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, r in results.items():
-        ax.plot([h["epoch"] for h in r["val_history"]], [h["val_mR"] for h in r["val_history"]], marker="o", ms=3, label=name)
+    for i, (name, r) in enumerate(results.items()):  # dashed after the 10 colours of the default cycle
+        ax.plot([h["epoch"] for h in r["val_history"]], [h["val_mR"] for h in r["val_history"]], marker="o", ms=3, label=name,
+                linestyle="-" if i < 10 else "--")  # fmt: skip
     ax.set(xlabel="epoch", ylabel="validation mR", title="RSICD validation mR per epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)

@@ -69,9 +69,10 @@ def plot_recall_curves(curves: dict[str, dict[str, Any]], path: str | Path, titl
     """R@K against K in both directions for several named results (from ``recall_curve``)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for label, c in curves.items():
-        axes[0].plot(c["k"], c["i2t"], label=label)
-        axes[1].plot(c["k"], c["t2i"], label=label)
+    for i, (label, c) in enumerate(curves.items()):
+        style = "-" if i < 10 else "--"  # after the 10 colours of the default cycle, dashed: no two lines look alike
+        axes[0].plot(c["k"], c["i2t"], label=label, linestyle=style)
+        axes[1].plot(c["k"], c["t2i"], label=label, linestyle=style)
     axes[0].set(xlabel="K", ylabel="recall@K (%)", title=f"{title} image → text".strip())
     axes[1].set(xlabel="K", title=f"{title} text → image".strip())
     for ax in axes:
