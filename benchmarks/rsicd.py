@@ -240,8 +240,7 @@ def _with_views(views: list[str], run_dirs: list[Path], ctx: dict[str, Any], ima
     run's selected checkpoint on val and test without and with them (``data.eval_views``), side by side."""
     from vsekit.checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
 
-    meta = extract_features(ctx["ann"], images, ctx["feats"], splits=["val", "test"], views=views, progress_stream=sys.stderr)
-    seconds = {s: sum(meta["splits"][s]["views"][v]["extract_seconds"] for v in views) for s in ("val", "test")}
+    seconds = _extract_views({"val": views, "test": views}, ctx, images)["view_extract_seconds"]
     runs: dict[str, Any] = {}
     for run_dir in run_dirs:
         ckpt = read_checkpoint(run_dir / "best.pt")

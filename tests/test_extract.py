@@ -236,6 +236,8 @@ def test_train_views_draw_the_image_or_a_view_uniformly_and_reproducibly(tmp_pat
     data = DataConfig(kind="karpathy", path=str(ann), features=str(out), train_views=["rot90", "hflip"])
     train = build_dataset(data, "train")
     assert train.draw_views and not build_dataset(data, "train", evaluation=True).views  # eval_views is separate
+    with pytest.raises(DataError, match=r"train_ims.rot270.npy: view file not found \(data.train_views;"):
+        build_dataset(DataConfig(kind="karpathy", path=str(ann), features=str(out), train_views=["rot270"]), "train")
     choices = [np.load(out / name)[2].astype(np.float32) for name in ("train_ims.npy", "train_ims.rot90.npy", "train_ims.hflip.npy")]
 
     def draws(seed):

@@ -24,6 +24,11 @@ from pathlib import Path
 from .errors import DataError, VsekitError
 
 
+def _comma_list(text: str) -> list[str]:
+    """The non-empty items of a comma-separated option ("a, b,," -> ["a", "b"])."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsekit", description="Visual-semantic embedding: train, evaluate, demo.")
     p.add_argument("--version", action="version", version=f"vsekit {_version()}")
@@ -140,7 +145,7 @@ def _version() -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    poolings = tuple(p.strip() for p in args.poolings.split(",") if p.strip())
+    poolings = tuple(_comma_list(args.poolings))
     summary = run_demo(args.out, poolings, args.overrides, log=None if args.quiet else print, jobs=args.jobs)
     print()
     print(summary["table"])
@@ -209,7 +214,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.images:
             cfg.data.images = args.images
         if args.eval_views is not None:
-            cfg.data.eval_views = [v.strip() for v in args.eval_views.split(",") if v.strip()]
+            cfg.data.eval_views = _comma_list(args.eval_views)
             validate(cfg, require_data=False)
         split = args.split or cfg.data.test_split
         model = model_from_checkpoint(ckpt).to(resolve_device(args.device)).eval()
@@ -231,11 +236,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .extract import extract_features
 
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    splits = _comma_list(args.splits)
     result = extract_features(
         args.annotations, args.images, args.out, splits=splits, backbone=args.backbone, image_size=args.image_size,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, max_images=args.max_images,
-        progress_stream=None if args.quiet else sys.stderr, views=[v.strip() for v in args.views.split(",") if v.strip()],
+        progress_stream=None if args.quiet else sys.stderr, views=_comma_list(args.views),
     )  # fmt: skip
     for split, t in result["timing"].items():
         rate = f", {t['images_per_second']:.1f} images/s" if "images_per_second" in t else f" ({t.get('skipped', '')})"

@@ -69,11 +69,14 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
             raise DataError(
                 f"{feats_path}: expected {len(records)}×K×D features for split {split!r}, got shape {feats.shape}"
             )
+        from ..extract import view_file
+
         views = {}
+        key = "data.eval_views" if evaluation else "data.train_views"
         for view in cfg.eval_views if evaluation else cfg.train_views:
-            view_path = Path(cfg.features) / f"{split}_ims.{view}.npy"
+            view_path = Path(cfg.features) / view_file(split, view)
             if not view_path.is_file():
-                raise DataError(f"{view_path}: view file not found (data.eval_views; make it with vsekit extract --views {view})")
+                raise DataError(f"{view_path}: view file not found ({key}; make it with vsekit extract --views {view})")
             views[view] = np.load(view_path, mmap_mode="r")
             if views[view].shape != feats.shape:
                 raise DataError(f"{view_path}: expected the shape of {feats_path.name}, {feats.shape}, got {views[view].shape}")

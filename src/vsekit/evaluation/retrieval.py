@@ -30,10 +30,10 @@ def encode_dataset(
         ``(image_embeddings, caption_embeddings)``: num_images×E and num_captions×E float32 CPU tensors.
     """
     images, captions = [], []
+    views = getattr(dataset, "views", None) or {}
     for start in range(0, dataset.num_images, batch_size):
         stop = min(start + batch_size, dataset.num_images)
         emb = model.encode_image([dataset.image(i) for i in range(start, stop)], batch_size=batch_size)
-        views = getattr(dataset, "views", None) or {}
         if views:
             for view in views:
                 emb = emb + model.encode_image([dataset.view_image(view, i) for i in range(start, stop)], batch_size=batch_size)
