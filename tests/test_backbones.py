@@ -14,7 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from vsekit.backbones import create_backbone, list_backbones, weights_file_lite0
+from vsekit.backbones import (
+    FoldedEfficientNetLite0,
+    create_backbone,
+    fold_batchnorm,
+    list_backbones,
+    weights_file_lite0,
+)
 from vsekit.checkpoint import read_checkpoint
 from vsekit.config import ImageEncoderConfig, ModelConfig, TextEncoderConfig
 from vsekit.data import build_vocab, make_synthetic
@@ -99,6 +105,57 @@ def test_efficientnet_lite0_grid_and_weights(lite0):
     fresh = create_backbone("efficientnet_lite0", pretrained=False).net.state_dict()
     assert not torch.equal(fresh["_conv_stem.weight"], own["_conv_stem.weight"])
     assert not any(n.startswith("_fc") for n, _ in lite0.named_parameters())
+
+
+def test_fold_batchnorm_hand_computed():
+    # bn(conv(x)) with conv weight 2, BN mean 1, var 3, eps 1, gamma 4, beta 0.5: scale 4 / sqrt(3 + 1) = 2,
+    # so the folded weight is 2 * 2 = 4 and the bias 0.5 - 1 * 2 = -1.5; x = 1, 2 -> 2.5, 6.5
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    bn = nn.BatchNorm2d(1, eps=1.0).eval()
+    with torch.no_grad():
+        conv.weight.fill_(2.0)
+        bn.running_mean.fill_(1.0), bn.running_var.fill_(3.0), bn.weight.fill_(4.0), bn.bias.fill_(0.5)
+    weight, bias = fold_batchnorm(conv, bn)
+    assert weight.flatten().tolist() == [4.0] and bias.tolist() == [-1.5]
+    x = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2)
+    assert bn(conv(x)).flatten().tolist() == [2.5, 6.5]
+    conv.bias = nn.Parameter(torch.tensor([1.0]))  # a conv bias is scaled too: -1.5 + 1 * 2
+    assert fold_batchnorm(conv, bn)[1].tolist() == [0.5]
+
+
+def test_folded_lite0_equals_the_backbone(lite0):
+    """The inference form (BatchNorm folded, border-only padding, in-place ReLU6, channels-last) computes the
+    backbone's feature map at every input size, including the odd "same" paddings of its stride-2 layers."""
+    folded = lite0.for_inference()
+    assert isinstance(folded, FoldedEfficientNetLite0) and not folded.training
+    assert (folded.out_dim, folded.stride, folded.input_mean) == (lite0.out_dim, lite0.stride, lite0.input_mean)
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(3, 3, 224, 224), (2, 3, 100, 131), (1, 3, 33, 47), (1, 3, 32, 32)]:
+        x = torch.randn(shape, generator=gen)
+        with torch.no_grad():
+            want = lite0(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+            got = folded(inp)
+            assert got.shape == want.shape and not got.requires_grad
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # a snapshot: the folded weights do not follow later changes of the backbone
+    net = create_backbone("efficientnet_lite0", pretrained=False).eval()
+    snapshot = net.for_inference()
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    before = snapshot(x)
+    with torch.no_grad():
+        net.net._conv_head.weight.mul_(2.0)
+    assert torch.equal(snapshot(x), before) and not torch.allclose(net(x), before)
+
+
+def test_default_inference_form_is_the_backbone_in_eval_mode():
+    net = create_backbone("tiny")
+    assert net.training
+    inference = net.for_inference()
+    assert inference is net and not net.training
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(inference(x), create_backbone("tiny").eval()(x))
 
 
 def test_efficientnet_lite0_classifies_like_the_package_model(lite0):

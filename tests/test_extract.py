@@ -74,6 +74,23 @@ def test_extract_matches_per_image_reference_and_feeds_training(tmp_path):
     assert ds.num_images == 3 and ds.image(0).shape == (train.shape[1], train.shape[2])
 
 
+def test_lite0_extraction_matches_the_unfolded_backbone(tmp_path):
+    """The extraction runs EfficientNet-Lite0 in its folded inference form; the stored grids equal the plain
+    backbone's, one image at a time, for the image and for a view (non-square images, resized to 96 px)."""
+    from vsekit.extract import extract_features
+
+    ann, root = _karpathy(tmp_path, n_train=3, n_test=0)
+    out = tmp_path / "feats"
+    extract_features(ann, root, out, splits=["train"], image_size=96, batch_size=2, views=["transpose"],
+                     progress_stream=None)  # fmt: skip
+    paths = [root / f"im{i}.png" for i in range(3)]
+    for view, turn in ((None, None), ("transpose", lambda x: x.transpose(2, 3))):
+        ref = _reference("efficientnet_lite0", paths, 96, turn)
+        got = np.load(out / ("train_ims.npy" if view is None else f"train_ims.{view}.npy")).astype(np.float32)
+        assert got.shape == (3, 9, 1280)
+        np.testing.assert_allclose(got, ref, rtol=2e-3, atol=4e-3)  # float16 storage of values up to 6
+
+
 def test_interrupted_extraction_resumes(tmp_path):
     from vsekit.extract import extract_features
 
@@ -139,6 +156,27 @@ class _MeanModel:
 
     def encode_text(self, texts, batch_size=256):
         return torch.ones(len(texts), 4)
+
+
+def test_views_are_the_symmetries_of_a_square():
+    """Hand-written: the 3×3 image 0..8 (row-major) under each view; with the image itself, the eight
+    distinct symmetries of a square (rotations counter-clockwise)."""
+    from vsekit.extract import VIEWS
+
+    want = {
+        "rot90": [[2, 5, 8], [1, 4, 7], [0, 3, 6]],
+        "rot180": [[8, 7, 6], [5, 4, 3], [2, 1, 0]],
+        "rot270": [[6, 3, 0], [7, 4, 1], [8, 5, 2]],
+        "hflip": [[2, 1, 0], [5, 4, 3], [8, 7, 6]],
+        "vflip": [[6, 7, 8], [3, 4, 5], [0, 1, 2]],
+        "transpose": [[0, 3, 6], [1, 4, 7], [2, 5, 8]],
+        "antitranspose": [[8, 5, 2], [7, 4, 1], [6, 3, 0]],
+    }
+    image = torch.arange(9.0).view(1, 1, 3, 3).expand(2, 3, 3, 3)
+    assert set(VIEWS) == set(want)
+    for name, grid in want.items():
+        got = VIEWS[name](image)
+        assert got.shape == image.shape and (got == torch.tensor(grid, dtype=torch.float32)).all(), name
 
 
 def test_views_are_the_transformed_images_and_average_at_evaluation(tmp_path):

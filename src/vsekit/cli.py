@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     x.add_argument("--max-images", type=int, help="stop after this many images per split (resumable)")
     x.add_argument("--views", default="", help="also store these test-time views of every image for data.eval_views: "
-                   "rot90, rot180, rot270, hflip, vflip (comma-separated)")  # fmt: skip
+                   "rot90, rot180, rot270, hflip, vflip, transpose, antitranspose (comma-separated)")  # fmt: skip
     x.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("convert", help="import an official VSE∞ (BiGRU / BERT, region features) or VSE++ (precomp) checkpoint")
