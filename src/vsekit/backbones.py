@@ -245,7 +245,7 @@ class EfficientNetLite0(Backbone):
         return self.net.extract_features(pixels)
 
     def for_inference(self) -> nn.Module:
-        """A :class:`FoldedEfficientNetLite0` of the current weights (about 2x faster on a CPU)."""
+        """A :class:`FoldedEfficientNetLite0` of the current weights (1.6x the images/s on a 2-core CPU)."""
         return FoldedEfficientNetLite0(self)
 
 
@@ -324,9 +324,9 @@ class FoldedEfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 for inference: every BatchNorm folded into its convolution, "same" padding done
     without zero-filling whole buffers, ReLU6 in place, weights and activations channels-last.
 
-    It computes :class:`EfficientNetLite0`'s feature map (equal up to float rounding, tested) at about twice
-    the speed on a CPU, where the unfolded network spends as much time in BatchNorm, padding and
-    clamping as in its convolutions. A snapshot: later changes to the source backbone do not reach it.
+    It computes :class:`EfficientNetLite0`'s feature map (equal up to float rounding, tested) at 1.6x the
+    images/s of the channels-last backbone on a 2-core CPU (``benchmarks/bench_extract.py``), where the
+    unfolded network spends as much time in BatchNorm, padding and clamping as in its convolutions. A snapshot: later changes to the source backbone do not reach it.
     Gradients are not supported (the weights are buffers).
 
     Args:
