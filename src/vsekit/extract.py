@@ -234,8 +234,8 @@ class _Job:
                 done = end
                 now = time.perf_counter()
                 if now - saved >= SAVE_EVERY or done == stop:
-                    # rows reach the disk before the count that promises them; saving every batch cost
-                    # a fifth of the time in system calls
+                    # rows reach the disk before the count that promises them; every SAVE_EVERY seconds
+                    # rather than every batch (an msync and a JSON file per 16 images)
                     arr.flush()
                     elapsed = earlier_seconds + now - t0  # over resumed calls too
                     atomic_write_json({"done": done, "shape": list(shape), "files": files, "seconds": elapsed}, state_path, indent=None)
