@@ -446,11 +446,9 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
     for key, chosen in (("data.eval_views", cfg.data.eval_views), ("data.train_views", cfg.data.train_views)):
         if chosen:
-            from .extract import VIEWS
+            from .extract import check_views
 
-            unknown = [v for v in chosen if v not in VIEWS]
-            if unknown:
-                raise ConfigError(f"{key}: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
+            check_views(chosen, key)
             if cfg.data.kind != "karpathy" or (require_data and not cfg.data.features):
                 raise ConfigError(f"{key}: only for data.kind='karpathy' with data.features (vsekit extract --views)")
     if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):

@@ -55,6 +55,13 @@ eight symmetries of a square. Aerial and other top-down images have no canonical
 is an equally valid view."""
 
 
+def check_views(views: Sequence[str], field: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``field`` if a view is not one of :data:`VIEWS`."""
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ConfigError(f"{field}: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
+
+
 def view_file(split: str, view: str | None = None) -> str:
     """The feature file name of a split (``view=None``) or of one of its :data:`VIEWS`."""
     return f"{split}_ims.npy" if view is None else f"{split}_ims.{view}.npy"
@@ -127,9 +134,7 @@ def extract_features(
         raise ConfigError(f"dtype: expected float16 or float32, got {dtype!r}")
     if batch_size < 1 or image_size < 1:
         raise ConfigError("batch_size and image_size: expected positive integers")
-    unknown = [v for v in views if v not in VIEWS]
-    if unknown:
-        raise ConfigError(f"views: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
+    check_views(views, "views")
     image_root = Path(images)
     if not image_root.is_dir():
         raise DataError(f"{image_root}: image folder not found")
