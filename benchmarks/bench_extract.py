@@ -13,8 +13,8 @@ Usage::
    difference between their feature maps (they must agree up to float rounding).
 2. **End to end** (with ``--data``): ``vsekit.extract.extract_features`` over the first ``--images`` images of
    the JSON's ``val`` split into a temporary folder: decoding, resizing, the forward passes and the float16
-   writes, as a user runs it. Reported: images/s, and the minutes the whole dataset (every split, plus any
-   ``--views``) takes at that rate.
+   writes, as a user runs it. Reported: images/s, and the minutes every split of the dataset takes at that
+   rate, which is also the cost of each extra view (``vsekit extract --views``).
 
 It prints a table and writes the numbers as JSON.
 """

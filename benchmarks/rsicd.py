@@ -39,7 +39,7 @@ from vsekit.evaluation import evaluate_sims, mean_recall, recall_curve
 from vsekit.evaluation.retrieval import similarity_matrix
 from vsekit.extract import VIEWS, extract_features
 from vsekit.io import atomic_write_json, atomic_write_text
-from vsekit.plots import plot_recall_curves
+from vsekit.plots import line_style, plot_recall_curves
 from vsekit.training import train
 
 _SOFTMAX = ["loss.negatives=softmax", "loss.same_image_positives=true"]
@@ -64,11 +64,6 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "mean_minilm_frozen": ("rsicd_minilm_frozen", _pool("mean"), "pooling ablation on gpo_minilm_frozen: mean on both sides"),
     "max_minilm_frozen": ("rsicd_minilm_frozen", _pool("max"), "pooling ablation on gpo_minilm_frozen: max on both sides"),
     "max_minilm_frozen_rot": ("rsicd_minilm_rot", [], "max_minilm_frozen trained on the 8 turns and mirrors of each image (augmentation), evaluated on their mean"),
-}  # fmt: skip
-SYMMETRIES = ("rot90", "rot180", "rot270", "hflip", "vflip", "transpose", "antitranspose")
-# Views (vsekit extract --views) a recipe needs per split, extracted before it trains and timed apart.
-RECIPE_VIEWS: dict[str, dict[str, list[str]]] = {
-    "max_minilm_frozen_rot": {split: list(SYMMETRIES) for split in ("train", "val", "test")},
 }  # fmt: skip
 # Run when --recipes is not given: the costly fine-tuned MiniLM recipe (about 5× the BiGRU's time per epoch here)
 # only on request.
@@ -225,6 +220,16 @@ def _test_once(r: dict[str, Any]) -> dict[str, Any]:
     return r | {"test": metrics, "test_mR": mean_recall(metrics), "recall_at_k": {k: v.tolist() for k, v in curve.items()}}
 
 
+def recipe_views(name: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """The views (vsekit extract --views) a recipe's config reads, per split: its ``data.train_views`` for the
+    training split, its ``data.eval_views`` for val and test (with ``overrides`` applied, as when it trains).
+    They are extracted before it trains and timed apart; the preset is their one source."""
+    preset, recipe_overrides, _ = RECIPES[name]
+    data = load_config(preset=preset, overrides=[*recipe_overrides, *overrides], require_data=False).data
+    needed = {data.train_split: data.train_views, data.val_split: data.eval_views, data.test_split: data.eval_views}
+    return {split: list(views) for split, views in needed.items() if views}
+
+
 def _extract_views(needed: dict[str, list[str]], ctx: dict[str, Any], images: Path) -> dict[str, Any]:
     """Extract the views a recipe needs (per split); their recorded extraction seconds, per split."""
     if not needed:
@@ -320,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r = _test_once(trained[best_k]) | {"selected_k": best_k}
             print(f"kmax search on val (mR): {search}; selected K={best_k}")
         else:
-            view_seconds = _extract_views(RECIPE_VIEWS.get(name, {}), ctx, images)
+            view_seconds = _extract_views(recipe_views(name, ctx["overrides"]), ctx, images)
             r = _test_once(_train_one(name, RECIPES[name], args.seed, ctx)) | view_seconds
         results[name] = r
         print(f"{name}: val mR {_val_mr(r):.2f}, test mR {r['test_mR']:.2f} (rsum {r['test']['rsum']:.1f}), "
@@ -377,9 +382,9 @@ def _plots(results: dict[str, Any], out: Path) -> None:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for i, (name, r) in enumerate(results.items()):  # dashed after the 10 colours of the default cycle
+    for i, (name, r) in enumerate(results.items()):
         ax.plot([h["epoch"] for h in r["val_history"]], [h["val_mR"] for h in r["val_history"]], marker="o", ms=3, label=name,
-                linestyle="-" if i < 10 else "--")  # fmt: skip
+                linestyle=line_style(i))  # fmt: skip
     ax.set(xlabel="epoch", ylabel="validation mR", title="RSICD validation mR per epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)

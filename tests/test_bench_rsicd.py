@@ -92,7 +92,7 @@ def test_runner_end_to_end(tmp_path):
     assert rc == 0
     rot = json.loads((out / "results.json").read_text())["recipes"]["max_minilm_frozen_rot"]
     assert set(rot["view_extract_seconds"]) == {"train", "val", "test"}
-    for split, views in mod.RECIPE_VIEWS["max_minilm_frozen_rot"].items():
+    for split, views in mod.recipe_views("max_minilm_frozen_rot").items():
         assert all((out / "features_lite0" / f"{split}_ims.{v}.npy").is_file() for v in views)
     assert "max_minilm_frozen_rot: view extraction train" in (out / "table.md").read_text()
     assert mod.main([str(data), "--out", str(out), "--recipes", "nope"]) == 2

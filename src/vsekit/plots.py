@@ -27,6 +27,12 @@ def _save(plt, fig, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def line_style(index: int) -> str:
+    """Solid for the first 10 lines of a plot, dashed after them: the default colour cycle has 10 colours, so
+    no two lines look alike."""
+    return "-" if index < 10 else "--"
+
+
 def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
     """Plot training loss and validation rsum per epoch for one or more runs into a PNG.
 
@@ -70,9 +76,8 @@ def plot_recall_curves(curves: dict[str, dict[str, Any]], path: str | Path, titl
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for i, (label, c) in enumerate(curves.items()):
-        style = "-" if i < 10 else "--"  # after the 10 colours of the default cycle, dashed: no two lines look alike
-        axes[0].plot(c["k"], c["i2t"], label=label, linestyle=style)
-        axes[1].plot(c["k"], c["t2i"], label=label, linestyle=style)
+        axes[0].plot(c["k"], c["i2t"], label=label, linestyle=line_style(i))
+        axes[1].plot(c["k"], c["t2i"], label=label, linestyle=line_style(i))
     axes[0].set(xlabel="K", ylabel="recall@K (%)", title=f"{title} image → text".strip())
     axes[1].set(xlabel="K", title=f"{title} text → image".strip())
     for ax in axes:
