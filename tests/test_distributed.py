@@ -79,7 +79,7 @@ def _gather_check(rank: int) -> None:
     assert torch.equal(x.grad, torch.full_like(x, 3.0))  # 1 + 2: every rank's loss uses every row
 
 
-def _exact_scenario(rank: int, overrides: list[str], epochs: tuple[int, ...], steps: int) -> None:
+def _exact_scenario(rank: int, overrides: list[str], epochs: tuple[int, ...], steps: int, text_ids=None) -> None:
     """2 ranks vs 1 process, side by side in every rank (the reference uses no collective)."""
     cfg = tiny_config(*EXACT, *overrides)
     data = build_dataset(cfg.data, "train")
@@ -106,10 +106,10 @@ def _exact_scenario(rank: int, overrides: list[str], epochs: tuple[int, ...], st
             part.images = part.images.double()
 
             ref_opt.zero_grad()
-            ref_loss = compute_loss(ref, full, loss_fn, cfg, "fp32")
+            ref_loss = compute_loss(ref, full, loss_fn, cfg, "fp32", text_ids=text_ids)
             ref_loss.backward()
             opt.zero_grad()
-            share = compute_loss(model, part, loss_fn, cfg, "fp32", forward=ddp, shard=shard)
+            share = compute_loss(model, part, loss_fn, cfg, "fp32", forward=ddp, shard=shard, text_ids=text_ids)
             (share * WORLD).backward()
             torch.testing.assert_close(reduce_sum(share.detach()), ref_loss.detach(), **tight)
             for (name, p), q in zip(ref.named_parameters(), model.parameters()):
@@ -135,6 +135,9 @@ def _exact_worker(rank: int) -> None:
     # hardest negatives (diagonal positives only) plus the Dual-Path instance losses (per-sample means)
     _exact_scenario(rank, ["loss.negatives=hardest", "model.instance_classes=12", "loss.instance_image_weight=1.0",
                            "loss.instance_text_weight=0.5"], (1,), 3)  # fmt: skip
+    # the softmax with captions that read the same as positives (text ids shared by every 7th caption, so
+    # batches of 15 hold several such pairs, across the two slices too)
+    _exact_scenario(rank, ["loss.negatives=softmax", "loss.same_text_positives=true"], (0,), 2, torch.arange(60) % 7)
 
 
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):

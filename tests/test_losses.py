@@ -145,3 +145,43 @@ def test_softmax_module_and_config():
     assert loss(S).item() == pytest.approx(triplet_hinge_loss(S, 0.2, "softmax", temperature=0.1).item())
     with pytest.raises(ConfigError, match="loss.temperature"):
         ContrastiveLoss(negatives="softmax", temperature=0.0)
+
+
+def test_same_text_positives_by_hand():
+    # Captions 0 and 1 read the same: pairs (0, 1) and (1, 0) leave the negatives in both directions, as
+    # in the same-image case above (0.4).
+    tids = torch.tensor([4, 4, 9])
+    assert triplet_hinge_loss(S, 0.2, "sum", text_ids=tids).item() == pytest.approx(0.4, abs=1e-6)
+    both = triplet_hinge_loss(S, 0.2, "sum", image_ids=torch.tensor([0, 1, 1]), text_ids=tids).item()
+    # image ids mask (1, 2) and (2, 1) too: row 1 loses 0.35 and col 2 loses 0.05 -> 0.4 - 0.35 - 0.05 = 0
+    assert both == pytest.approx(0.0, abs=1e-6)
+    t = 0.1
+    rows = _ce(0.5, [0.1], t) + _ce(0.4, [0.55], t) + _ce(0.7, [0.2, 0.1], t)
+    cols = _ce(0.5, [0.2], t) + _ce(0.4, [0.1], t) + _ce(0.7, [0.1, 0.55], t)
+    loss = ContrastiveLoss(negatives="softmax", temperature=t, same_text_positives=True)
+    assert loss(S, None, tids).item() == pytest.approx(rows / 3 + cols / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="text_ids"):
+        loss(S)
+
+
+def test_caption_text_ids_compare_normalised_text():
+    from vsekit.losses import caption_text_ids
+
+    ids = caption_text_ids(["A plane  is parked.", "a plane is parked", "a plane is parked .", "two planes"])
+    assert ids.tolist() == [0, 0, 0, 1]
+
+
+def test_sharded_same_text_positives_sum_to_the_full_loss():
+    from vsekit.losses import sharded_triplet_hinge_loss
+
+    g = torch.Generator().manual_seed(0)
+    sims = torch.rand(6, 6, generator=g)
+    img, tid = torch.tensor([0, 0, 1, 2, 3, 3]), torch.tensor([5, 6, 5, 7, 8, 6])
+    for negatives in ("sum", "hardest", "softmax"):
+        full = triplet_hinge_loss(sims, 0.2, negatives, image_ids=img, text_ids=tid)
+        shares = sum(
+            sharded_triplet_hinge_loss(sims[o:o + 3], sims[:, o:o + 3], o, 0.2, negatives, img[o:o + 3], img, 0.05,
+                                       tid[o:o + 3], tid)  # fmt: skip
+            for o in (0, 3)
+        )
+        assert shares.item() == pytest.approx(full.item(), rel=1e-5), negatives

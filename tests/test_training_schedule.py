@@ -11,7 +11,7 @@ import torch
 from vsekit.config import ConfigError, apply_overrides
 from vsekit.data import Vocabulary
 from vsekit.encoders import drop_grid_elements
-from vsekit.losses import instance_loss
+from vsekit.losses import instance_loss, triplet_hinge_loss
 from vsekit.models import create_model, order_similarity
 from vsekit.training import apply_freeze, build_optimizer, compute_loss, parameter_groups, train, unfreeze_epoch
 
@@ -172,3 +172,28 @@ def test_grid_size_augmentation_rates():
     for b in range(5):
         kept = out[b, : new_lengths[b], 0]
         assert torch.all(kept[1:] > kept[:-1])
+
+
+def test_compute_loss_masks_captions_that_read_the_same():
+    from vsekit.data import Collator, make_synthetic
+    from vsekit.losses import ContrastiveLoss, caption_text_ids
+
+    cfg = tiny_config("loss.negatives=softmax", "loss.same_text_positives=true", "model.image.size_augment=0.0",
+                      "model.text.augment=0.0")  # fmt: skip
+    ds = make_synthetic(num_train=40, num_val=0, num_test=0, captions_per_image=5)["train"]
+    torch.manual_seed(0)
+    model = create_model(cfg.model, Vocabulary.from_words(w for c in ds.captions() for w in c.split())).eval()
+    picked = [0, 7, 13, 30, 41]
+    batch = Collator(model.tokenizer, model.image_input)([ds[j] for j in picked])
+    text_ids = torch.arange(len(ds))
+    text_ids[41] = text_ids[7]  # caption 41 (image 8) reads like caption 7 (image 1)
+    loss_fn = ContrastiveLoss.from_config(cfg.loss)
+    total = compute_loss(model, batch, loss_fn, cfg, "fp32", text_ids=text_ids)
+    sims = model.forward_image(batch.images, batch.image_lengths) @ model.forward_text(batch.captions, batch.caption_lengths).t()
+    mask = torch.eye(5, dtype=torch.bool)
+    mask[1, 4] = mask[4, 1] = True
+    assert total.item() == pytest.approx(triplet_hinge_loss(sims, 0.2, "softmax", positives_mask=mask).item(), rel=1e-5)
+    assert total.item() != pytest.approx(triplet_hinge_loss(sims, 0.2, "softmax").item(), rel=1e-5)
+    with pytest.raises(ValueError, match="same_text_positives needs the text ids"):
+        compute_loss(model, batch, loss_fn, cfg, "fp32")
+    assert caption_text_ids(ds.captions()).shape == (len(ds),)

@@ -85,6 +85,9 @@ class LossConfig:
     temperature: float = 0.05  # negatives='softmax': the softmax temperature
     warmup_epochs: int = 0  # VSE∞ warm-up: use 'sum' for the first N epochs, then `negatives`
     same_image_positives: bool = False  # other captions of the same image in the batch are not negatives
+    # captions that read the same as a pair's caption (RSICD repeats many) are not negatives of its image, and
+    # the images they describe not negatives of its caption
+    same_text_positives: bool = False
     ranking_weight: float = 1.0  # weight of the hinge ranking loss (0: instance loss only, Dual-Path stage 1)
     instance_image_weight: float = 0.0  # Dual-Path: weight of the image branch's instance (classification) loss
     instance_text_weight: float = 0.0  # Dual-Path: weight of the text branch's instance loss

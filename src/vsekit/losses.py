@@ -24,6 +24,8 @@ training: its own queries against every candidate of the global batch (see :mod:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -31,13 +33,27 @@ from .config import NEGATIVES, LossConfig
 from .errors import ConfigError
 
 
-def negatives_mask(n: int, image_ids: Tensor | None = None, device: torch.device | None = None) -> Tensor:
-    """Boolean n×n mask of the pairs that are NOT negatives: the diagonal, and with ``image_ids`` every
-    pair of batch entries that show the same image (another caption of the same image is a positive)."""
-    if image_ids is None:
-        return torch.eye(n, dtype=torch.bool, device=device)
-    image_ids = image_ids.to(device) if device is not None else image_ids
-    return image_ids[:, None] == image_ids[None, :]
+def caption_text_ids(captions: Sequence[str]) -> Tensor:
+    """One int64 id per caption, equal for captions with the same text (compared lowercased, with runs of
+    whitespace and a final full stop ignored): the ``text_ids`` of :func:`negatives_mask`."""
+    ids: dict[str, int] = {}
+    out = [ids.setdefault(" ".join(c.lower().split()).rstrip(" ."), len(ids)) for c in captions]
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def negatives_mask(
+    n: int, image_ids: Tensor | None = None, device: torch.device | None = None, text_ids: Tensor | None = None
+) -> Tensor:
+    """Boolean n×n mask of the pairs that are NOT negatives: the diagonal; with ``image_ids`` every pair of
+    batch entries that show the same image (another caption of the same image is a positive); with
+    ``text_ids`` (:func:`caption_text_ids`) every pair whose captions read the same (a caption identical to an
+    image's own describes it, and an image described by the same sentence matches the caption)."""
+    mask = torch.eye(n, dtype=torch.bool, device=device)
+    for ids in (image_ids, text_ids):
+        if ids is not None:
+            ids = ids.to(mask.device)
+            mask |= ids[:, None] == ids[None, :]
+    return mask
 
 
 def query_hinge(scores: Tensor, positive: Tensor, not_negative: Tensor, margin: float, negatives: str) -> Tensor:
@@ -97,6 +113,7 @@ def triplet_hinge_loss(
     image_ids: Tensor | None = None,
     positives_mask: Tensor | None = None,
     temperature: float = 0.05,
+    text_ids: Tensor | None = None,
 ) -> Tensor:
     """Bidirectional hinge triplet loss on an in-batch similarity matrix (or, with ``negatives='softmax'``,
     the InfoNCE loss).
@@ -108,8 +125,11 @@ def triplet_hinge_loss(
             ``'softmax'`` (InfoNCE; ``margin`` is not used).
         image_ids: optional B image ids. When given, other captions of the same image in the batch are
             treated as positives and excluded from the negatives (off in the official code).
-        positives_mask: optional precomputed B×B boolean mask of non-negatives (overrides ``image_ids``).
+        positives_mask: optional precomputed B×B boolean mask of non-negatives (overrides ``image_ids`` and
+            ``text_ids``).
         temperature: the softmax temperature (``'softmax'`` only).
+        text_ids: optional B caption text ids (:func:`caption_text_ids`). When given, pairs whose captions
+            read the same are not negatives of each other either.
 
     Returns:
         The scalar loss: hinges are summed (not averaged) over the batch as in the official code; the
@@ -126,7 +146,7 @@ def triplet_hinge_loss(
     if sims.dim() != 2 or sims.shape[0] != sims.shape[1]:
         raise ValueError(f"sims: expected a square B×B matrix, got shape {tuple(sims.shape)}")
     n = sims.shape[0]
-    mask = positives_mask if positives_mask is not None else negatives_mask(n, image_ids, sims.device)
+    mask = positives_mask if positives_mask is not None else negatives_mask(n, image_ids, sims.device, text_ids)
     diagonal = torch.arange(n, device=sims.device)
     # image queries are the rows, caption queries the columns
     loss = _direction(sims, diagonal, mask, margin, negatives, temperature) + _direction(
@@ -149,6 +169,8 @@ class ContrastiveLoss(nn.Module):
         same_image_positives: exclude other captions of the same image from the negatives (needs
             ``image_ids`` in :meth:`forward`).
         temperature: softmax temperature of ``negatives='softmax'``.
+        same_text_positives: exclude captions that read the same as a pair's caption from its image's
+            negatives, and the images they belong to from its caption's (needs ``text_ids``).
     """
 
     def __init__(
@@ -158,6 +180,7 @@ class ContrastiveLoss(nn.Module):
         warmup_epochs: int = 0,
         same_image_positives: bool = False,
         temperature: float = 0.05,
+        same_text_positives: bool = False,
     ) -> None:
         super().__init__()
         if negatives not in NEGATIVES:
@@ -169,12 +192,15 @@ class ContrastiveLoss(nn.Module):
         self.negatives = negatives
         self.warmup_epochs = warmup_epochs
         self.same_image_positives = same_image_positives
+        self.same_text_positives = same_text_positives
         self.epoch = 0
 
     @classmethod
     def from_config(cls, cfg: LossConfig) -> ContrastiveLoss:
         """The ranking loss of a training config's ``loss`` section."""
-        return cls(cfg.margin, cfg.negatives, cfg.warmup_epochs, cfg.same_image_positives, cfg.temperature)
+        return cls(
+            cfg.margin, cfg.negatives, cfg.warmup_epochs, cfg.same_image_positives, cfg.temperature, cfg.same_text_positives
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the negatives for ``epoch`` (0-based)."""
@@ -185,15 +211,18 @@ class ContrastiveLoss(nn.Module):
         """The negatives in use at the current epoch."""
         return "sum" if self.epoch < self.warmup_epochs else self.negatives
 
-    def forward(self, sims: Tensor, image_ids: Tensor | None = None) -> Tensor:
+    def forward(self, sims: Tensor, image_ids: Tensor | None = None, text_ids: Tensor | None = None) -> Tensor:
         if self.same_image_positives and image_ids is None:
             raise ValueError("same_image_positives needs the batch's image_ids")
+        if self.same_text_positives and text_ids is None:
+            raise ValueError("same_text_positives needs the batch's text_ids")
         return triplet_hinge_loss(
             sims,
             self.margin,
             self.current_negatives,
             image_ids if self.same_image_positives else None,
             temperature=self.temperature,
+            text_ids=text_ids if self.same_text_positives else None,
         )
 
     def forward_shard(
@@ -203,20 +232,26 @@ class ContrastiveLoss(nn.Module):
         offset: int,
         image_ids: Tensor | None = None,
         all_image_ids: Tensor | None = None,
+        text_ids: Tensor | None = None,
+        all_text_ids: Tensor | None = None,
     ) -> Tensor:
         """This process's share of the global-batch loss (:func:`sharded_triplet_hinge_loss`)."""
         if self.same_image_positives and (image_ids is None or all_image_ids is None):
             raise ValueError("same_image_positives needs the batch's image_ids and those of the global batch")
-        use = self.same_image_positives
+        if self.same_text_positives and (text_ids is None or all_text_ids is None):
+            raise ValueError("same_text_positives needs the batch's text_ids and those of the global batch")
+        use, use_text = self.same_image_positives, self.same_text_positives
         return sharded_triplet_hinge_loss(
             image_sims, caption_sims, offset, self.margin, self.current_negatives,
             image_ids if use else None, all_image_ids if use else None, self.temperature,
+            text_ids if use_text else None, all_text_ids if use_text else None,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
             f"margin={self.margin}, negatives={self.negatives!r}, warmup_epochs={self.warmup_epochs}, "
-            f"same_image_positives={self.same_image_positives}, temperature={self.temperature}"
+            f"same_image_positives={self.same_image_positives}, temperature={self.temperature}, "
+            f"same_text_positives={self.same_text_positives}"
         )
 
 
@@ -229,6 +264,8 @@ def sharded_triplet_hinge_loss(
     image_ids: Tensor | None = None,
     all_image_ids: Tensor | None = None,
     temperature: float = 0.05,
+    text_ids: Tensor | None = None,
+    all_text_ids: Tensor | None = None,
 ) -> Tensor:
     """One process's share of :func:`triplet_hinge_loss` over a global batch of B pairs.
 
@@ -246,6 +283,8 @@ def sharded_triplet_hinge_loss(
             global batch), other captions of the same image are positives, not negatives.
         all_image_ids: the B image ids of the global batch (needed with ``image_ids``).
         temperature: the softmax temperature (``'softmax'`` only).
+        text_ids, all_text_ids: optional caption text ids of the local pairs and of the global batch
+            (:func:`caption_text_ids`): pairs whose captions read the same are not negatives either.
 
     Returns:
         The scalar share (for ``'softmax'`` its queries' cross-entropies divided by B, the global batch).
@@ -257,13 +296,13 @@ def sharded_triplet_hinge_loss(
         raise ValueError(f"caption_sims: expected shape {(total, b)}, got {tuple(caption_sims.shape)}")
     local = torch.arange(b, device=image_sims.device)
     positive = local + offset
-    if image_ids is not None:
-        if all_image_ids is None:
-            raise ValueError("sharded_triplet_hinge_loss: image_ids needs all_image_ids")
-        not_negative = image_ids.to(image_sims.device)[:, None] == all_image_ids.to(image_sims.device)[None, :]
-    else:
-        not_negative = torch.zeros(b, total, dtype=torch.bool, device=image_sims.device)
-        not_negative[local, positive] = True
+    not_negative = torch.zeros(b, total, dtype=torch.bool, device=image_sims.device)
+    not_negative[local, positive] = True
+    for name, ids, all_ids in (("image_ids", image_ids, all_image_ids), ("text_ids", text_ids, all_text_ids)):
+        if ids is not None:
+            if all_ids is None:
+                raise ValueError(f"sharded_triplet_hinge_loss: {name} needs all_{name}")
+            not_negative |= ids.to(image_sims.device)[:, None] == all_ids.to(image_sims.device)[None, :]
     loss = _direction(image_sims, positive, not_negative, margin, negatives, temperature) + _direction(
         caption_sims.t(), positive, not_negative, margin, negatives, temperature
     )

@@ -64,7 +64,7 @@ from .encoders import load_word_vectors
 from .errors import ConfigError
 from .evaluation import evaluate_model
 from .io import atomic_write_text
-from .losses import ContrastiveLoss, instance_loss
+from .losses import ContrastiveLoss, caption_text_ids, instance_loss
 from .models import VSEModel, create_model
 from .progress import Progress
 
@@ -240,6 +240,7 @@ def compute_loss(
     *,
     forward: nn.Module | None = None,
     shard: Shard | None = None,
+    text_ids: Tensor | None = None,
 ) -> Tensor:
     """The training loss of one batch: weighted hinge ranking loss plus the Dual-Path instance losses.
 
@@ -255,6 +256,8 @@ def compute_loss(
             this process's share of the global batch's loss: the embeddings of every process are gathered
             (gradients flow back to their process), the local queries are ranked against all candidates,
             and the shares of all processes sum to the loss of the global batch.
+        text_ids: with ``cfg.loss.same_text_positives``, the text id of every caption of the training set
+            (:func:`~vsekit.losses.caption_text_ids`), indexed by ``batch.caption_ids``.
 
     Returns:
         The scalar loss (or share).
@@ -265,14 +268,21 @@ def compute_loss(
     img, cap = _upcast(img), _upcast(cap)
     loss = img.new_zeros(())
     if lc.ranking_weight > 0:
+        tids = None
+        if loss_fn.same_text_positives:
+            if text_ids is None:
+                raise ValueError("loss.same_text_positives needs the text ids of the training captions")
+            tids = text_ids[batch.caption_ids.cpu()].to(batch.caption_ids.device)
         if shard is None:
-            ranking = loss_fn(model.similarity(img, cap), batch.image_ids)
+            ranking = loss_fn(model.similarity(img, cap), batch.image_ids, tids)
         else:
             all_img, all_cap = gather_with_grad(img, shard), gather_with_grad(cap, shard)
             all_ids = all_gather_nograd(batch.image_ids, shard) if loss_fn.same_image_positives else None
+            all_tids = all_gather_nograd(tids, shard) if tids is not None else None
             ranking = loss_fn.forward_shard(
-                model.similarity(img, all_cap), model.similarity(all_img, cap), shard.offset, batch.image_ids, all_ids
-            )
+                model.similarity(img, all_cap), model.similarity(all_img, cap), shard.offset, batch.image_ids, all_ids,
+                tids, all_tids,
+            )  # fmt: skip
         loss = loss + lc.ranking_weight * ranking
     total = None if shard is None else shard.total  # per-sample means are over the global batch
     if img_logits is not None:
@@ -434,6 +444,7 @@ def _train(
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     loss_fn = ContrastiveLoss.from_config(cfg.loss)
+    text_ids = caption_text_ids(train_set.captions()) if cfg.loss.same_text_positives else None
 
     start_epoch, start_batch, step = 0, 0, 0
     best_rsum, best_epoch, history = -math.inf, -1, []
@@ -517,7 +528,9 @@ def _train(
             batch = batch.to(device, non_blocking=True)
             if ctx.enabled:  # this process's augmentation draws: a function of (seed, rank, step), resumable
                 torch.manual_seed(rank_seed(cfg.seed, ctx.rank, step))
-            loss = compute_loss(model, batch, loss_fn, cfg, cfg.precision, forward=step_forward, shard=shards[b])
+            loss = compute_loss(
+                model, batch, loss_fn, cfg, cfg.precision, forward=step_forward, shard=shards[b], text_ids=text_ids
+            )
             if ramp:  # VSE∞: the loss grows linearly over the first epoch after the backbone unfreezes
                 loss = loss * ((b + 1) / len(batches))
             optimizer.zero_grad(set_to_none=True)
