@@ -292,3 +292,61 @@ def test_train_views_draw_the_image_or_a_view_uniformly_and_reproducibly(tmp_pat
     assert draws(0) == first and draws(1) != first  # the global torch RNG decides (a resumed run draws the same)
     item = train[2 * 5]  # a training item reads its image through the same draw
     assert any(np.array_equal(item["image"], c) for c in choices)
+
+
+def test_view_cell_order_finds_each_plain_cell_in_the_views_grid():
+    """For the hand-written views of the 3×3 grid above, ``order[c]`` is where plain cell c went."""
+    from vsekit.extract import VIEWS, view_cell_order
+
+    for name in VIEWS:
+        moved = VIEWS[name](torch.arange(9).view(1, 1, 3, 3)).reshape(-1).numpy()  # view cell q shows plain moved[q]
+        order = view_cell_order(name, 3)
+        assert sorted(order.tolist()) == list(range(9)) and (moved[order] == np.arange(9)).all(), name
+    assert view_cell_order("rot90", 3).tolist() == [6, 3, 0, 7, 4, 1, 8, 5, 2]
+    with pytest.raises(ConfigError, match="unknown view 'rot45'"):
+        view_cell_order("rot45", 3)
+
+
+def test_cell_mix_draws_a_view_per_cell_from_the_same_place_in_the_scene():
+    from vsekit.data.datasets import FeatureCaptionDataset
+    from vsekit.extract import VIEWS
+
+    rng = np.random.default_rng(0)
+    n, side, dim = 3, 4, 5
+    scene = rng.standard_normal((n, dim, side, side)).astype(np.float32)  # what each place of the scene holds
+    plain = scene.reshape(n, dim, -1).transpose(0, 2, 1).copy()
+    names = ["rot90", "hflip", "antitranspose"]
+    views = {}
+    for k, name in enumerate(names, start=1):
+        # a view's grid holds the same features moved as the view moves the image, plus a mark of the view
+        moved = VIEWS[name](torch.from_numpy(scene)).numpy()
+        views[name] = moved.reshape(n, dim, -1).transpose(0, 2, 1) + 100.0 * k
+    ds = FeatureCaptionDataset(plain, ["a caption"] * n, 1, views=views, draw_views=True, view_mix="cell")
+    torch.manual_seed(0)
+    seen = []
+    for _ in range(50):
+        x = ds.image(1)
+        mark = (x - plain[1]) / 100.0  # per cell the index of the drawn view (0: plain), the same in every channel
+        assert np.allclose(mark, np.round(mark[:, :1]), atol=1e-4)
+        seen.append(np.round(mark[:, 0]).astype(int))
+    seen = np.stack(seen)
+    assert set(np.unique(seen)) == {0, 1, 2, 3}  # every source is drawn ...
+    assert (np.array([len(set(row)) for row in seen]) > 1).all()  # ... and mixed within one image
+    torch.manual_seed(0)
+    assert np.allclose(ds.image(1), plain[1] + 100.0 * seen[0][:, None], atol=1e-4)  # reproducible from the torch RNG
+    with pytest.raises(DataError, match=r"view_mix='cell': expected square grid features \(K = s\*s\), got K=6"):
+        FeatureCaptionDataset(plain[:, :6], ["c"] * n, 1, views={"rot90": plain[:, :6]}, draw_views=True, view_mix="cell")
+    with pytest.raises(DataError, match="view_mix: expected 'image' or 'cell', got 'pixel'"):
+        FeatureCaptionDataset(plain, ["c"] * n, 1, view_mix="pixel")
+
+
+def test_train_view_mix_config_is_checked():
+    from vsekit.config import TrainConfig, apply_overrides, validate
+
+    cfg = apply_overrides(TrainConfig(), ["data.kind=karpathy", "data.path=x.json", "data.features=f",
+                                          "data.train_views=[rot90]", "data.train_view_mix=pixel"])  # fmt: skip
+    with pytest.raises(ConfigError, match="data.train_view_mix: expected 'image' or 'cell', got 'pixel'"):
+        validate(cfg)
+    cfg = apply_overrides(TrainConfig(), ["data.train_view_mix=cell"])
+    with pytest.raises(ConfigError, match="data.train_view_mix: 'cell' mixes the grids of data.train_views, which is empty"):
+        validate(cfg)
