@@ -114,7 +114,7 @@ def _worker(args: argparse.Namespace) -> None:
     training.compute_loss = timed_compute_loss
     cfg = apply_overrides(
         get_preset("vse_infty_region_bigru"),
-        [f"data.kind=precomp", f"data.path={args.root}", "data.val_split=dev", "data.val_max_images=1000",
+        ["data.kind=precomp", f"data.path={args.root}", "data.val_split=dev", "data.val_max_images=1000",
          f"batch_size={args.batch}", f"workers={args.workers}", "device=cpu", f"precision={args.precision}"],
     )  # fmt: skip
     run_dir = Path(args.run_dir)
