@@ -152,9 +152,6 @@ class DataConfig:
     # karpathy + features: views drawn at random with the plain image for every training sample (rotation
     # augmentation; files {features}/{train_split}_ims.{view}.npy from `vsekit extract --views`)
     train_views: list[str] = field(default_factory=list)
-    # what each training sample draws among the plain image and its train_views: 'image' (one view for the
-    # whole grid) or 'cell' (one view per grid cell, each cell from the same place in the scene)
-    train_view_mix: str = "image"
 
 
 @dataclass
@@ -457,10 +454,6 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
             check_views(chosen, key)
             if cfg.data.kind != "karpathy" or (require_data and not cfg.data.features):
                 raise ConfigError(f"{key}: only for data.kind='karpathy' with data.features (vsekit extract --views)")
-    if cfg.data.train_view_mix not in ("image", "cell"):
-        raise ConfigError(f"data.train_view_mix: expected 'image' or 'cell', got {cfg.data.train_view_mix!r}")
-    if cfg.data.train_view_mix == "cell" and not cfg.data.train_views:
-        raise ConfigError("data.train_view_mix: 'cell' mixes the grids of data.train_views, which is empty")
     if require_data and cfg.data.kind == "karpathy" and not (cfg.data.features or cfg.data.images):
         raise ConfigError("data.features or data.images: required for data.kind='karpathy' (features folder or image folder)")
     from .pooling import create_pooling

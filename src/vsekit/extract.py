@@ -62,19 +62,6 @@ def check_views(views: Sequence[str], field: str) -> None:
         raise ConfigError(f"{field}: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
 
 
-def view_cell_order(view: str, side: int) -> np.ndarray:
-    """Where each cell of a ``side``×``side`` grid lands in the grid of ``view``.
-
-    Returns ``order`` (int64, ``side*side``) such that row ``order[c]`` of a view's flattened grid features
-    (row-major, as :func:`extract_features` stores them) covers the same part of the scene as row ``c`` of the
-    plain image's grid.
-    """
-    check_views([view], "view")
-    cells = torch.arange(side * side).reshape(1, 1, side, side)
-    moved = VIEWS[view](cells).reshape(-1)  # cell q of the view shows plain cell moved[q]
-    return torch.argsort(moved).numpy()
-
-
 def view_file(split: str, view: str | None = None) -> str:
     """The feature file name of a split (``view=None``) or of one of its :data:`VIEWS`."""
     return f"{split}_ims.npy" if view is None else f"{split}_ims.{view}.npy"

@@ -121,9 +121,6 @@ class FeatureCaptionDataset(CaptionDataset):
             rotated). Evaluation averages each image's embeddings over the image and its views.
         draw_views: training augmentation: :meth:`image` returns the plain image or one of its views, drawn
             uniformly with the global torch RNG (so a resumed run draws the same), instead of the plain image.
-        view_mix: with ``draw_views``, what is drawn: ``'image'`` one view for the whole feature set, or
-            ``'cell'`` one view for every cell of a square grid (``K = s*s`` grid features from
-            ``vsekit extract``), each cell taken from the drawn view's grid at the same place in the scene.
 
     Raises:
         DataError: if the shapes or counts are inconsistent.
@@ -136,7 +133,6 @@ class FeatureCaptionDataset(CaptionDataset):
         captions_per_image: int,
         views: dict[str, np.ndarray] | None = None,
         draw_views: bool = False,
-        view_mix: str = "image",
     ) -> None:
         if not isinstance(captions_per_image, int) or captions_per_image < 1:
             raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
@@ -177,17 +173,6 @@ class FeatureCaptionDataset(CaptionDataset):
             _check_float_features(arr, f"views[{name!r}]")
             self.views[name] = arr
         self.draw_views = draw_views and bool(self.views)
-        if view_mix not in ("image", "cell"):
-            raise DataError(f"view_mix: expected 'image' or 'cell', got {view_mix!r}")
-        self.view_mix = view_mix
-        self._cell_orders: list[np.ndarray] = []
-        if self.draw_views and view_mix == "cell":
-            side = int(round(np.sqrt(features.shape[1])))
-            if side * side != features.shape[1]:
-                raise DataError(f"view_mix='cell': expected square grid features (K = s*s), got K={features.shape[1]}")
-            from ..extract import view_cell_order
-
-            self._cell_orders = [view_cell_order(name, side) for name in self.views]
         self._features = features
         self._captions = captions
         self.num_images = num_images
@@ -197,14 +182,6 @@ class FeatureCaptionDataset(CaptionDataset):
     def image(self, i: int) -> np.ndarray:
         """Return a float32 copy of the feature set of image ``i``, shape ``(K_i, D)`` (with ``draw_views``:
         of the image or one of its views, drawn at random)."""
-        if self.draw_views and self.view_mix == "cell":
-            out = np.array(self._features[i], dtype=np.float32)
-            drawn = torch.randint(len(self.views) + 1, (out.shape[0],)).numpy()
-            for r, (arr, order) in enumerate(zip(self.views.values(), self._cell_orders), start=1):
-                cells = np.flatnonzero(drawn == r)
-                if cells.size:
-                    out[cells] = arr[i][order[cells]]
-            return out
         if self.draw_views:
             r = int(torch.randint(len(self.views) + 1, ()))
             if r:

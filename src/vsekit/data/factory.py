@@ -80,7 +80,7 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
             views[view] = np.load(view_path, mmap_mode="r")
             if views[view].shape != feats.shape:
                 raise DataError(f"{view_path}: expected the shape of {feats_path.name}, {feats.shape}, got {views[view].shape}")
-        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k, views=views, draw_views=not evaluation, view_mix=cfg.train_view_mix)
+        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k, views=views, draw_views=not evaluation)
     else:
         raise ConfigError(f"data.kind: unknown kind {cfg.kind!r}")
     if max_images is not None and max_images < ds.num_images:
