@@ -64,6 +64,8 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "mean_minilm_frozen": ("rsicd_minilm_frozen", _pool("mean"), "pooling ablation on gpo_minilm_frozen: mean on both sides"),
     "max_minilm_frozen": ("rsicd_minilm_frozen", _pool("max"), "pooling ablation on gpo_minilm_frozen: max on both sides"),
     "max_minilm_frozen_rot": ("rsicd_minilm_rot", [], "max_minilm_frozen trained on the 8 turns and mirrors of each image (augmentation), evaluated on their mean"),
+    "max_minilm_frozen_rot_sametext": ("rsicd_minilm_rot", ["loss.same_text_positives=true"], "max_minilm_frozen_rot with captions that read the same out of each other's negatives"),
+    "max_minilm_frozen_rot_drop60": ("rsicd_minilm_rot", ["model.image.size_augment=0.6"], "max_minilm_frozen_rot dropping up to 60% of the grid cells per sample (size augmentation; 20% in the preset)"),
 }  # fmt: skip
 # Run when --recipes is not given: the costly fine-tuned MiniLM recipe (about 5× the BiGRU's time per epoch here)
 # only on request.
