@@ -24,7 +24,7 @@ training: its own queries against every candidate of the global batch (see :mod:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,11 +48,16 @@ def negatives_mask(
     batch entries that show the same image (another caption of the same image is a positive); with
     ``text_ids`` (:func:`caption_text_ids`) every pair whose captions read the same (a caption identical to an
     image's own describes it, and an image described by the same sentence matches the caption)."""
-    mask = torch.eye(n, dtype=torch.bool, device=device)
-    for ids in (image_ids, text_ids):
-        if ids is not None:
-            ids = ids.to(mask.device)
-            mask |= ids[:, None] == ids[None, :]
+    return _or_id_matches(torch.eye(n, dtype=torch.bool, device=device), ((image_ids, image_ids), (text_ids, text_ids)))
+
+
+def _or_id_matches(mask: Tensor, id_pairs: Iterable[tuple[Tensor | None, Tensor | None]]) -> Tensor:
+    """``mask`` (rows × columns, changed in place and returned) with every (row, column) whose ids are equal
+    set, for each pair of (row ids, column ids) whose row ids are given: one home for the "same image" and
+    "same sentence" rule of the full batch mask and of a process's slice of it."""
+    for row_ids, col_ids in id_pairs:
+        if row_ids is not None:
+            mask |= row_ids.to(mask.device)[:, None] == col_ids.to(mask.device)[None, :]
     return mask
 
 
@@ -299,10 +304,9 @@ def sharded_triplet_hinge_loss(
     not_negative = torch.zeros(b, total, dtype=torch.bool, device=image_sims.device)
     not_negative[local, positive] = True
     for name, ids, all_ids in (("image_ids", image_ids, all_image_ids), ("text_ids", text_ids, all_text_ids)):
-        if ids is not None:
-            if all_ids is None:
-                raise ValueError(f"sharded_triplet_hinge_loss: {name} needs all_{name}")
-            not_negative |= ids.to(image_sims.device)[:, None] == all_ids.to(image_sims.device)[None, :]
+        if ids is not None and all_ids is None:
+            raise ValueError(f"sharded_triplet_hinge_loss: {name} needs all_{name}")
+    _or_id_matches(not_negative, ((image_ids, all_image_ids), (text_ids, all_text_ids)))
     loss = _direction(image_sims, positive, not_negative, margin, negatives, temperature) + _direction(
         caption_sims.t(), positive, not_negative, margin, negatives, temperature
     )
