@@ -524,6 +524,49 @@ def test_frozen_transformer_caches_its_states_and_never_trains(tiny_bert):
     assert all(p.requires_grad for p in enc.linear.parameters())
 
 
+def test_text_mlp_adds_the_residual_mlp_on_the_valid_tokens(tiny_bert):
+    """model.text.mlp: pool(linear(h) + fc2(relu(bn(fc1(h))))) per token, BatchNorm statistics over the real
+    tokens of the batch in training (padding counts for nothing) and the running ones in evaluation."""
+    tok = HFTokenizer.from_pretrained(tiny_bert, max_length=32)
+    torch.manual_seed(0)
+    model = _model(tok, frozen=True, augment=0.0, mlp=True, pooling="max")
+    enc = model.text_encoder
+    assert {k.split(".")[0] for k in enc.state_dict()} == {"bert", "linear", "mlp"}  # max pooling: no weights
+    with torch.no_grad():  # a BatchNorm that is not the identity
+        enc.mlp.bns[0].weight.uniform_(0.5, 2.0)
+        enc.mlp.bns[0].bias.uniform_(-1.0, 1.0)
+    ids = [tok.encode(c) for c in CAPTIONS]
+    tokens, lengths = collate_captions(ids, tok.pad_id)
+    with torch.no_grad():
+        states = [enc.bert(input_ids=torch.tensor([seq])).last_hidden_state[0].half().float() for seq in ids]
+    fc1, fc2 = enc.mlp.layers
+    bn = enc.mlp.bns[0]
+
+    def by_hand(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for h in states:
+            hidden = (fc1(h) - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+            rows.append((enc.linear(h) + fc2(torch.relu(hidden))).amax(0))
+        return torch.stack(rows)
+
+    model.train()
+    trained = enc(tokens, lengths)
+    every = torch.cat([fc1(h) for h in states])  # the first layer on the real tokens of the batch only
+    torch.testing.assert_close(trained, by_hand(every.mean(0), every.var(0, unbiased=False)), atol=1e-4, rtol=1e-4)
+    trained.sum().backward()
+    assert fc1.weight.grad.abs().sum() > 0 and fc2.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.bert.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(enc(tokens, lengths), by_hand(bn.running_mean, bn.running_var), atol=1e-4, rtol=1e-4)
+
+
+def test_text_mlp_needs_a_transformer():
+    cfg = apply_overrides(get_preset("demo_gpo"), ["model.text.mlp=true"])
+    with pytest.raises(ConfigError, match="model.text.mlp: only kind 'transformer'"):
+        validate(cfg)
+
+
 def test_frozen_needs_a_transformer():
     cfg = apply_overrides(get_preset("demo_gpo"), ["model.text.frozen=true"])
     with pytest.raises(ConfigError, match="model.text.frozen: only kind 'transformer'"):

