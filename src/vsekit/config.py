@@ -444,10 +444,9 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"workers: expected >= 0, got {cfg.workers}")
     if require_data and cfg.data.kind in ("precomp", "karpathy", "frames") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.kind={cfg.data.kind!r}")
-    if cfg.model.text.frozen and cfg.model.text.kind != "transformer":
-        raise ConfigError(f"model.text.frozen: only kind 'transformer' can be frozen, got kind {cfg.model.text.kind!r}")
-    if cfg.model.text.mlp and cfg.model.text.kind != "transformer":
-        raise ConfigError(f"model.text.mlp: only kind 'transformer' has the MLP, got kind {cfg.model.text.kind!r}")
+    for option in ("frozen", "mlp"):  # the transformer text encoder's own switches
+        if getattr(cfg.model.text, option) and cfg.model.text.kind != "transformer":
+            raise ConfigError(f"model.text.{option}: only kind 'transformer' has it, got kind {cfg.model.text.kind!r}")
     if require_data and cfg.model.text.kind == "transformer" and not cfg.model.text.transformer_path:
         raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
     for key, chosen in (("data.eval_views", cfg.data.eval_views), ("data.train_views", cfg.data.train_views)):
