@@ -292,3 +292,85 @@ def test_train_views_draw_the_image_or_a_view_uniformly_and_reproducibly(tmp_pat
     assert draws(0) == first and draws(1) != first  # the global torch RNG decides (a resumed run draws the same)
     item = train[2 * 5]  # a training item reads its image through the same draw
     assert any(np.array_equal(item["image"], c) for c in choices)
+
+
+def test_encode_karpathy_with_features_indexes_the_evaluated_embeddings(tmp_path):
+    """`vsekit encode JSON --features DIR`: a feature model's index of a Karpathy JSON holds the embeddings that
+    evaluation scores (averaged over the checkpoint's eval_views), under the image files' ids and paths."""
+    from .conftest import tiny_config
+    from vsekit.checkpoint import save_checkpoint
+    from vsekit.config import DataConfig
+    from vsekit.data import build_vocab
+    from vsekit.data.factory import build_dataset
+    from vsekit.evaluation.retrieval import encode_dataset
+    from vsekit.extract import extract_features
+    from vsekit.index import Index
+    from vsekit.models import create_model
+
+    ann, root = _karpathy(tmp_path)
+    feats = tmp_path / "f"
+    extract_features(ann, root, feats, splits=["train", "test"], views=["rot180"], backbone="tiny", image_size=64,
+                     batch_size=4, progress_stream=None)  # fmt: skip
+    channels = np.load(feats / "test_ims.npy", mmap_mode="r").shape[2]
+    cfg = tiny_config("data.kind=karpathy", f"data.path={ann}", f"data.features={feats}", f"model.image.img_dim={channels}",
+                      "data.eval_views=[rot180]")  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model(cfg.model, build_vocab([f"picture number {i} caption {c}" for i in range(8) for c in range(5)], min_count=1))
+    save_checkpoint(tmp_path / "m.pt", model, cfg)
+    model.eval()
+    data = DataConfig(kind="karpathy", path=str(ann), features=str(feats))
+    evaluated = {}
+    for views in ([], ["rot180"]):
+        data.eval_views = views
+        evaluated[bool(views)] = encode_dataset(model, build_dataset(data, "test", evaluation=True))[0].numpy()
+    assert not np.allclose(evaluated[True], evaluated[False], atol=1e-4)
+
+    base = [sys.executable, "-m", "vsekit", "encode", str(tmp_path / "m.pt"), str(ann), "--features", str(feats), "--image-root",
+            str(root), "--quiet"]  # fmt: skip
+    r = subprocess.run([*base, "--split", "test", "--out", str(tmp_path / "idx")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    idx = Index.load(tmp_path / "idx")
+    st = idx.stats()
+    assert (st["num_images"], st["num_texts"], st["views"], st["source_kind"]) == (3, 15, ["rot180"], "karpathy")
+    for row, name in enumerate(("im5.png", "im6.png", "im7.png")):
+        assert idx.item(name)["path"] == name and idx.resolve_path(name) == root / name
+        np.testing.assert_allclose(idx.embedding(name), evaluated[True][row], atol=1e-5)
+    assert idx.item("im6.png#2")["caption"] == "picture number 6 caption 2"
+
+    # --views none embeds the plain features; the same views again embed nothing; other views re-embed
+    r = subprocess.run([*base, "--split", "test", "--views", "none", "--out", str(tmp_path / "plain")], capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(Index.load(tmp_path / "plain").embedding("im7.png"), evaluated[False][2], atol=1e-5)
+    again = Index.build(tmp_path / "m.pt", ann, tmp_path / "idx", features=feats, image_root=root, split="test", progress=False)
+    assert again.meta["encoded"] == {"images": 0, "texts": 0}
+    redone = Index.build(tmp_path / "m.pt", ann, tmp_path / "idx", features=feats, image_root=root, split="test", views=[],
+                         progress=False)  # fmt: skip
+    assert redone.meta["encoded"]["images"] == 3 and redone.stats()["views"] == []
+    np.testing.assert_allclose(redone.embedding("im5.png"), evaluated[False][0], atol=1e-5)
+
+    # without --split: every split that has features; a missing picture is indexed without a path
+    (root / "im1.png").unlink()
+    both = Index.build(tmp_path / "m.pt", ann, tmp_path / "both", features=feats, image_root=root, progress=False)
+    assert both.stats()["num_images"] == 8 and both.item("im1.png")["path"] is None and both.item("im2.png")["path"] == "im2.png"
+
+    # one-line errors naming the file or option
+    cases = [
+        (["--split", "test", "--views", "rot90"], "test_ims.rot90.npy: view file not found"),
+        (["--split", "val"], "no images with split 'val'"),
+        (["--features", str(tmp_path / "images")], "no {split}_ims.npy file for any split of dataset.json"),
+        (["--split", "train", "--features", str(tmp_path / "images")], "train_ims.npy"),
+    ]
+    for flags, message in cases:
+        r = subprocess.run([*base, *flags, "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    records = json.loads(ann.read_text())
+    records["images"].append({"filename": "im9.png", "split": "test", "sentences": [{"raw": "one more"}] * 5})
+    longer = tmp_path / "longer.json"
+    longer.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"test_ims.npy: 3 feature rows for the 4 'test' images of longer.json"):
+        Index.build(tmp_path / "m.pt", longer, tmp_path / "bad", features=feats, image_root=root, progress=False)
+    with pytest.raises(ConfigError, match="features: only applies to Karpathy JSON sources"):
+        Index.build(tmp_path / "m.pt", feats, tmp_path / "bad", features=feats, progress=False)
+    with pytest.raises(ConfigError, match="views: only for precomputed features"):
+        Index.build(tmp_path / "m.pt", ann, tmp_path / "bad", views=["rot90"], progress=False)

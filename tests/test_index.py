@@ -531,6 +531,12 @@ def test_feature_models_index_precomputed_features(tmp_path):
                                     "image_id": "test/4", "size": None, "mtime": None}  # fmt: skip
     hits = idx.search(image=feats[2], k=1)
     assert hits[0].id == "test/2" and hits[0].path is None
+    # test-time views next to the features: each image is the normalised mean over the image and its views
+    np.save(tmp_path / "feats" / "test_ims.rot90.npy", feats[::-1].copy())
+    viewed = Index.build(tmp_path / "m.pt", tmp_path / "feats", tmp_path / "idx_views", views=["rot90"], progress=False)
+    assert model.config.image.normalize and viewed.stats()["views"] == ["rot90"] and idx.stats()["views"] == []
+    by_hand = (ref[4] + ref[1]) / 2
+    np.testing.assert_allclose(viewed.embedding("test/4"), by_hand / np.linalg.norm(by_hand), atol=1e-5)
     with pytest.raises(DataError, match="has no image file"):
         idx.resolve_path("test/2")
     with pytest.raises(ConfigError, match="reads precomputed features"):

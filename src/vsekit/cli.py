@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--source-kind", default="auto", help="auto (default), folder, karpathy, csv, jsonl or precomp")
     n.add_argument("--image-root", help="Karpathy JSON: the image folder (default: the JSON's folder)")
     n.add_argument("--split", help="Karpathy JSON / precomp: only these splits, e.g. test or train+val (default: all)")
+    n.add_argument("--features", metavar="DIR", help="Karpathy JSON, for a model that reads features: the folder 'vsekit extract' wrote them to")
+    n.add_argument("--views", help="feature sources: test-time views to average each image over, e.g. rot90,hflip, or 'none' "
+                   "(default: the checkpoint's data.eval_views)")
     n.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default: 64)")
     n.add_argument("--workers", type=int, default=2, help="threads reading image files (default: 2)")
     n.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
@@ -264,7 +267,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     idx = Index.build(
         args.checkpoint, args.source, args.out, source_kind=args.source_kind, backend=args.backend,
         batch_size=args.batch_size, device=args.device, progress=not args.quiet, image_root=args.image_root,
-        split=args.split, search_params=args.search_params, workers=args.workers,
+        split=args.split, search_params=args.search_params, workers=args.workers, features=args.features,
+        views=None if args.views is None else [] if args.views.strip() == "none" else _comma_list(args.views),
     )  # fmt: skip
     st = idx.stats()
     print(f"{st['num_images']} images and {st['num_texts']} texts indexed in {idx.path}/ (backend {st['backend']})")

@@ -69,23 +69,45 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
             raise DataError(
                 f"{feats_path}: expected {len(records)}×K×D features for split {split!r}, got shape {feats.shape}"
             )
-        from ..extract import view_file
-
-        views = {}
         key = "data.eval_views" if evaluation else "data.train_views"
-        for view in cfg.eval_views if evaluation else cfg.train_views:
-            view_path = Path(cfg.features) / view_file(split, view)
-            if not view_path.is_file():
-                raise DataError(f"{view_path}: view file not found ({key}; make it with vsekit extract --views {view})")
-            views[view] = np.load(view_path, mmap_mode="r")
-            if views[view].shape != feats.shape:
-                raise DataError(f"{view_path}: expected the shape of {feats_path.name}, {feats.shape}, got {views[view].shape}")
+        views = open_feature_views(cfg.features, split, cfg.eval_views if evaluation else cfg.train_views, feats.shape, key)
         ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k, views=views, draw_views=not evaluation)
     else:
         raise ConfigError(f"data.kind: unknown kind {cfg.kind!r}")
     if max_images is not None and max_images < ds.num_images:
         ds = FirstImages(ds, max_images)
     return ds
+
+
+def open_feature_views(
+    features: str | Path, split: str, views: list[str] | tuple[str, ...], shape: tuple[int, ...], field: str
+) -> dict[str, np.ndarray]:
+    """Memory-map the test-time / training views of a split written by ``vsekit extract --views``.
+
+    Args:
+        features: the features folder.
+        split: the split (file prefix).
+        views: view names (:data:`vsekit.extract.VIEWS`).
+        shape: the shape of the split's plain features, which every view must have.
+        field: the config field or option that asked for the views, named in errors.
+
+    Returns:
+        view name -> its N×K×D array (``{features}/{split}_ims.{view}.npy``), in the order given.
+
+    Raises:
+        DataError: naming the file if a view is missing or shaped unlike the plain features.
+    """
+    from ..extract import view_file
+
+    out = {}
+    for view in views:
+        path = Path(features) / view_file(split, view)
+        if not path.is_file():
+            raise DataError(f"{path}: view file not found ({field}; make it with vsekit extract --views {view})")
+        out[view] = np.load(path, mmap_mode="r")
+        if out[view].shape != tuple(shape):
+            raise DataError(f"{path}: expected the shape of {view_file(split)}, {tuple(shape)}, got {out[view].shape}")
+    return out
 
 
 class FirstImages(CaptionDataset):

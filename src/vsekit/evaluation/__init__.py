@@ -29,6 +29,6 @@ __all__ = [
     "recall_curve",
     "t2i_ranks",
 ]
-from .retrieval import encode_dataset, evaluate_model, similarity_matrix  # noqa: E402
+from .retrieval import encode_dataset, evaluate_model, mean_over_views, similarity_matrix  # noqa: E402
 
-__all__ += ["encode_dataset", "evaluate_model", "similarity_matrix"]
+__all__ += ["encode_dataset", "evaluate_model", "mean_over_views", "similarity_matrix"]

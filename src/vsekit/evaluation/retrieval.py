@@ -33,14 +33,10 @@ def encode_dataset(
     views = getattr(dataset, "views", None) or {}
     for start in range(0, dataset.num_images, batch_size):
         stop = min(start + batch_size, dataset.num_images)
-        emb = model.encode_image([dataset.image(i) for i in range(start, stop)], batch_size=batch_size)
-        if views:
-            for view in views:
-                emb = emb + model.encode_image([dataset.view_image(view, i) for i in range(start, stop)], batch_size=batch_size)
-            emb = emb / (1 + len(views))
-            if model.config.image.normalize:
-                emb = torch.nn.functional.normalize(emb, dim=-1)
-        images.append(emb)
+        embs = [model.encode_image([dataset.image(i) for i in range(start, stop)], batch_size=batch_size)]
+        for view in views:
+            embs.append(model.encode_image([dataset.view_image(view, i) for i in range(start, stop)], batch_size=batch_size))
+        images.append(mean_over_views(embs, model.config.image.normalize))
         if on_progress:
             on_progress(stop - start)
     all_captions = dataset.captions()
@@ -53,6 +49,16 @@ def encode_dataset(
     img = torch.cat(images) if images else torch.empty(0, dim)
     cap = torch.cat(captions) if captions else torch.empty(0, dim)
     return img, cap
+
+
+def mean_over_views(embeddings: list[Tensor], normalize: bool) -> Tensor:
+    """The test-time view average (``data.eval_views``): the mean of the N×E embeddings of the plain images
+    (first) and of each view, re-normalised when the model normalises its image embeddings. One view
+    (the plain images alone) is returned as is."""
+    if len(embeddings) == 1:
+        return embeddings[0]
+    emb = torch.stack(embeddings).mean(0)
+    return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
 
 
 def similarity_matrix(model: Any, dataset: Any, batch_size: int = 256) -> np.ndarray:

@@ -13,11 +13,19 @@ A *collection* is a list of image items and a list of text items under one root 
   a path give one image with several captions; a row without a path is a text of its own.
 * ``precomp``: a precomputed-features folder in the vsekit / SCAN layout (``{split}_ims.npy`` +
   ``{split}_caps.txt``), for models that read features; every split found (or the ones asked for).
+* ``karpathy`` with ``features``: the Karpathy JSON's images and captions, embedded from the features
+  that ``vsekit extract`` wrote for it (row i of ``{features}/{split}_ims.npy`` is the split's i-th image in
+  the JSON, as in training), for models that read features. Image ids and paths are those of the image
+  files, so search results point at the pictures; a file that is not there is still indexed, without a
+  path. Every split with a feature file (or the ones asked for).
+
+Feature sources can also carry test-time ``views`` (``{split}_ims.{view}.npy``, from ``vsekit extract
+--views``): each image is then embedded as the mean over the image and its views, as in evaluation.
 
 Text ids are ``{image id}#{n}`` (the n-th caption of that image, from 0) for captions of an image and
 ``text:{sha1 of the text, 16 hex}`` for texts on their own. Every item has a *key* that changes when
 its content may have changed: path + size + modification time for image files, the file's size and
-time + row for precomputed features, the image id + text for texts. Incremental encoding re-embeds
+time + row (+ views) for precomputed features, the image id + text for texts. Incremental encoding re-embeds
 exactly the items whose key is new.
 
 Paths that leave the root (``../``, absolute paths elsewhere, symlinks pointing outside) are reported
@@ -35,9 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from vsekit.errors import ConfigError, DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "SOURCE_KINDS", "Collection", "ImageItem", "TextItem", "detect_source_kind", "read_collection"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "SOURCE_KINDS", "Collection", "FeatureRows", "ImageItem", "TextItem", "detect_source_kind",
+    "read_collection",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +66,12 @@ class ImageItem:
     """One image of a collection.
 
     Attributes:
-        id: unique id (the relative path for files, ``{split}/{row}`` for precomputed features).
+        id: unique id (the relative path for files, ``{split}/{row}`` for a precomp folder).
         key: content key for incremental encoding.
-        path: path relative to the collection root (POSIX), or None for precomputed features.
+        path: path relative to the collection root (POSIX), or None for a precomp folder's images (and
+            for images of a Karpathy JSON with features whose file is not there).
         size: file size in bytes (the feature file's for precomputed features).
-        mtime: modification time in nanoseconds since the epoch.
+        mtime: modification time in nanoseconds since the epoch (the feature file's for precomputed features).
         feature: ``(split, image index)`` for precomputed features, else None.
     """
 
@@ -97,7 +111,9 @@ class Collection:
         images: the image items, in source order.
         texts: the text items, in source order.
         skipped: ``{"path", "reason"}`` of entries that were left out (paths outside the root, missing files).
-        precomp: for ``precomp`` sources, the open :class:`~vsekit.data.PrecompDataset` of every split.
+        features: for feature sources (``precomp``, ``karpathy`` with features), the :class:`FeatureRows`
+            of every split.
+        views: the test-time views every feature image is averaged over (empty: the plain features).
     """
 
     root: Path
@@ -106,7 +122,8 @@ class Collection:
     images: list[ImageItem] = field(default_factory=list)
     texts: list[TextItem] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
-    precomp: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, FeatureRows] = field(default_factory=dict)
+    views: tuple[str, ...] = ()
 
     def first_captions(self) -> dict[str, str]:
         """The first caption of every image that has one (image id -> text)."""
@@ -115,6 +132,37 @@ class Collection:
             if t.image_id is not None and t.image_id not in out:
                 out[t.image_id] = t.caption
         return out
+
+
+class FeatureRows:
+    """The precomputed features of one split of a collection, and of its test-time views.
+
+    Args:
+        path: the split's ``{split}_ims.npy`` (N×K×D, or N×D read as sets of one).
+        rows_per_image: image i is row ``i * rows_per_image`` (SCAN folders repeat a row per caption).
+        views: view name -> an array shaped like the plain one (see
+            :func:`vsekit.data.factory.open_feature_views`).
+
+    Raises:
+        DataError: naming the file if it is missing or not a floating-point feature array.
+    """
+
+    def __init__(self, path: Path, rows_per_image: int = 1, views: dict[str, np.ndarray] | None = None) -> None:
+        from vsekit.data.datasets import _check_float_features, _load_npy
+
+        self.ims_path = path
+        self.rows = _load_npy(path)
+        _check_float_features(self.rows, str(path))
+        self.rows_per_image = rows_per_image
+        self.num_images = len(self.rows) // rows_per_image
+        self.feature_dim = int(self.rows.shape[-1])
+        self.views = dict(views or {})
+
+    def image(self, i: int, view: str | None = None) -> np.ndarray:
+        """The float32 K×D features of image ``i`` (in ``view``, or plain)."""
+        arr = self.rows if view is None else self.views[view]
+        row = np.array(arr[i * self.rows_per_image], dtype=np.float32)
+        return row if row.ndim == 2 else row[None, :]
 
 
 def text_id(caption: str) -> str:
@@ -240,11 +288,66 @@ def _read_folder(source: Path) -> Collection:
     return b.col
 
 
-def _read_karpathy(source: Path, image_root: Path | None, split: str | None) -> Collection:
+def _feature_split(folder: Path, name: str, rows_per_image: int, views: tuple[str, ...]) -> FeatureRows:
+    from vsekit.data.factory import open_feature_views
+
+    rows = FeatureRows(folder / f"{name}_ims.npy", rows_per_image)
+    rows.views = open_feature_views(folder, name, list(views), rows.rows.shape, "views")
+    return rows
+
+
+def _feature_key(name: str, st: os.stat_result, i: int, views: tuple[str, ...]) -> str:
+    return f"{name}/{i}\0{st.st_size}\0{st.st_mtime_ns}" + (f"\0views={','.join(views)}" if views else "")
+
+
+def _read_karpathy_features(source: Path, root: Path, split: str | None, features: Path, views: tuple[str, ...]) -> Collection:
     from vsekit.data.datasets import KarpathyJSON
 
+    if not features.is_dir():
+        raise DataError(f"features: folder not found: {features}")
     data = KarpathyJSON(source)
+    if split:
+        names = split.split("+")
+    else:
+        names = [s for s in data.splits() if (features / f"{s}_ims.npy").is_file()]
+        if not names:
+            raise DataError(f"{features}: no {{split}}_ims.npy file for any split of {source.name} (see 'vsekit extract')")
+    b = _Builder(root, "karpathy", source)
+    b.col.views = views
+    for name in names:
+        records = data.records([name])
+        rows = _feature_split(features, name, 1, views)
+        if rows.num_images != len(records):
+            raise DataError(
+                f"{rows.ims_path}: {rows.num_images} feature rows for the {len(records)} {name!r} images of "
+                f"{source.name} (expected one row per image, in the JSON's order)"
+            )
+        b.col.features[name] = rows
+        st = rows.ims_path.stat()
+        for i, r in enumerate(records):
+            rel = PurePosixPath(r.filepath, r.filename).as_posix()
+            inside = not PurePosixPath(rel).is_absolute() and ".." not in PurePosixPath(rel).parts
+            path = rel if inside and (root / rel).is_file() else None  # the picture, shown with results
+            if rel in b._images:
+                raise DataError(f"{source}: image {rel} is listed twice")
+            b.add_feature_image(
+                ImageItem(id=rel, key=_feature_key(name, st, i, views), path=path, size=int(st.st_size),
+                          mtime=int(st.st_mtime_ns), feature=(name, i))
+            )  # fmt: skip
+            for c in r.captions:
+                b.add_text(c, rel)
+    return b.col
+
+
+def _read_karpathy(
+    source: Path, image_root: Path | None, split: str | None, features: Path | None = None, views: tuple[str, ...] = ()
+) -> Collection:
+    from vsekit.data.datasets import KarpathyJSON
+
     root = (image_root if image_root is not None else source.parent).resolve()
+    if features is not None:
+        return _read_karpathy_features(source, root, split, features, views)
+    data = KarpathyJSON(source)
     if not root.is_dir():
         raise DataError(f"image_root: folder not found: {root}")
     b = _Builder(root, "karpathy", source)
@@ -324,21 +427,22 @@ def _read_table(source: Path, kind: str) -> Collection:
     return b.col
 
 
-def _read_precomp(source: Path, split: str | None) -> Collection:
+def _read_precomp(source: Path, split: str | None, views: tuple[str, ...] = ()) -> Collection:
     from vsekit.data.datasets import PrecompDataset
 
     root = source.resolve()
     b = _Builder(root, "precomp", source)
+    b.col.views = views
     names = split.split("+") if split else sorted(p.name[: -len("_ims.npy")] for p in root.glob("*_ims.npy"))
     if not names:
         raise DataError(f"{root}: no {{split}}_ims.npy file (expected the precomputed-features layout)")
     for name in names:
         ds = PrecompDataset(root, name)
         st = ds.ims_path.stat()
-        b.col.precomp[name] = ds
+        b.col.features[name] = _feature_split(root, name, ds.rows_per_image, views)
         for i in range(ds.num_images):
             image_id = f"{name}/{i}"
-            key = f"{image_id}\0{st.st_size}\0{st.st_mtime_ns}"
+            key = _feature_key(name, st, i, views)
             b.add_feature_image(
                 ImageItem(id=image_id, key=key, path=None, size=int(st.st_size), mtime=int(st.st_mtime_ns), feature=(name, i))
             )
@@ -348,7 +452,12 @@ def _read_precomp(source: Path, split: str | None) -> Collection:
 
 
 def read_collection(
-    source: str | os.PathLike, source_kind: str = "auto", image_root: str | os.PathLike | None = None, split: str | None = None
+    source: str | os.PathLike,
+    source_kind: str = "auto",
+    image_root: str | os.PathLike | None = None,
+    split: str | None = None,
+    features: str | os.PathLike | None = None,
+    views: tuple[str, ...] | list[str] = (),
 ) -> Collection:
     """Read the items of a source (see the module docstring for the kinds).
 
@@ -356,7 +465,12 @@ def read_collection(
         source: a folder of images, a Karpathy JSON, a CSV / JSONL table, or a precomputed-features folder.
         source_kind: one of :data:`SOURCE_KINDS` (``auto`` tells it from the source).
         image_root: Karpathy JSON only: the folder holding the images (default: the JSON's folder).
-        split: Karpathy JSON / precomp only: the split(s) to read, joined with ``+`` (default: all).
+        split: Karpathy JSON / precomp only: the split(s) to read, joined with ``+`` (default: all; with
+            ``features``, all that have a feature file).
+        features: Karpathy JSON only: the folder ``vsekit extract`` wrote its features to; the images are
+            then read from there (for models that read features).
+        views: feature sources only: test-time views (:data:`vsekit.extract.VIEWS`) to average every
+            image over; their ``{split}_ims.{view}.npy`` files must be there.
 
     Returns:
         The :class:`Collection`.
@@ -377,12 +491,24 @@ def read_collection(
         raise ConfigError(f"image_root: only applies to Karpathy JSON sources, not to a {kind} source")
     if split is not None and kind not in ("karpathy", "precomp"):
         raise ConfigError(f"split: only applies to Karpathy JSON and precomp sources, not to a {kind} source")
+    if features is not None and kind != "karpathy":
+        raise ConfigError(f"features: only applies to Karpathy JSON sources, not to a {kind} source")
+    views = tuple(views)
+    if views:
+        from vsekit.extract import check_views
+
+        check_views(views, "views")
+        if kind != "precomp" and features is None:
+            raise ConfigError(f"views: only for precomputed features (a precomp folder, or a Karpathy JSON with features), not a {kind} source")
     if kind == "folder":
         col = _read_folder(src)
     elif kind == "karpathy":
-        col = _read_karpathy(src, Path(image_root) if image_root is not None else None, split)
+        col = _read_karpathy(
+            src, Path(image_root) if image_root is not None else None, split,
+            Path(features).absolute() if features is not None else None, views,
+        )  # fmt: skip
     elif kind == "precomp":
-        col = _read_precomp(src, split)
+        col = _read_precomp(src, split, views)
     else:
         col = _read_table(src, kind)
     if not col.images and not col.texts:

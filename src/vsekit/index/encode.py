@@ -1,7 +1,8 @@
 """Embedding the items of a collection in batches, with progress and unreadable files skipped.
 
 Images take the path of :meth:`vsekit.models.VSEModel.encode_image` (which evaluation uses): the
-model's ``image_input.collate(..., train=False)`` then ``forward_image``. For raw-image models every
+model's ``image_input.collate(..., train=False)`` then ``forward_image``; feature images with test-time
+views are averaged over them with :func:`vsekit.evaluation.mean_over_views`, as evaluation does. For raw-image models every
 file is read and turned into its S×S network input in a pool of threads (so decoding overlaps the
 forward passes and a batch holds S×S tensors, not full-size photos); the result is the same as
 collating the batch at once, since each image is resized on its own. Texts go through
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from vsekit.errors import ConfigError, DataError
+from vsekit.evaluation import mean_over_views
 from vsekit.index.collection import Collection, ImageItem, TextItem
 from vsekit.progress import Progress
 
@@ -37,19 +39,21 @@ def check_image_input(model: Any, collection: Collection) -> None:
     if not collection.images:
         return
     spec = model.image_input
-    if spec.kind == "pixels" and collection.kind == "precomp":
+    if spec.kind == "pixels" and collection.features:
         raise ConfigError(
             f"{collection.source}: this model reads raw images (model.image.kind={model.config.image.kind}); "
-            "encode a folder of images, a Karpathy JSON or a CSV/JSONL of image paths instead of precomputed features"
+            "encode a folder of images, a Karpathy JSON (without features) or a CSV/JSONL of image paths instead "
+            "of precomputed features"
         )
     if spec.kind == "features":
-        if collection.kind != "precomp":
+        if not collection.features:
             raise ConfigError(
                 f"{collection.source}: this model reads precomputed features (model.image.kind="
                 f"{model.config.image.kind}), not image files; encode a precomputed-features folder "
-                "({split}_ims.npy + {split}_caps.txt, see 'vsekit extract'), or use a raw-image model"
+                "({split}_ims.npy + {split}_caps.txt), or a Karpathy JSON with the features 'vsekit extract' "
+                "wrote for it (--features DIR), or use a raw-image model"
             )
-        for ds in collection.precomp.values():
+        for ds in collection.features.values():
             if ds.feature_dim != spec.dim:
                 raise DataError(
                     f"{ds.ims_path}: features of dimension {ds.feature_dim}, the model expects "
@@ -63,10 +67,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_one(model_input: Any, collection: Collection, item: ImageItem) -> Any:
-    """The network input of one image: an S×3×S tensor row (pixels) or a K×D array (features)."""
+    """The network input of one image: an S×3×S tensor row (pixels), or K×D arrays (features) of the
+    image and of each of the collection's views."""
     if item.feature is not None:
         split, i = item.feature
-        return collection.precomp[split].image(i)
+        rows = collection.features[split]
+        return [rows.image(i)] + [rows.image(i, view) for view in collection.views]
     from vsekit.data.images import load_image
 
     pixels, _ = model_input.collate([load_image(collection.root / str(item.path))], train=False)
@@ -125,12 +131,12 @@ def encode_images(
             emb = np.zeros((0, model.config.embed_size), np.float32)
             if inputs:
                 if spec.kind == "pixels":
-                    images, lengths = torch.stack(inputs), torch.ones(len(inputs), dtype=torch.int64)
-                else:
-                    images, lengths = spec.collate(inputs, train=False)
+                    per_view = [(torch.stack(inputs), torch.ones(len(inputs), dtype=torch.int64))]
+                else:  # the plain features, then each view
+                    per_view = [spec.collate([x[v] for x in inputs], train=False) for v in range(len(inputs[0]))]
                 with torch.inference_mode():
-                    out = model.forward_image(images.to(device), lengths.to(device))
-                emb = out.float().cpu().numpy()
+                    outs = [model.forward_image(images.to(device), lengths.to(device)).float().cpu() for images, lengths in per_view]
+                emb = mean_over_views(outs, model.config.image.normalize).numpy()
             if progress is not None:
                 progress.update(len(batch))
             yield ok_items, emb, skipped

@@ -51,7 +51,7 @@ import torch
 
 from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.index.backends import ExactBackend, FaissBackend, gather_rows, import_faiss, parse_backend, recall_at_k
-from vsekit.index.collection import ImageItem, TextItem, read_collection
+from vsekit.index.collection import ImageItem, TextItem, detect_source_kind, read_collection
 from vsekit.index.encode import check_image_input, encode_images, encode_texts
 from vsekit.io import atomic_write, atomic_write_json
 from vsekit.progress import Progress
@@ -470,6 +470,8 @@ class Index:
         progress: bool = True,
         image_root: str | os.PathLike | None = None,
         split: str | None = None,
+        features: str | os.PathLike | None = None,
+        views: Sequence[str] | None = None,
         search_params: str | None = None,
         shard_size: int = 65536,
         workers: int = 2,
@@ -492,6 +494,11 @@ class Index:
             progress: show progress bars (items/s, ETA) and the summary on stderr.
             image_root: Karpathy JSON: the image folder (default: the JSON's folder).
             split: Karpathy JSON / precomp: only these splits (``test`` or ``train+val``).
+            features: Karpathy JSON: the folder ``vsekit extract`` wrote the JSON's features to, for a
+                model that reads features (row i of ``{split}_ims.npy`` = the split's i-th image).
+            views: feature sources: test-time views to average each image over (``{split}_ims.{view}.npy``
+                next to the features). ``None`` takes the checkpoint's ``data.eval_views``, so the index
+                holds the embeddings that evaluation scored; ``[]`` embeds the plain features only.
             search_params: FAISS search parameters (default ``nprobe=16`` for IVF, ``efSearch=64`` for HNSW).
             shard_size: most rows per embedding shard file.
             workers: threads reading and resizing image files.
@@ -525,7 +532,9 @@ class Index:
         ckpt_path = Path(ckpt["path"]).resolve()
         sha = sha256_file(ckpt_path)
         model = model_from_checkpoint(ckpt).to(resolve_device(device)).eval()
-        run_name = str(ckpt["config"].get("name", "")) if isinstance(ckpt.get("config"), dict) else ""
+        stored = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+        run_name = str(stored.get("name", ""))
+        data_cfg = stored.get("data") if isinstance(stored.get("data"), dict) else {}
         del ckpt
         dim = int(model.config.embed_size)
         if kind == "faiss" and model.config.similarity != "cosine":
@@ -533,7 +542,13 @@ class Index:
                 f"backend: FAISS indexes score by inner product; this model uses model.similarity="
                 f"{model.config.similarity!r}: use backend=exact"
             )
-        col = read_collection(source, source_kind, image_root=image_root, split=split)
+        if views is None:  # the views evaluation averaged over, where the source has features to take them from
+            src = Path(source).absolute()
+            feature_source = features is not None or (
+                (source_kind if source_kind != "auto" else detect_source_kind(src)) == "precomp"
+            )
+            views = list(data_cfg.get("eval_views") or []) if feature_source else []
+        col = read_collection(source, source_kind, image_root=image_root, split=split, features=features, views=tuple(views))
         check_image_input(model, col)
 
         out = Path(out_dir).absolute()
@@ -642,6 +657,8 @@ class Index:
                 "kind": col.kind,
                 "image_root": None if image_root is None else str(Path(image_root).absolute()),
                 "split": split,
+                "features": None if features is None else str(Path(features).absolute()),
+                "views": list(col.views),
             },
             "backend": backend,
             "search_params": search_params,
@@ -941,6 +958,7 @@ class Index:
             "root": str(self.root),
             "source": meta["collection"]["source"],
             "source_kind": meta["collection"]["kind"],
+            "views": list(meta["collection"].get("views") or []),
             "built_at": meta["built_at"],
             "recall_at_10": recall,
             "skipped": len(meta.get("skipped", [])),
