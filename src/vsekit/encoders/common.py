@@ -4,6 +4,7 @@ text augmentations (vectorised on padded tensors, any device), and the set-wise 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -132,6 +133,17 @@ class MLP(nn.Module):
         h = masked_batch_norm(h, mask, self.bns[0])
         out = self.layers[1](torch.relu(h))
         return out * mask.unsqueeze(-1).to(out.dtype)
+
+
+def fc_and_mlp_first(x: Tensor, fc: nn.Linear, mlp: MLP | None) -> tuple[Tensor, Tensor | None]:
+    """``fc(x)`` and, with a residual ``mlp`` beside it, that MLP's first layer on ``x`` too, as one matrix
+    product (both read the same input; pass the second to :meth:`MLP.forward_rows` / ``forward_masked``)."""
+    if mlp is None:
+        return fc(x), None
+    first = mlp.layers[0]
+    both = F.linear(x, torch.cat([fc.weight, first.weight]), torch.cat([fc.bias, first.bias]))
+    out, hidden = both.split([fc.out_features, first.out_features], dim=-1)
+    return out, hidden
 
 
 def masked_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d) -> Tensor:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ImageEncoderConfig
 from ..pooling import create_pooling
 from ..data.collate import FeatureInput
-from .common import MLP, compact, set_keep_mask, valid_mask
+from .common import MLP, compact, fc_and_mlp_first, set_keep_mask, valid_mask
 from .registry import register_image_encoder
 
 
@@ -65,21 +64,13 @@ class PrecompImageEncoder(nn.Module):
         pooled, _ = self.gpool(x, lengths)
         return pooled
 
-    def _first_layers(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``fc(x)`` and, with the MLP, its first layer's output, as one matrix product."""
-        if self.mlp is None:
-            return self.fc(x), None
-        first = self.mlp.layers[0]
-        both = F.linear(x, torch.cat([self.fc.weight, first.weight]), torch.cat([self.fc.bias, first.bias]))
-        return both.split([self.fc.out_features, first.out_features], dim=-1)
-
     def _project_kept(self, features: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
         """fc (+ MLP) on the kept elements only, gathered into compact padded sets (zeros after)."""
         batch, length = keep.shape
         lengths = keep.sum(1)
         longest = int(lengths.max())
         rows = features[keep]  # kept elements, set by set, in their original order
-        out, hidden = self._first_layers(rows)
+        out, hidden = fc_and_mlp_first(rows, self.fc, self.mlp)
         if hidden is not None:
             out = out + self.mlp.forward_rows(rows, hidden)
         position = keep.cumsum(1) - 1  # rank of each kept element within its set
@@ -89,7 +80,7 @@ class PrecompImageEncoder(nn.Module):
 
     def _project_padded(self, features: Tensor, valid: Tensor) -> Tensor:
         """fc (+ MLP with masked BatchNorm statistics) on every position of the padded sets."""
-        out, hidden = self._first_layers(features)
+        out, hidden = fc_and_mlp_first(features, self.fc, self.mlp)
         if hidden is not None:
             out = out + self.mlp.forward_masked(features, valid, hidden)
         return out

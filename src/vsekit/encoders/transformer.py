@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..config import TextEncoderConfig
 from ..errors import ConfigError
 from ..pooling import create_pooling
-from .common import MLP, compact, valid_mask
+from .common import MLP, compact, fc_and_mlp_first, valid_mask
 from .registry import register_text_encoder
 
 FROZEN_CACHE_CAPTIONS = 1_000_000
@@ -239,8 +239,8 @@ class TransformerTextEncoder(nn.Module):
         longest = int(lengths.max())
         ids = ids[:, :longest]
         hidden = self._frozen_states(ids, lengths) if self.cfg.frozen else self._states(ids, lengths)
-        x = self.linear(hidden)
+        x, first = fc_and_mlp_first(hidden, self.linear, self.mlp)  # one product for both
         if self.mlp is not None:
-            x = x + self.mlp(hidden, valid_mask(lengths, longest))
+            x = x + self.mlp.forward_masked(hidden, valid_mask(lengths, longest), first)
         pooled, _ = self.gpool(x, lengths)
         return pooled
