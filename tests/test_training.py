@@ -202,3 +202,53 @@ def test_data_paths_compare_by_where_they_point(tmp_path, monkeypatch):
     relative, absolute = tiny_config("data.features=feats"), tiny_config(f"data.features={tmp_path / 'feats'}")
     assert _comparable(relative) == _comparable(absolute)
     assert _comparable(relative) != _comparable(tiny_config("data.features=other"))
+
+
+def test_weight_ema_by_hand():
+    from vsekit.training import WeightEMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
+    net[2].weight.requires_grad_(False)  # frozen: its average is its value
+    ema = WeightEMA(net, decay=0.5)
+    w0 = net[0].weight.detach().clone()
+    for value in (1.0, 3.0):
+        with torch.no_grad():
+            net[0].weight.fill_(value)
+            net[1].running_mean.fill_(value)
+            net[1].num_batches_tracked.fill_(int(value))
+        ema.update(net)
+    avg = ema.state_dict()
+    # s1 = w0/2 + 1/2; s2 = s1/2 + 3/2 = w0/4 + 1/4 + 3/2
+    torch.testing.assert_close(avg["0.weight"], w0 / 4 + 0.25 + 1.5)
+    torch.testing.assert_close(avg["1.running_mean"], torch.full((2,), 0 / 4 + 0.25 + 1.5))
+    assert int(avg["1.num_batches_tracked"]) == 3  # a counter is copied, not averaged
+    assert torch.equal(avg["2.weight"], net[2].weight)
+    with ema.applied(net):
+        torch.testing.assert_close(net[0].weight, w0 / 4 + 1.75)
+    assert torch.equal(net[0].weight, torch.full((2, 2), 3.0))  # its own weights are back
+
+
+def test_ema_run_validates_and_keeps_the_average_and_resumes_exactly(tmp_path):
+    cfg = tiny_config("epochs=1", "optim.ema_decay=0.9")
+    result = train(cfg, tmp_path / "one", progress_stream=None)
+    best = torch.load(tmp_path / "one" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    assert all(torch.equal(best["model"][k], last["ema"][k]) for k in best["model"])
+    assert any(not torch.equal(last["model"][k], last["ema"][k]) for k in last["model"])
+    val = build_dataset(cfg.data, cfg.data.val_split, max_images=cfg.data.val_max_images, evaluation=True)
+    # validation scored the averaged weights, which are what the run folder loads
+    assert evaluate_model(vsekit.load(tmp_path / "one"), val)["rsum"] == pytest.approx(result.history[0]["val_rsum"], abs=1e-6)
+    plain = train(tiny_config("epochs=1"), tmp_path / "plain", progress_stream=None)
+    assert plain.history[0]["val_rsum"] != result.history[0]["val_rsum"]
+
+    cfg = tiny_config("epochs=2", "checkpoint_every=2", "optim.ema_decay=0.9")
+    full = train(cfg, tmp_path / "full", progress_stream=None)
+    assert not train(cfg, tmp_path / "resumed", progress_stream=None, max_steps=11).completed
+    resumed = train(cfg, tmp_path / "resumed", progress_stream=None)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert _without_timing(full.history) == _without_timing(resumed.history)
+    with pytest.raises(ConfigError, match=r"optim.ema_decay: expected a number in \[0, 1\)"):
+        train(tiny_config("optim.ema_decay=1.0"), tmp_path / "bad", progress_stream=None)

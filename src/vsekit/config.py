@@ -114,6 +114,7 @@ class OptimConfig:
     lr_mults: dict[str, float] = field(default_factory=dict)  # module prefix -> lr multiplier (overrides the two above)
     freeze: dict[str, int] = field(default_factory=dict)  # module prefix -> frozen for the first N epochs (-1: always)
     unfreeze_ramp: bool = False  # VSE∞ grid: scale the loss linearly from 0 to 1 over the first epoch after unfreezing
+    ema_decay: float = 0.0  # > 0: validate and keep (best.pt) an exponential moving average of the weights, updated every step
 
 
 @dataclass
@@ -436,6 +437,8 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
         raise ConfigError(f"model.instance_classes: expected -1, 0 or a positive count, got {cfg.model.instance_classes}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: expected a positive number, got {cfg.optim.lr}")
+    if not 0 <= cfg.optim.ema_decay < 1:
+        raise ConfigError(f"optim.ema_decay: expected a number in [0, 1) (0: no averaging), got {cfg.optim.ema_decay}")
     if cfg.loss.margin < 0:
         raise ConfigError(f"loss.margin: expected a non-negative number, got {cfg.loss.margin}")
     if not cfg.loss.temperature > 0:

@@ -4,7 +4,8 @@ A run folder holds::
 
     config.yaml     the resolved config
     metrics.jsonl   one JSON line per epoch (train loss, lr, validation metrics, timing)
-    best.pt         the checkpoint with the best validation rsum (model selection)
+    best.pt         the checkpoint with the best validation rsum (model selection; with optim.ema_decay, of
+                    the averaged weights, which are also what validation scores)
     last.pt         the latest checkpoint with optimizer and RNG state (resume point)
     curves.png      training loss and validation rsum per epoch
 
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_yaml, to_dict
+from .config import TrainConfig, dump_yaml, to_dict, validate
 from .data import Collator, build_tokenizer, tokenizer_from_dict
 from .data.factory import build_dataset
 from .distributed import (
@@ -292,6 +293,55 @@ def compute_loss(
     return loss
 
 
+class WeightEMA:
+    """An exponential moving average of a model's weights (``optim.ema_decay``).
+
+    After every optimizer step, ``average = decay * average + (1 - decay) * current`` for each parameter that
+    trains and each floating-point buffer (BatchNorm running statistics); other buffers (step counters) are
+    copied. Frozen parameters keep their value, so their average is that value. Validation scores the averaged
+    weights and ``best.pt`` holds them; ``last.pt`` keeps the average beside the raw weights, so a resumed run
+    continues it exactly.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current weights into the average."""
+        params = dict(model.named_parameters())
+        state = model.state_dict()
+        moving, targets = [], []
+        for k, v in state.items():
+            if k in params and not params[k].requires_grad:
+                continue
+            if v.is_floating_point():
+                moving.append(self.average[k])
+                targets.append(v.detach())
+            else:
+                self.average[k].copy_(v)
+        if moving:
+            torch._foreach_lerp_(moving, targets, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """Run a block with the averaged weights in ``model``, then put its own weights back."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.average)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(own)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.average
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for k, v in state.items():
+            self.average[k].copy_(v)
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -362,10 +412,15 @@ def train(
     Returns:
         A :class:`TrainResult` with the best model.
 
+    Raises:
+        ConfigError: for an invalid ``cfg`` (:func:`vsekit.config.validate`; the data paths only when
+            ``datasets`` is not given), before anything is written.
+
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (or uses the caller's, when one is
     already initialised), trains data-parallel as the module docstring describes, and ends the group it
     started. Only rank 0 writes files, logs and draws the progress bar; every rank returns the result.
     """
+    validate(cfg, require_data=datasets is None)  # a config built in Python has not been through load_config
     ctx, device, started = init_from_env(resolve_device(cfg.device))
     try:
         return _train(
@@ -442,6 +497,7 @@ def _train(
     if ctx.enabled:  # BatchNorm statistics of the global batch, as in one process
         convert_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
+    ema = WeightEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     loss_fn = ContrastiveLoss.from_config(cfg.loss)
     text_ids = caption_text_ids(train_set.captions()) if cfg.loss.same_text_positives else None
@@ -454,6 +510,8 @@ def _train(
         optimizer.load_state_dict(ckpt["optimizer"])
         if "scaler" in ckpt and ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
         best_rsum, best_epoch = ckpt["best_rsum"], ckpt["best_epoch"]
         history = json.loads(ckpt.get("history", "[]"))
@@ -486,6 +544,7 @@ def _train(
             epoch=epoch, batch_in_epoch=batch_in_epoch, step=step, best_rsum=best_rsum, best_epoch=best_epoch,
             optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else {},
             rng=_rng_state(), history=json.dumps(history), epoch_loss=loss_state,
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         )  # fmt: skip
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -542,6 +601,8 @@ def _train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update(model)
             step += 1
             # the loss stays on the device (no host sync per step); it is read back every
             # LOSS_SYNC_STEPS steps, before checkpoints and at the end of the epoch (the same steps on
@@ -570,7 +631,8 @@ def _train(
         record = None
         if main:  # the other processes wait in broadcast_object
             t1 = time.perf_counter()
-            val = evaluate_model(model, val_set, batch_size=cfg.eval_batch_size)
+            with ema.applied(model) if ema is not None else contextlib.nullcontext(model):
+                val = evaluate_model(model, val_set, batch_size=cfg.eval_batch_size)
             record = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -589,7 +651,10 @@ def _train(
         if improved:
             best_rsum, best_epoch = record["val_rsum"], epoch + 1
             if main:
-                save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch + 1, step=step, best_rsum=best_rsum, best_epoch=best_epoch)
+                with ema.applied(model) if ema is not None else contextlib.nullcontext(model):
+                    save_checkpoint(
+                        run_dir / "best.pt", model, cfg, epoch=epoch + 1, step=step, best_rsum=best_rsum, best_epoch=best_epoch
+                    )  # fmt: skip
         save_last(epoch + 1, 0, (0.0, 0))
         if main:
             _write_metrics(run_dir, history)
