@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -344,6 +345,10 @@ def test_encode_karpathy_with_features_indexes_the_evaluated_embeddings(tmp_path
     np.testing.assert_allclose(Index.load(tmp_path / "plain").embedding("im7.png"), evaluated[False][2], atol=1e-5)
     again = Index.build(tmp_path / "m.pt", ann, tmp_path / "idx", features=feats, image_root=root, split="test", progress=False)
     assert again.meta["encoded"] == {"images": 0, "texts": 0}
+    view_file = feats / "test_ims.rot180.npy"  # a view written again is embedded again
+    os.utime(view_file, ns=(view_file.stat().st_atime_ns, view_file.stat().st_mtime_ns + 10**9))
+    touched = Index.build(tmp_path / "m.pt", ann, tmp_path / "idx", features=feats, image_root=root, split="test", progress=False)
+    assert touched.meta["encoded"] == {"images": 3, "texts": 0}
     redone = Index.build(tmp_path / "m.pt", ann, tmp_path / "idx", features=feats, image_root=root, split="test", views=[],
                          progress=False)  # fmt: skip
     assert redone.meta["encoded"]["images"] == 3 and redone.stats()["views"] == []

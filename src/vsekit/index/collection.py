@@ -296,8 +296,15 @@ def _feature_split(folder: Path, name: str, rows_per_image: int, views: tuple[st
     return rows
 
 
-def _feature_key(name: str, st: os.stat_result, i: int, views: tuple[str, ...]) -> str:
-    return f"{name}/{i}\0{st.st_size}\0{st.st_mtime_ns}" + (f"\0views={','.join(views)}" if views else "")
+def _feature_stamp(name: str, rows: FeatureRows) -> str:
+    """What changes when a split's feature file or one of its view files is written again (sizes, times);
+    a row's key is ``{split}/{row}`` + this."""
+    st = rows.ims_path.stat()
+    stamp = f"\0{st.st_size}\0{st.st_mtime_ns}"
+    for view in rows.views:
+        vst = (rows.ims_path.parent / f"{name}_ims.{view}.npy").stat()
+        stamp += f"\0{view}:{vst.st_size}:{vst.st_mtime_ns}"
+    return stamp
 
 
 def _read_karpathy_features(source: Path, root: Path, split: str | None, features: Path, views: tuple[str, ...]) -> Collection:
@@ -323,7 +330,7 @@ def _read_karpathy_features(source: Path, root: Path, split: str | None, feature
                 f"{source.name} (expected one row per image, in the JSON's order)"
             )
         b.col.features[name] = rows
-        st = rows.ims_path.stat()
+        st, stamp = rows.ims_path.stat(), _feature_stamp(name, rows)
         for i, r in enumerate(records):
             rel = PurePosixPath(r.filepath, r.filename).as_posix()
             inside = not PurePosixPath(rel).is_absolute() and ".." not in PurePosixPath(rel).parts
@@ -331,7 +338,7 @@ def _read_karpathy_features(source: Path, root: Path, split: str | None, feature
             if rel in b._images:
                 raise DataError(f"{source}: image {rel} is listed twice")
             b.add_feature_image(
-                ImageItem(id=rel, key=_feature_key(name, st, i, views), path=path, size=int(st.st_size),
+                ImageItem(id=rel, key=f"{name}/{i}{stamp}", path=path, size=int(st.st_size),
                           mtime=int(st.st_mtime_ns), feature=(name, i))
             )  # fmt: skip
             for c in r.captions:
@@ -440,9 +447,10 @@ def _read_precomp(source: Path, split: str | None, views: tuple[str, ...] = ()) 
         ds = PrecompDataset(root, name)
         st = ds.ims_path.stat()
         b.col.features[name] = _feature_split(root, name, ds.rows_per_image, views)
+        stamp = _feature_stamp(name, b.col.features[name])
         for i in range(ds.num_images):
             image_id = f"{name}/{i}"
-            key = _feature_key(name, st, i, views)
+            key = f"{image_id}{stamp}"
             b.add_feature_image(
                 ImageItem(id=image_id, key=key, path=None, size=int(st.st_size), mtime=int(st.st_mtime_ns), feature=(name, i))
             )
