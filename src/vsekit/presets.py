@@ -426,7 +426,7 @@ def rsicd_minilm_frozen() -> TrainConfig:
 
 @register_preset(
     "rsicd_minilm_rot",
-    "RSICD, the best recipe: rsicd_minilm_frozen with max pooling, trained and evaluated on the grids of the 8 "
+    "RSICD: rsicd_minilm_frozen with max pooling, trained and evaluated on the grids of the 8 "
     "symmetries of each image, turns and mirrors (vsekit extract --views rot90,rot180,rot270,hflip,vflip,transpose,"
     "antitranspose)",
 )
@@ -442,6 +442,19 @@ def rsicd_minilm_rot() -> TrainConfig:
         ["model.image.pooling=max", "model.text.pooling=max", f"data.train_views={views}", f"data.eval_views={views}"],
     )  # fmt: skip
     cfg.name = "rsicd_minilm_rot"
+    return cfg
+
+
+@register_preset(
+    "rsicd_minilm_rot_ema",
+    "RSICD, the best recipe: rsicd_minilm_rot validated and kept as the moving average of its weights "
+    "(optim.ema_decay=0.998, about 500 steps)",
+)
+def rsicd_minilm_rot_ema() -> TrainConfig:
+    # Chosen on val over 3 seeds on the same features (README, Results on RSICD): the average scored 19.39
+    # val mR against 19.34 for rsicd_minilm_rot, a margin inside the seed spread; nothing else differs.
+    cfg = apply_overrides(rsicd_minilm_rot(), ["optim.ema_decay=0.998"])
+    cfg.name = "rsicd_minilm_rot_ema"
     return cfg
 
 
