@@ -8,16 +8,10 @@ import torch
 from vsekit.encoders.rnn import run_gru
 from vsekit.pooling import GPO
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """Full float32 products, so that CUDA and CPU agree to float32 rounding."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("no_tf32"),  # conftest: full float32 products, so CUDA and CPU agree
+]
 
 
 def test_padded_gru_on_cuda_matches_packed_on_cpu() -> None:
@@ -76,3 +70,21 @@ def test_gpo_half_precision_on_cuda(dtype) -> None:
     assert (weights[torch.arange(49, device="cuda") >= lengths.unsqueeze(1)] == 0).all()
     eps = {torch.bfloat16: 2**-8, torch.float16: 2**-11}[dtype]
     assert ((half.float() - ref).abs().max() / ref.abs().max()).item() < 4 * eps
+
+
+def test_weight_average_of_a_cuda_model_is_saved_on_the_cpu_and_restored_on_cuda() -> None:
+    """last.pt keeps the weight average on the CPU, like the weights beside it (an H200 run found it on the GPU)."""
+    from vsekit.training import WeightEMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).cuda()
+    ema = WeightEMA(model, 0.5)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    saved = ema.state_dict()
+    assert all(v.device.type == "cpu" for v in saved.values())
+    again = WeightEMA(model, 0.5)
+    again.load_state_dict(saved)
+    assert all(v.device.type == "cuda" for v in again.average.values())
+    for k, v in ema.average.items():
+        assert torch.equal(again.average[k].cpu(), v.cpu()), k

@@ -335,7 +335,8 @@ class WeightEMA:
             model.load_state_dict(own)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return self.average
+        """The average on the CPU, like the checkpoint's model weights (``load_state_dict`` copies it back)."""
+        return {k: v.detach().cpu() for k, v in self.average.items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for k, v in state.items():
