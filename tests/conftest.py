@@ -6,6 +6,7 @@ from math import comb
 from pathlib import Path
 
 import pytest
+import torch
 
 from vsekit.config import TrainConfig, apply_overrides
 from vsekit.presets import get_preset
@@ -14,7 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RSICD = SHARED / "datasets" / "rsicd"
 
+# device=cpu: the suite's exact expectations (bit-identical resumes, DDP equal to one process, learning
+# thresholds) are CPU facts; on a GPU, cuDNN picks nondeterministic kernels and TF32. The CUDA paths are
+# tested against the CPU in tests/test_cuda.py, and benchmarks/gpu_check.sh trains through the CLI on CUDA.
 TINY = [
+    "device=cpu",
     "model.embed_size=64",
     "data.synthetic={num_train: 400, num_val: 100, num_test: 100}",
     "model.text.word_dim=32",
@@ -35,6 +40,15 @@ def chance_rsum(n_images: int, k: int = 5) -> float:
     i2t = sum(100.0 * (1 - comb(n - k, r) / comb(n, r)) for r in (1, 5, 10))
     t2i = sum(100.0 * r / n_images for r in (1, 5, 10))
     return i2t + t2i
+
+
+@pytest.fixture
+def no_tf32():
+    """Full float32 products on CUDA (no TF32 in matmuls or cuDNN), so CUDA and CPU agree to float32 rounding."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture

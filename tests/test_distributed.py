@@ -240,6 +240,7 @@ def test_torchrun_cli_trains_and_writes_the_run_folder_once(tmp_path):
         "-m", "vsekit", "train", "--preset", "demo_gpo", "--run-dir", str(run), "--quiet",
         "model.embed_size=64", "model.text.word_dim=32", "data.synthetic={num_train: 200, num_val: 100, num_test: 10}",
         "batch_size=50", "eval_batch_size=128", "epochs=3", "optim.lr=3e-3",
+        "device=cpu",  # gloo on CPUs: two processes need no two GPUs (benchmarks/gpu_check.sh runs NCCL)
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
