@@ -72,19 +72,33 @@ def test_gpo_half_precision_on_cuda(dtype) -> None:
     assert ((half.float() - ref).abs().max() / ref.abs().max()).item() < 4 * eps
 
 
-def test_weight_average_of_a_cuda_model_is_saved_on_the_cpu_and_restored_on_cuda() -> None:
-    """last.pt keeps the weight average on the CPU, like the weights beside it (an H200 run found it on the GPU)."""
+
+def test_checkpoint_of_a_cuda_run_holds_cpu_tensors_only(tmp_path) -> None:
+    """Weights, optimizer state and weight average are all written on the CPU (an H200 run found the average on
+    the GPU), and come back onto the model's device when loaded."""
+    from .conftest import tiny_config
+    from vsekit.checkpoint import save_checkpoint
+    from vsekit.data import build_vocab
+    from vsekit.models import create_model
     from vsekit.training import WeightEMA
 
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).cuda()
+    cfg = tiny_config("device=cuda")
+    model = create_model(cfg.model, build_vocab(["a b c"], 1)).cuda()
+    optimizer = torch.optim.AdamW(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
     ema = WeightEMA(model, 0.5)
-    with torch.no_grad():
-        model[0].weight.add_(1.0)
     ema.update(model)
-    saved = ema.state_dict()
-    assert all(v.device.type == "cpu" for v in saved.values())
+    path = save_checkpoint(tmp_path / "last.pt", model, cfg, optimizer=optimizer.state_dict(), ema=ema.state_dict())
+
+    ckpt = torch.load(path, weights_only=True)  # no map_location: tensors come back where they were saved
+    tensors = [*ckpt["model"].values(), *ckpt["ema"].values()]
+    tensors += [t for state in ckpt["optimizer"]["state"].values() for t in state.values() if torch.is_tensor(t)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
     again = WeightEMA(model, 0.5)
-    again.load_state_dict(saved)
+    again.load_state_dict(ckpt["ema"])
     assert all(v.device.type == "cuda" for v in again.average.values())
-    for k, v in ema.average.items():
-        assert torch.equal(again.average[k].cpu(), v.cpu()), k
+    assert all(torch.equal(again.average[k].cpu(), v.cpu()) for k, v in ema.average.items())
+    optimizer.load_state_dict(ckpt["optimizer"])
+    assert all(t.device.type == "cuda" for st in optimizer.state.values() for k, t in st.items() if k != "step")

@@ -6,7 +6,7 @@ A vsekit checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights
     version     1
     config      the resolved TrainConfig as nested dicts (rebuilds the model)
     vocab       the tokenizer (Vocabulary.to_dict(), or a Hugging Face tokenizer's files)
-    model       the model's state_dict
+    model       the model's state_dict (every tensor in the file is on the CPU)
     epoch       number of completed epochs
     step        number of completed optimisation steps
     best_rsum   best validation rsum so far, best_epoch its epoch
@@ -44,10 +44,22 @@ def save_checkpoint(path: str | Path, model: Any, config: TrainConfig, **state: 
         "version": VERSION,
         "config": to_dict(config),
         "vocab": model.tokenizer.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **state,
+        "model": _on_cpu(model.state_dict()),
+        **_on_cpu(state),
     }
     return atomic_torch_save(payload, path)
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples detached and on the CPU: a checkpoint written on a
+    GPU (weights, optimizer state, weight average) reads back anywhere, and loading moves each part to its device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

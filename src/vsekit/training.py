@@ -335,8 +335,7 @@ class WeightEMA:
             model.load_state_dict(own)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The average on the CPU, like the checkpoint's model weights (``load_state_dict`` copies it back)."""
-        return {k: v.detach().cpu() for k, v in self.average.items()}
+        return self.average
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for k, v in state.items():
