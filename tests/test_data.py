@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import time
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
@@ -415,10 +414,9 @@ def test_synthetic_structure() -> None:
     assert {"red", "car", "tree", "small", "and"} <= set(vocab.word2idx)
 
 
-def test_synthetic_speed() -> None:
-    start = time.perf_counter()
+def test_synthetic_default_sizes() -> None:
+    # its generation time is measured by benchmarks/bench_data.py, not asserted here
     data = make_synthetic()
-    assert time.perf_counter() - start < 10.0
     assert {k: v.num_images for k, v in data.items()} == {"train": 4000, "val": 500, "test": 500}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -178,17 +177,6 @@ def test_pixel_input_is_picklable_and_validates():
         spec.collate([])
 
 
-def test_collate_speed():
-    """A 128-image training batch of 256×256 images to 224 px well under a second on one core."""
-    images = [_smooth_image(256, 256, s % 4) for s in range(128)]
-    spec = PixelInput(224)
-    spec.collate(images[:4], train=True)
-    t = time.perf_counter()
-    x, _ = spec.collate(images, train=True)
-    assert x.shape == (128, 3, 224, 224)
-    assert time.perf_counter() - t < 2.0
-
-
 # --------------------------------------------------------------------------------------------------
 # KarpathyImageDataset
 
@@ -322,14 +310,6 @@ def test_shapes_are_distinct():
         for b in range(a):
             assert (masks[a] != masks[b]).sum() >= 10, (a, b)
     assert len(COLOR_RGB) == len(COLORS)
-
-
-def test_render_speed():
-    t = time.perf_counter()
-    ds = _rendered(num_train=10000)
-    images = [ds.image(i) for i in range(ds.num_images)]
-    assert len(images) == 10000
-    assert time.perf_counter() - t < 20.0  # about 4 s on one core, captions included
 
 
 def test_render_config_errors_and_factory():
