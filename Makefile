@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/vsekit demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py
