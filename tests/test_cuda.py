@@ -52,8 +52,14 @@ def test_gpo_on_cuda_matches_cpu_and_never_syncs() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     got = [pooled_c.detach(), weights_c.detach(), xc.grad, *(p.grad for p in gpo.parameters())]
-    for w, g in zip(want, got):
+    for w, g in zip(want[:3], got[:3]):
         torch.testing.assert_close(g.cpu(), w, atol=1e-4, rtol=1e-4)
+    # The generator's parameter gradients sum 64 x 49 terms of up to about 1,800 that cancel: their float32
+    # error follows the size of the terms, not of the result (on the CPU alone, against float64: up to 1.3e-3;
+    # one thread against two: 2.4e-4). A 1e-4 tolerance failed on an H200 by 3.4e-4 in a gradient of size 790
+    # with one CPU thread; the bound is relative to each tensor's largest entry instead.
+    for w, g in zip(want[3:], got[3:]):
+        torch.testing.assert_close(g.cpu(), w, atol=1e-5 * float(w.abs().max()), rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
