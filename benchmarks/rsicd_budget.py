@@ -18,8 +18,10 @@ Issue 4 asks for training ≤ 30 min and feature extraction ≤ 6 min, counted a
   everything that produces the model and exists only for it (steps 3 to 5);
 - **strict**: extraction = every backbone pass (steps 1–4); training = step 5.
 
-The budgets mean one machine's cores to itself: the load average is recorded before every step, so that a
-timing taken beside other work is visible as such. The script resumes: a rerun skips the steps already done
+The budgets mean one machine's cores to itself. Two records per step show whether it had them: the 1-minute
+load average before the step (right after a previous step it still reads about that step's own load, 2 on two
+cores), and the cores the step used, its CPU time over its wall time (near the machine's core count when nothing
+else competed; well below it when other work took a share). The script resumes: a rerun skips the steps already done
 (their recorded times stand), and a step that was interrupted resumes and is marked ``resumed`` (its time then
 covers the last attempt only). It prints a table and writes ``{out}/budget.json`` atomically.
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -70,6 +73,12 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                           f"seed={args.seed}", *args.overrides, "--run-dir", run]))  # fmt: skip
     out.append(("test", ["eval", run, "--split", "test", "--json", str(args.out / "test.json")]))
     return out
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def totals(record: dict) -> dict[str, dict[str, float]]:
@@ -121,13 +130,14 @@ def run(argv: list[str] | None) -> int:
         load = os.getloadavg()[0]
         atomic_write_json(record, state)
         print(f"== {name}: vsekit {' '.join(cli)}  (load average {load:.2f})", flush=True)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
         done = subprocess.run([sys.executable, "-m", "vsekit", *cli])
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _children_cpu_seconds() - cpu0
         if done.returncode != 0:
             print(f"error: step {name} failed (exit {done.returncode}); rerun to resume", file=sys.stderr)
             return 1
-        record["steps"][name] = {"seconds": round(seconds, 1), "load_before": round(load, 2), "resumed": resumed}
+        record["steps"][name] = {"seconds": round(seconds, 1), "load_before": round(load, 2),
+                                 "cores_used": round(cpu / seconds, 2), "resumed": resumed}  # fmt: skip
         atomic_write_json(record, state)
 
     record["test"] = json.loads((args.out / "test.json").read_text())
@@ -135,11 +145,12 @@ def run(argv: list[str] | None) -> int:
     atomic_write_json(record, state)
 
     print(f"\n{args.preset}, seed {args.seed}, {record['cpus']} CPU cores")
-    print("| step | minutes | load before | resumed |")
-    print("|---|---|---|---|")
+    print("| step | minutes | load before | cores used | resumed |")
+    print("|---|---|---|---|---|")
     for name, _ in plan:
         s = record["steps"][name]
-        print(f"| {name} | {s['seconds'] / 60:.2f} | {s['load_before']:.2f} | {'yes' if s['resumed'] else ''} |")
+        cores = f"{s['cores_used']:.2f}" if "cores_used" in s else "-"  # (not recorded by the first version)
+        print(f"| {name} | {s['seconds'] / 60:.2f} | {s['load_before']:.2f} | {cores} | {'yes' if s['resumed'] else ''} |")
     print("\n| account | extraction (≤ 6 min) | training (≤ 30 min) |")
     print("|---|---|---|")
     for account, sums in record["minutes"].items():

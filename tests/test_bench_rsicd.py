@@ -118,6 +118,9 @@ def test_budget_runner_times_every_step_and_resumes(tmp_path, capsys):
     rec = json.loads((out / "budget.json").read_text())
     steps = ["extract_plain", "extract_test_views", "extract_train_views", "extract_val_views", "train", "test"]
     assert list(rec["steps"]) == steps and all(s["seconds"] > 0 and not s["resumed"] for s in rec["steps"].values())
+    # CPU time over wall time of each step: the extraction and training subprocesses did run (not zero), on at
+    # most the cores there are (a little slack for the rounding of short steps)
+    assert all(0.1 < s["cores_used"] <= rec["cpus"] + 0.2 for s in rec["steps"].values())
     feats = out / "features_lite0"
     assert (feats / "train_ims.rot180.npy").is_file() and not (feats / "train_ims.rot90.npy").exists()
     assert all((feats / f"{split}_ims.{v}.npy").is_file() for split in ("val", "test") for v in ("rot90", "hflip"))
