@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/bench_data.py [--repeats 5] [--threads 1] [--out benchmarks/results/bench_data.json]
 
-Three timings, each the median of ``--repeats`` runs after one warm-up, against the target the README states:
+Three timings, each the median of ``--repeats`` rounds after one warm-up round (the three run in turn within a
+round, ``bench_eval.median_times``), against the target the README states:
 
 1. ``make_synthetic()``: the default built-in feature data (4,000 / 500 / 500 images with their captions), which
    ``vsekit demo`` and every preset on built-in data generate at start-up ("about a second"; target 10 s).
@@ -24,23 +25,12 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
+from bench_eval import median_times  # the sibling script's timing loop (benchmarks/ is on sys.path when run)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up: imports, allocator, caches
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
 
 
 def _smooth_images(n: int, size: int) -> list[np.ndarray]:
@@ -86,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         x, _ = pixels.collate(photos, train=True)
         assert x.shape == (128, 3, 224, 224)
 
-    cases = [
-        ("make_synthetic(): 5,000 feature images + 25,000 captions", synthetic, 10.0),
-        ("rendered scenes: 10,000 images of 64 px + captions", rendered, 20.0),
-        ("collate: 128 images 256 px -> 224 px, training", collate, 2.0),
-    ]
+    cases = {
+        "make_synthetic(): 5,000 feature images + 25,000 captions": (synthetic, 10.0),
+        "rendered scenes: 10,000 images of 64 px + captions": (rendered, 20.0),
+        "collate: 128 images 256 px -> 224 px, training": (collate, 2.0),
+    }
+    times = median_times({label: fn for label, (fn, _) in cases.items()}, args.repeats)
     rows = []
-    for label, fn, target in cases:
-        med, times = _median_seconds(fn, args.repeats)
-        rows.append({"case": label, "median_seconds": round(med, 3), "seconds": [round(t, 3) for t in times],
+    for label, (_, target) in cases.items():
+        med = statistics.median(times[label])
+        rows.append({"case": label, "median_seconds": round(med, 3), "seconds": [round(t, 3) for t in times[label]],
                      "target_seconds": target, "met": med < target})  # fmt: skip
 
     result = {
