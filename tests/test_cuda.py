@@ -78,7 +78,6 @@ def test_gpo_half_precision_on_cuda(dtype) -> None:
     assert ((half.float() - ref).abs().max() / ref.abs().max()).item() < 4 * eps
 
 
-
 def test_checkpoint_of_a_cuda_run_holds_cpu_tensors_only(tmp_path) -> None:
     """Weights, optimizer state and weight average are all written on the CPU (an H200 run found the average on
     the GPU), and come back onto the model's device when loaded."""
