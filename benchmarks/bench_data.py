@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_data.py [--repeats 5] [--threads 1] [--out benchmarks/results/bench_data.json]
 
 Three timings, each the median of ``--repeats`` rounds after one warm-up round (the three run in turn within a
-round, ``bench_eval.median_times``), against the target the README states:
+round, ``benchmarks/timing.py``), against the target the README states:
 
 1. ``make_synthetic()``: the default built-in feature data (4,000 / 500 / 500 images with their captions), which
    ``vsekit demo`` and every preset on built-in data generate at start-up ("about a second"; target 10 s).
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from bench_eval import median_times  # the sibling script's timing loop (benchmarks/ is on sys.path when run)
+from timing import interleaved_times  # benchmarks/timing.py (benchmarks/ is on sys.path when run)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "rendered scenes: 10,000 images of 64 px + captions": (rendered, 20.0),
         "collate: 128 images 256 px -> 224 px, training": (collate, 2.0),
     }
-    times = median_times({label: fn for label, (fn, _) in cases.items()}, args.repeats)
+    times = interleaved_times({label: fn for label, (fn, _) in cases.items()}, args.repeats)
     rows = []
     for label, (_, target) in cases.items():
         med = statistics.median(times[label])

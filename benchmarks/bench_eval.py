@@ -23,11 +23,11 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from timing import interleaved_times  # benchmarks/timing.py (benchmarks/ is on sys.path when run)
 from vsekit.evaluation import evaluate_sims, i2t_ranks, t2i_ranks
 from vsekit.io import atomic_write_json
 
@@ -55,22 +55,6 @@ def plain_t2i(sims: np.ndarray, k: int, cols: int) -> np.ndarray:
         order = np.lexsort((~is_gt, -sims[:, j]))
         ranks[j] = np.flatnonzero(is_gt[order])[0]
     return ranks
-
-
-def median_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Wall times of each function over ``repeats`` rounds, after one warm-up round.
-
-    The functions run in turn within each round, so a load change on a shared machine hits them
-    alike rather than skewing the ratios between them.
-    """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(repeats + 1):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def make_embeddings(n: int, k: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     images, captions = make_embeddings(n, k, args.dim, args.seed)
     cap_t = captions.T.contiguous()
     sims = (images @ cap_t).numpy()
-    runs = median_times(
+    runs = interleaved_times(
         {
             "matmul": lambda: images @ cap_t,
             "matmul_plus_evaluate": lambda: evaluate_sims(images @ cap_t, k),

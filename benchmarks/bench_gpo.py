@@ -31,12 +31,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from timing import interleaved_times  # benchmarks/timing.py (benchmarks/ is on sys.path when run)
 from vsekit.io import atomic_write_json
 from vsekit.pooling import GPO, MaxPool, MeanPool
 
@@ -44,19 +44,9 @@ TARGET_RATIO = 1.5
 TARGET = f"GPO inference within {TARGET_RATIO}x of max pooling"
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median wall time in ms of each function; one call of each per round, so that load
-    changes on a shared machine hit all candidates alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+def median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median wall time in ms of each function (:func:`timing.interleaved_times`: one call of each per round)."""
+    return {name: statistics.median(t) * 1e3 for name, t in interleaved_times(fns, repeats, warmup).items()}
 
 
 def make_workloads(batch: int, dim: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -97,7 +87,7 @@ def bench_workload(features: torch.Tensor, lengths: torch.Tensor, repeats: int, 
 
     for pool in poolings.values():
         pool.train()
-    train = time_interleaved({name: train_step(pool) for name, pool in poolings.items()}, repeats, warmup)
+    train = median_ms({name: train_step(pool) for name, pool in poolings.items()}, repeats, warmup)
 
     def infer(pool: torch.nn.Module) -> Callable[[], None]:
         def run() -> None:
@@ -115,7 +105,7 @@ def bench_workload(features: torch.Tensor, lengths: torch.Tensor, repeats: int, 
             official_sort_pool(gpo, features, lengths)
 
     fns["gpo[official dim-1 sort]"] = official
-    inference = time_interleaved(fns, repeats, warmup)
+    inference = median_ms(fns, repeats, warmup)
     with torch.inference_mode():  # sanity: all GPO paths agree
         ref = official_sort_pool(gpo, features, lengths)
         for pool in (gpo, gpo_sort):
@@ -141,7 +131,7 @@ def bench_generator(lengths: torch.Tensor, repeats: int, warmup: int) -> dict[st
         (gpo.compute_weights(lengths) * probe).sum().backward()
         gpo.zero_grad(set_to_none=True)
 
-    return time_interleaved({"per_sample": per_sample, "once_per_distinct_size": distinct}, repeats, warmup)
+    return median_ms({"per_sample": per_sample, "once_per_distinct_size": distinct}, repeats, warmup)
 
 
 def environment(threads: int) -> dict[str, object]:

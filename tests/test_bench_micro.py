@@ -1,0 +1,59 @@
+"""The micro-benchmarks' shared timing loop, and each micro-benchmark run as a script on tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from timing import interleaved_times  # noqa: E402
+
+sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_interleaved_times_alternates_candidates_and_skips_the_warmup():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = interleaved_times(fns, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5  # one call of each per round: 2 untimed rounds, then 3 timed ones
+    assert list(times) == ["a", "b"]
+    assert all(len(t) == 3 and all(s >= 0 for s in t) for t in times.values())
+
+
+def test_interleaved_times_measures_the_call():
+    import time
+
+    times = interleaved_times({"sleep": lambda: time.sleep(0.02), "noop": lambda: None}, repeats=2, warmup=0)
+    assert min(times["sleep"]) >= 0.02
+    assert max(times["noop"]) < 0.02
+
+
+@pytest.mark.parametrize("repeats, warmup", [(0, 1), (1, -1)])
+def test_interleaved_times_rejects_bad_counts(repeats, warmup):
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        interleaved_times({"a": lambda: None}, repeats, warmup)
+
+
+@pytest.mark.parametrize(
+    "script, args, check",
+    [
+        ("bench_gpo.py", ["--batch", "8", "--dim", "16", "--repeats", "2", "--warmup", "1", "--threads", "1"],
+         lambda r: set(r["workloads"]["image-36"]["inference_ms"]) >= {"gpo", "max", "mean"}),
+        ("bench_eval.py", ["--images", "60", "--dim", "16", "--repeats", "2", "--subset-images", "10",
+                           "--subset-captions", "20"],
+         lambda r: r["fast_and_plain_agree"] is True),
+        ("bench_data.py", ["--repeats", "1"], lambda r: len(r["cases"]) == 3),
+    ],
+)  # fmt: skip
+def test_micro_benchmark_runs_as_a_script(tmp_path, script, args, check):
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a speed target missed on this machine, not an error
+    assert len(proc.stdout.splitlines()) >= 4  # the printed table
+    assert check(json.loads(out.read_text()))
