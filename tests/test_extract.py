@@ -380,3 +380,77 @@ def test_encode_karpathy_with_features_indexes_the_evaluated_embeddings(tmp_path
         Index.build(tmp_path / "m.pt", feats, tmp_path / "bad", features=feats, progress=False)
     with pytest.raises(ConfigError, match="views: only for precomputed features"):
         Index.build(tmp_path / "m.pt", ann, tmp_path / "bad", views=["rot90"], progress=False)
+
+
+def test_feature_index_takes_image_files_as_queries(tmp_path):
+    """An index of a feature model over `vsekit extract` features records their extractor; a query image then
+    gets the features its stored row has (same backbone, preprocessing, views and float16 rounding), averaged
+    over the index's views as the indexed images are, so an indexed image finds itself."""
+    from PIL import Image
+
+    from .conftest import tiny_config
+    from vsekit.checkpoint import save_checkpoint
+    from vsekit.data import build_vocab, write_precomp
+    from vsekit.extract import FeatureExtractor, extract_features
+    from vsekit.index import Index
+    from vsekit.models import create_model
+
+    ann, root = _karpathy(tmp_path, n_train=0, n_test=6)
+    feats = tmp_path / "f"
+    extract_features(ann, root, feats, splits=["test"], views=["rot180"], backbone="tiny", image_size=64, batch_size=4,
+                     progress_stream=None)  # fmt: skip
+    stored = np.load(feats / "test_ims.npy").astype(np.float32)
+    meta = json.loads((feats / "features.json").read_text())
+    extractor = FeatureExtractor.from_metadata(meta, "features.json")
+    plain, turned = extractor([root / "im4.png", np.array(Image.open(root / "im1.png"))], views=[None, "rot180"])
+    np.testing.assert_allclose(plain, stored[[4, 1]], rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(turned, np.load(feats / "test_ims.rot180.npy")[[4, 1]].astype(np.float32), rtol=2e-3, atol=1e-3)
+    assert not np.allclose(plain, turned, atol=1e-2)
+
+    cfg = tiny_config(f"model.image.img_dim={stored.shape[2]}", "data.eval_views=[rot180]")
+    torch.manual_seed(0)
+    model = create_model(cfg.model, build_vocab([f"picture number {i} caption {c}" for i in range(6) for c in range(5)], min_count=1))
+    save_checkpoint(tmp_path / "m.pt", model, cfg)
+    idx = Index.build(tmp_path / "m.pt", ann, tmp_path / "idx", features=feats, image_root=root, progress=False)
+    assert idx.stats()["views"] == ["rot180"] and idx.meta["collection"]["extractor"]["backbone"] == "tiny"
+    names = [f"im{i}.png" for i in range(6)]
+    queries = [root / "im2.png", str(root / "im3.png"), (root / "im5.png").read_bytes(), Image.open(root / "im0.png"),
+               stored[1]]  # fmt: skip  (the last: a K×D feature array, embedded as it is, without views)
+    embedded = idx.embed_images(queries)
+    for row, name in zip(embedded[:4], ("im2.png", "im3.png", "im5.png", "im0.png")):
+        np.testing.assert_allclose(row, idx.embedding(name), atol=2e-3)
+    np.testing.assert_allclose(embedded[4], model.eval().encode_image(stored[1:2])[0].numpy(), atol=1e-5)
+    for name in names:
+        assert idx.search(image=root / name, k=1)[0].id == name
+    assert idx.search_batch(images=[root / "im4.png", stored[4]], k=1)[0][0].id == "im4.png"
+
+    # from the command line, as a user searches with a photo
+    r = subprocess.run([sys.executable, "-m", "vsekit", "search", str(tmp_path / "idx"), "--image", str(root / "im3.png"),
+                        "-k", "2", "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["id"] == "im3.png"
+
+    # and from the search page's upload (HTTP)
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from vsekit.serving import create_app
+
+    with TestClient(create_app(idx)) as client:
+        r = client.post("/api/search", files={"image": ("q.png", (root / "im5.png").read_bytes(), "image/png")}, data={"k": "1"})
+    assert r.status_code == 200 and r.json()["hits"][0]["id"] == "im5.png", r.text
+
+    # without features.json (a precomp folder) the index cannot make features: a one-line error, arrays still work
+    write_precomp(tmp_path / "pre", "test", stored, [f"caption {i}" for i in range(6 * 5)])
+    pre = Index.build(tmp_path / "m.pt", tmp_path / "pre", tmp_path / "idx_pre", views=[], progress=False)
+    assert pre.meta["collection"]["extractor"] is None and pre.feature_extractor() is None
+    with pytest.raises(DataError, match="does not record how they were made"):
+        pre.search(image=root / "im1.png")
+    assert pre.search(image=stored[3], k=1)[0].id == "test/3"
+    # metadata that this version cannot reproduce is refused, naming where it came from
+    with pytest.raises(ConfigError, match="features.json: not vsekit feature metadata"):
+        FeatureExtractor.from_metadata({**meta, "format": "other"}, "features.json")
+    with pytest.raises(ConfigError, match="f.json: preprocessing .* is not this vsekit version's for tiny"):
+        FeatureExtractor.from_metadata({**meta, "preprocessing": {**meta["preprocessing"], "mean": [0, 0, 0]}}, "f.json")
+    with pytest.raises(ConfigError, match="f.json: backbone 'nope'"):
+        FeatureExtractor.from_metadata({**meta, "backbone": "nope"}, "f.json")

@@ -13,6 +13,9 @@ Extraction is resumable: rows are written into ``{split}_ims.npy.partial`` and t
 images into ``{split}.progress.json`` (atomically, after the rows are flushed); a killed run continues
 where it stopped, and the final file appears (atomic rename) only when the split is complete.
 
+:class:`FeatureExtractor` computes the same features for any image; a search index of a feature model embeds
+query images with it.
+
 >>> from vsekit.extract import extract_features
 >>> extract_features("data/rsicd/dataset_rsicd.json", "data/rsicd/images", "features/rsicd_lite0")  # doctest: +SKIP
 """
@@ -125,28 +128,19 @@ def extract_features(
         The metadata written to ``features.json`` plus ``timing`` (seconds and images/s per split, and per
         ``{split}.{view}``).
     """
-    from .backbones import create_backbone
     from .data.datasets import KarpathyJSON
-    from .data.images import PixelInput
-    from .training import resolve_device
 
-    if dtype not in ("float16", "float32"):
-        raise ConfigError(f"dtype: expected float16 or float32, got {dtype!r}")
-    if batch_size < 1 or image_size < 1:
-        raise ConfigError("batch_size and image_size: expected positive integers")
+    if batch_size < 1:
+        raise ConfigError("batch_size: expected a positive integer")
     check_views(views, "views")
     image_root = Path(images)
     if not image_root.is_dir():
         raise DataError(f"{image_root}: image folder not found")
     data = KarpathyJSON(annotations)
+    extractor = FeatureExtractor(backbone, image_size, dtype, device)
+    settings = extractor.settings
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    # the backbone's inference form: channels-last memory (1.3-1.5x faster for these CNNs on a CPU, and what
-    # cuDNN prefers) and, for EfficientNet-Lite0, BatchNorm folded into the convolutions (1.6x more)
-    net = create_backbone(backbone, pretrained=True).to(dev).for_inference()
-    pixels = PixelInput(image_size, net.input_mean, net.input_std)
-    settings = _settings(backbone, image_size, dtype, net.input_mean, net.input_std)
 
     meta_path = out / META
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -156,7 +150,7 @@ def extract_features(
     meta.setdefault("splits", {})
     timing: dict[str, Any] = {}
 
-    job = _Job(net, pixels, dev, image_root, out, dtype, batch_size, workers, max_images, progress_stream)
+    job = _Job(extractor, image_root, out, batch_size, workers, max_images, progress_stream)
     for split in splits:
         records = data.records(split.split("+"))
         for view in (None, *views):
@@ -179,19 +173,114 @@ def extract_features(
     return {**meta, "timing": timing}
 
 
+class FeatureExtractor:
+    """The grid features that ``vsekit extract`` stores, for any images: the same backbone (in its inference
+    form), preprocessing, views and storage precision. A search index of a feature model embeds query images
+    with it, so that an indexed image given as a query has the features of its stored row.
+
+    >>> ex = FeatureExtractor("efficientnet_lite0")  # doctest: +SKIP
+    >>> plain, turned = ex(["photo.jpg"], views=[None, "rot90"])  # two 1×49×1280 float32 arrays  # doctest: +SKIP
+
+    Args:
+        backbone: a :func:`vsekit.backbones.list_backbones` name (pretrained weights).
+        image_size: side of the square network input.
+        dtype: the storage precision, ``float16`` or ``float32``; features are rounded to it.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+
+    Raises:
+        ConfigError: for an unknown backbone or dtype, or a size below 1.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", image_size: int = 224, dtype: str = "float16",
+                 device: str = "cpu") -> None:  # fmt: skip
+        from .backbones import create_backbone
+        from .data.images import PixelInput
+        from .training import resolve_device
+
+        if dtype not in ("float16", "float32"):
+            raise ConfigError(f"dtype: expected float16 or float32, got {dtype!r}")
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ConfigError(f"image_size: expected a positive integer, got {image_size!r}")
+        self.device = resolve_device(device)
+        # the backbone's inference form: channels-last memory (1.3-1.5x faster for these CNNs on a CPU, and what
+        # cuDNN prefers) and, for EfficientNet-Lite0, BatchNorm folded into the convolutions (1.6x more)
+        self.net = create_backbone(backbone, pretrained=True).to(self.device).for_inference()
+        self.pixels = PixelInput(image_size, self.net.input_mean, self.net.input_std)
+        self.dtype = dtype
+        self.settings = _settings(backbone, image_size, dtype, self.net.input_mean, self.net.input_std)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], where: str, device: str = "cpu") -> FeatureExtractor:
+        """The extractor that wrote a features folder, from its ``features.json`` content.
+
+        Args:
+            meta: the parsed ``features.json`` (or the same keys as recorded in a search index).
+            where: what ``meta`` came from, named in errors.
+            device: as in the constructor.
+
+        Raises:
+            ConfigError: naming ``where`` if ``meta`` is not vsekit feature metadata, or its preprocessing is not
+                this version's for that backbone (its features could not be reproduced).
+        """
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ConfigError(f"{where}: not vsekit feature metadata (format {found!r}, expected {FORMAT!r})")
+        backbone, size, dtype = meta.get("backbone"), meta.get("image_size"), meta.get("dtype")
+        if not isinstance(backbone, str) or not isinstance(size, int) or not isinstance(dtype, str):
+            raise ConfigError(f"{where}: expected a backbone name, an integer image_size and a dtype")
+        try:
+            extractor = cls(backbone, size, dtype, device)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if {k: meta.get(k) for k in extractor.settings} != extractor.settings:
+            raise ConfigError(f"{where}: preprocessing {meta.get('preprocessing')} is not this vsekit version's for "
+                              f"{backbone} ({extractor.settings['preprocessing']})")  # fmt: skip
+        return extractor
+
+    def grids(self, pixels: torch.Tensor, view: str | None = None) -> torch.Tensor:
+        """B×3×S×S network input (``self.pixels.collate``) -> B×C×h×w feature maps of the images or of one of
+        their :data:`VIEWS`, on the extractor's device, in the network's precision."""
+        if view is not None:
+            pixels = VIEWS[view](pixels)
+        return self.net(pixels.to(self.device).contiguous(memory_format=torch.channels_last))
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[Any], views: Sequence[str | None] = (None,)) -> list[np.ndarray]:
+        """The stored features of images.
+
+        Args:
+            images: file paths, PIL images or H×W×3 uint8 arrays.
+            views: ``None`` (the image itself) and/or :data:`VIEWS` names.
+
+        Returns:
+            Per view, an N×(h·w)×C float32 array: row ``i`` equals what ``vsekit extract`` writes for image ``i``
+            (rounded to ``dtype``).
+
+        Raises:
+            DataError: if an item is not a readable image.
+            ConfigError: for an unknown view.
+        """
+        check_views([v for v in views if v is not None], "views")
+        x, _ = self.pixels.collate(list(images), train=False)
+        out = []
+        for view in views:
+            f = self.grids(x, view).flatten(2).transpose(1, 2).float().cpu().numpy()
+            out.append(f.astype(self.dtype).astype(np.float32))
+        return out
+
+
 class _Job:
     """One extraction's fixed settings; :meth:`run` extracts one split (or one view of it), resumably."""
 
-    def __init__(self, net: Any, pixels: Any, dev: torch.device, image_root: Path, out: Path, dtype: str,
-                 batch_size: int, workers: int, max_images: int | None, progress_stream: TextIO | None) -> None:  # fmt: skip
-        self.net, self.pixels, self.dev, self.image_root, self.out = net, pixels, dev, image_root, out
-        self.dtype, self.batch_size, self.workers = dtype, batch_size, workers
+    def __init__(self, extractor: FeatureExtractor, image_root: Path, out: Path, batch_size: int, workers: int,
+                 max_images: int | None, progress_stream: TextIO | None) -> None:  # fmt: skip
+        self.extractor, self.image_root, self.out = extractor, image_root, out
+        self.pixels, self.dev, self.dtype = extractor.pixels, extractor.device, extractor.dtype
+        self.batch_size, self.workers = batch_size, workers
         self.max_images, self.progress_stream = max_images, progress_stream
 
     def _features(self, x: torch.Tensor, view: str | None) -> torch.Tensor:
-        if view is not None:
-            x = VIEWS[view](x)
-        return self.net(x.to(self.dev).contiguous(memory_format=torch.channels_last))  # B×C×h×w
+        return self.extractor.grids(x, view)  # B×C×h×w
 
     def run(self, split: str, records: list, view: str | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Extract ``records`` into ``{split}_ims[.{view}].npy``. Returns the split's ``features.json`` entry

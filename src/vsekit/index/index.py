@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 
 from vsekit.errors import CheckpointError, ConfigError, DataError
+from vsekit.evaluation import mean_over_views
 from vsekit.index.backends import ExactBackend, FaissBackend, gather_rows, import_faiss, parse_backend, recall_at_k
 from vsekit.index.collection import ImageItem, TextItem, detect_source_kind, read_collection
 from vsekit.index.encode import check_image_input, encode_images, encode_texts
@@ -118,6 +120,26 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _extractor_settings(kind: str, source: Path, features: str | os.PathLike | None) -> dict[str, Any] | None:
+    """What made a feature collection's features (the ``features.json`` that ``vsekit extract`` writes next to
+    them: backbone, image size, dtype, preprocessing), so that query images get the same features; None for
+    other collections and for feature folders without it."""
+    from vsekit.extract import FORMAT as FEATURES_FORMAT
+    from vsekit.extract import META as FEATURES_META
+
+    folder = Path(features) if features is not None else source if kind == "precomp" else None
+    if folder is None or not (folder / FEATURES_META).is_file():
+        return None
+    try:
+        meta = json.loads((folder / FEATURES_META).read_text())
+    except (OSError, ValueError):
+        log.warning("%s: unreadable; query images cannot be turned into features", folder / FEATURES_META)
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FEATURES_FORMAT:
+        return None
+    return {k: meta.get(k) for k in ("format", "backbone", "image_size", "dtype", "preprocessing")}
 
 
 def _model_summary(model: Any, name: str, checkpoint: Path, sha: str, given: str) -> dict[str, Any]:
@@ -405,6 +427,8 @@ class Index:
         self.model = model
         self.root = Path(meta["collection"]["root"])
         self._parts = parts
+        self._extractor: Any = None  # the feature extractor of query images (feature models), made when first needed
+        self._extractor_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -659,6 +683,7 @@ class Index:
                 "split": split,
                 "features": None if features is None else str(Path(features).absolute()),
                 "views": list(col.views),
+                "extractor": _extractor_settings(col.kind, col.source, features),
             },
             "backend": backend,
             "search_params": search_params,
@@ -797,15 +822,9 @@ class Index:
                 raise DataError(f"text: expected a non-empty query string (query {i})")
         return self.model.encode_text([t.strip() for t in texts]).numpy()
 
-    def _image_input(self, image: Any) -> Any:
-        spec = self.model.image_input
-        if spec.kind == "features":
-            if isinstance(image, (np.ndarray, torch.Tensor)) and np.ndim(image) in (1, 2):
-                arr = np.asarray(image, dtype=np.float32)
-                return arr[None] if arr.ndim == 1 else arr
-            raise DataError(
-                "image: this index's model reads precomputed features; give a K×D feature array, or search by item"
-            )
+    def _decode_image(self, image: Any) -> Any:
+        """A query image as the model input accepts it: bytes decoded (size-checked first), paths, PIL images
+        and arrays as they are."""
         if isinstance(image, (bytes, bytearray, memoryview)):
             try:
                 from PIL import Image
@@ -826,9 +845,49 @@ class Index:
             return image
         raise DataError(f"image: expected a file path, bytes, a PIL image or an H×W×3 uint8 array, got {type(image).__name__}")
 
+    def feature_extractor(self) -> Any:
+        """The :class:`vsekit.extract.FeatureExtractor` that made this feature index's features, on the model's
+        device (built on first use), or None where the index does not record one (other models; feature
+        folders without ``features.json``)."""
+        settings = self.meta["collection"].get("extractor")
+        if settings is None or self.model.image_input.kind != "features":
+            return None
+        with self._extractor_lock:
+            if self._extractor is None:
+                from vsekit.extract import FeatureExtractor
+
+                where = f"{self.path / 'index.json'} (collection.extractor)"
+                self._extractor = FeatureExtractor.from_metadata(settings, where, device=str(self.model.device))
+            return self._extractor
+
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
-        """Query embeddings of images (paths, bytes, PIL images or arrays; B×E float32)."""
-        return self.model.encode_image([self._image_input(x) for x in images]).numpy()
+        """Query embeddings of images (B×E float32).
+
+        Raw-image models take paths, bytes, PIL images or H×W×3 uint8 arrays. Feature models take K×D feature
+        arrays (embedded as they are), and the same images where the index records the extractor of its
+        features (``vsekit extract``): their features and the index's views are computed as for the indexed
+        images, and the embedding is the mean over the views, as the indexed images' is.
+        """
+        if self.model.image_input.kind != "features":
+            return self.model.encode_image([self._decode_image(x) for x in images]).numpy()
+        out = np.zeros((len(images), int(self.model.config.embed_size)), np.float32)
+        arrays = {i: x for i, x in enumerate(images) if isinstance(x, (np.ndarray, torch.Tensor)) and np.ndim(x) in (1, 2)}
+        if arrays:
+            feats = [np.asarray(x, dtype=np.float32) for x in arrays.values()]
+            out[list(arrays)] = self.model.encode_image([f[None] if f.ndim == 1 else f for f in feats]).numpy()
+        pictures = {i: self._decode_image(x) for i, x in enumerate(images) if i not in arrays}
+        if pictures:
+            extractor = self.feature_extractor()
+            if extractor is None:
+                raise DataError(
+                    "image: this index's model reads precomputed features, and the index does not record how they "
+                    "were made (no features.json from 'vsekit extract'); give a K×D feature array, or search by item"
+                )
+            views = (None, *(self.meta["collection"].get("views") or []))
+            grids = extractor(list(pictures.values()), views)
+            embs = [self.model.encode_image(g) for g in grids]
+            out[list(pictures)] = mean_over_views(embs, self.model.config.image.normalize).numpy()
+        return out
 
     def _check_query(self, k: Any, offset: Any, target: Any) -> tuple[int, int, str]:
         k = _positive_int(k, "k")
@@ -871,8 +930,9 @@ class Index:
 
         Args:
             text: a sentence.
-            image: an image file path, its bytes, a PIL image or an H×W×3 uint8 array (feature models: a
-                K×D feature array).
+            image: an image file path, its bytes, a PIL image or an H×W×3 uint8 array (feature models: also a
+                K×D feature array; images where the index records its features' extractor, see
+                :meth:`embed_images`).
             item: the id of an indexed item ("search with this result"); the item itself is left out.
             k: results per page.
             offset: results skipped (pagination).
