@@ -440,6 +440,16 @@ def test_feature_index_takes_image_files_as_queries(tmp_path):
         r = client.post("/api/search", files={"image": ("q.png", (root / "im5.png").read_bytes(), "image/png")}, data={"k": "1"})
     assert r.status_code == 200 and r.json()["hits"][0]["id"] == "im5.png", r.text
 
+    # an index written before the extractor was recorded: a one-line error, and encoding again records it
+    # without embedding anything again
+    old = json.loads((tmp_path / "idx" / "index.json").read_text())
+    del old["collection"]["extractor"]
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(old))
+    with pytest.raises(DataError, match="run its 'vsekit encode' again"):
+        Index.load(tmp_path / "idx").search(image=root / "im1.png")
+    again = Index.build(tmp_path / "m.pt", ann, tmp_path / "idx", features=feats, image_root=root, progress=False)
+    assert again.meta["encoded"] == {"images": 0, "texts": 0} and again.search(image=root / "im1.png", k=1)[0].id == "im1.png"
+
     # without features.json (a precomp folder) the index cannot make features: a one-line error, arrays still work
     write_precomp(tmp_path / "pre", "test", stored, [f"caption {i}" for i in range(6 * 5)])
     pre = Index.build(tmp_path / "m.pt", tmp_path / "pre", tmp_path / "idx_pre", views=[], progress=False)

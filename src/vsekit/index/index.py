@@ -881,7 +881,8 @@ class Index:
             if extractor is None:
                 raise DataError(
                     "image: this index's model reads precomputed features, and the index does not record how they "
-                    "were made (no features.json from 'vsekit extract'); give a K×D feature array, or search by item"
+                    "were made (no features.json from 'vsekit extract' beside them, or an index built before vsekit "
+                    "recorded it: run its 'vsekit encode' again); give a K×D feature array, or search by item"
                 )
             views = (None, *(self.meta["collection"].get("views") or []))
             grids = extractor(list(pictures.values()), views)
