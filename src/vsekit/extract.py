@@ -237,12 +237,13 @@ class FeatureExtractor:
                               f"{backbone} ({extractor.settings['preprocessing']})")  # fmt: skip
         return extractor
 
-    def grids(self, pixels: torch.Tensor, view: str | None = None) -> torch.Tensor:
-        """B×3×S×S network input (``self.pixels.collate``) -> B×C×h×w feature maps of the images or of one of
-        their :data:`VIEWS`, on the extractor's device, in the network's precision."""
+    def rows(self, pixels: torch.Tensor, view: str | None = None) -> np.ndarray:
+        """B×3×S×S network input (``self.pixels.collate``) -> the B×(h·w)×C feature rows, in ``dtype``, that a
+        features file stores for these images or for one of their :data:`VIEWS`."""
         if view is not None:
             pixels = VIEWS[view](pixels)
-        return self.net(pixels.to(self.device).contiguous(memory_format=torch.channels_last))
+        fmap = self.net(pixels.to(self.device).contiguous(memory_format=torch.channels_last))  # B×C×h×w
+        return fmap.flatten(2).transpose(1, 2).float().cpu().numpy().astype(self.dtype)
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[Any], views: Sequence[str | None] = (None,)) -> list[np.ndarray]:
@@ -262,11 +263,7 @@ class FeatureExtractor:
         """
         check_views([v for v in views if v is not None], "views")
         x, _ = self.pixels.collate(list(images), train=False)
-        out = []
-        for view in views:
-            f = self.grids(x, view).flatten(2).transpose(1, 2).float().cpu().numpy()
-            out.append(f.astype(self.dtype).astype(np.float32))
-        return out
+        return [self.rows(x, view).astype(np.float32) for view in views]
 
 
 class _Job:
@@ -275,19 +272,15 @@ class _Job:
     def __init__(self, extractor: FeatureExtractor, image_root: Path, out: Path, batch_size: int, workers: int,
                  max_images: int | None, progress_stream: TextIO | None) -> None:  # fmt: skip
         self.extractor, self.image_root, self.out = extractor, image_root, out
-        self.pixels, self.dev, self.dtype = extractor.pixels, extractor.device, extractor.dtype
         self.batch_size, self.workers = batch_size, workers
         self.max_images, self.progress_stream = max_images, progress_stream
-
-    def _features(self, x: torch.Tensor, view: str | None) -> torch.Tensor:
-        return self.extractor.grids(x, view)  # B×C×h×w
 
     def run(self, split: str, records: list, view: str | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Extract ``records`` into ``{split}_ims[.{view}].npy``. Returns the split's ``features.json`` entry
         (None while it is partial) and this call's timing."""
         from .data.images import load_image
 
-        out, dtype, batch_size = self.out, self.dtype, self.batch_size
+        out, extractor, batch_size = self.out, self.extractor, self.batch_size
         n = len(records)
         image_root = self.image_root
         paths = [_image_path(image_root, r) for r in records]
@@ -296,17 +289,15 @@ class _Job:
         partial = final.with_name(final.name + ".partial")
         state_path = out / (f"{split}.progress.json" if view is None else f"{split}.{view}.progress.json")
         # probe the grid shape with one image
-        probe, _ = self.pixels.collate([load_image(paths[0])], train=False)
-        fmap = self._features(probe, view)
-        grid, channels = fmap.shape[2] * fmap.shape[3], fmap.shape[1]
-        shape = (n, grid, channels)
+        probe, _ = extractor.pixels.collate([load_image(paths[0])], train=False)
+        shape = (n, *extractor.rows(probe, view).shape[1:])  # images × grid cells × channels
         done, earlier_seconds = 0, 0.0
         if partial.is_file() and state_path.is_file():
             state = json.loads(state_path.read_text())
             if state.get("files") == files and tuple(state.get("shape", ())) == shape:
                 done, earlier_seconds = int(state["done"]), float(state.get("seconds", 0.0))
         if done == 0:
-            arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=shape)
+            arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(extractor.dtype), shape=shape)
         else:
             arr = np.load(partial, mmap_mode="r+")
         stop = n if self.max_images is None else min(n, done + self.max_images)
@@ -320,11 +311,12 @@ class _Job:
                 end = min(done + batch_size, stop)
                 batch_images = list(nxt)
                 nxt = pool.map(load_image, paths[end : min(end + batch_size, stop)]) if end < stop else None
-                x, _ = self.pixels.collate(batch_images, train=False)
-                f = self._features(x, view)
-                if f.shape[1] != channels or f.shape[2] * f.shape[3] != grid:
-                    raise DataError(f"{paths[done]}: backbone output {tuple(f.shape[1:])} differs from the first image's")
-                arr[done:end] = f.flatten(2).transpose(1, 2).float().cpu().numpy().astype(dtype)
+                x, _ = extractor.pixels.collate(batch_images, train=False)
+                rows = extractor.rows(x, view)
+                if rows.shape[1:] != shape[1:]:
+                    raise DataError(f"{paths[done]}: backbone output of {rows.shape[1]} grid cells × {rows.shape[2]} "
+                                    f"channels differs from the first image's {shape[1]} × {shape[2]}")  # fmt: skip
+                arr[done:end] = rows
                 done = end
                 now = time.perf_counter()
                 if now - saved >= SAVE_EVERY or done == stop:
@@ -345,7 +337,7 @@ class _Job:
         os.replace(partial, final)
         state_path.unlink(missing_ok=True)
         total = earlier_seconds + seconds
-        entry = {"images": n, "grid": grid, "channels": channels, "files": files,
+        entry = {"images": n, "grid": shape[1], "channels": shape[2], "files": files,
                  "extract_seconds": round(total, 2), "images_per_second": round(n / max(total, 1e-9), 1),
-                 "device": str(self.dev), "threads": torch.get_num_threads()}  # fmt: skip
+                 "device": str(extractor.device), "threads": torch.get_num_threads()}  # fmt: skip
         return entry, timing
