@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from timing import interleaved_times  # noqa: E402
-
-sys.path.remove(str(REPO / "benchmarks"))
+_spec = importlib.util.spec_from_file_location("bench_timing", REPO / "benchmarks" / "timing.py")
+_timing = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_timing)  # loaded from its file, as test_bench_rsicd loads the RSICD scripts
+interleaved_times = _timing.interleaved_times
 
 
 def test_interleaved_times_alternates_candidates_and_skips_the_warmup():
