@@ -29,6 +29,14 @@ TINY = [
 ]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--learning-seed", type=int, default=0,
+        help="training seed of the tests marked 'learning' (benchmarks/learning_spread.py sweeps it to measure "
+        "how far their results move with the seed and the CPU kernels)",
+    )  # fmt: skip
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``-n N``), give each worker its share of the cores: torch's default of one thread per
     core in every worker oversubscribes the machine N times (on a 16-core GPU machine, ``-n 12`` slowed the CPU
@@ -69,3 +77,22 @@ def rsicd() -> Path:
     if not (RSICD / "dataset_rsicd.json").is_file():
         pytest.skip("the shared RSICD data is not present (../shared/datasets/rsicd)")
     return RSICD
+
+
+@pytest.fixture(scope="session")
+def learning_seed(request) -> int:
+    """The training seed of a learning test: 0 unless ``--learning-seed`` says otherwise."""
+    return request.config.getoption("--learning-seed")
+
+
+@pytest.fixture
+def measured(record_property):
+    """``measured(name, value)`` records a learning test's result (``record_property``, so it reaches
+    ``--junitxml``) before the test asserts on it; benchmarks/learning_spread.py reads these to set the
+    thresholds from the spread over seeds and kernels. Returns the value."""
+
+    def record(name: str, value: float) -> float:
+        record_property(name, float(value))
+        return value
+
+    return record

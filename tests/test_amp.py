@@ -128,25 +128,28 @@ REGION_TINY = [
 ]  # fmt: skip
 
 
-def test_bf16_training_of_the_region_bigru_preset_learns(tmp_path) -> None:
+@pytest.mark.learning
+def test_bf16_training_of_the_region_bigru_preset_learns(tmp_path, learning_seed, measured) -> None:
     """VSE∞ region + BiGRU (GPO both sides, size and text augmentation) trained in bf16 autocast.
 
     Summed hinges throughout (``loss.warmup_epochs=3``): hardest negatives on 600 images for three
     epochs collapse in float32 too; here the fp32 run reaches a similar rsum (~140, chance ~32).
     """
-    overrides = [*REGION_TINY, "epochs=3", "loss.warmup_epochs=3", "precision=bf16"]
+    overrides = [*REGION_TINY, "epochs=3", "loss.warmup_epochs=3", "precision=bf16", f"seed={learning_seed}"]
     cfg = apply_overrides(get_preset("vse_infty_region_bigru"), overrides)
     result = train(cfg, tmp_path, progress_stream=None)
     losses = [r["train_loss"] for r in result.history]
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert result.best_rsum > 3 * chance_rsum(100), [r["val_rsum"] for r in result.history]
+    # 128..178 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
+    assert measured("best_rsum", result.best_rsum) > 3 * chance_rsum(100), [r["val_rsum"] for r in result.history]
 
 
-def test_fp16_training_uses_the_grad_scaler(tmp_path) -> None:
-    cfg = apply_overrides(get_preset("vse_infty_region_bigru"), [*REGION_TINY, "epochs=1", "precision=fp16"])
-    result = train(cfg, tmp_path, progress_stream=None)
+@pytest.mark.learning
+def test_fp16_training_uses_the_grad_scaler(tmp_path, learning_seed, measured) -> None:
+    overrides = [*REGION_TINY, "epochs=1", "precision=fp16", f"seed={learning_seed}"]
+    result = train(apply_overrides(get_preset("vse_infty_region_bigru"), overrides), tmp_path, progress_stream=None)
     assert all(torch.isfinite(torch.tensor([r["train_loss"] for r in result.history])))
-    assert result.best_rsum > chance_rsum(100)
+    assert measured("best_rsum", result.best_rsum) > chance_rsum(100)  # one epoch: 48..54 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
     last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
     assert last["scaler"] and last["scaler"]["scale"] > 0  # the fp16 grad scaler ran and was saved
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

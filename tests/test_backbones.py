@@ -367,38 +367,46 @@ def _history(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_vse_infty_grid_recipe_learns_on_rendered_scenes(tmp_path):
+@pytest.mark.learning
+def test_vse_infty_grid_recipe_learns_on_rendered_scenes(tmp_path, learning_seed, measured):
     # The recipe's schedule runs as is: backbone frozen in epoch 1, loss ramp in epoch 2, backbone lr ×0.1
     # -> here ×1 and lr 1e-3, because the tiny backbone starts from a random init rather than ImageNet.
     # With batches of 50 and a few hundred steps, hardest negatives collapse to the constant 2·B·margin
     # loss (vsepp#27; see the demo presets), so the warm-up sum of hinges is kept for the whole run.
     run = tmp_path / "grid"
     _cli("train", "--preset", "vse_infty_grid_bigru", "--run-dir", str(run), "--quiet", *_DATA, "epochs=5",
-         "loss.warmup_epochs=5", "optim.lr=1e-3", "optim.lr_mults={image_encoder.backbone: 1.0}")  # fmt: skip
+         "loss.warmup_epochs=5", "optim.lr=1e-3", "optim.lr_mults={image_encoder.backbone: 1.0}", f"seed={learning_seed}")  # fmt: skip
     hist = _history(run)
     assert hist[0]["frozen"] == ["image_encoder.backbone"] and hist[1]["frozen"] == []
-    chance = chance_rsum(100)
-    assert max(r["val_rsum"] for r in hist) > 3.5 * chance, [r["val_rsum"] for r in hist]
-    assert hist[-1]["val_rsum"] > hist[0]["val_rsum"] + 50
+    best = measured("best_rsum", max(r["val_rsum"] for r in hist))
+    gain = measured("gain_after_epoch1", hist[-1]["val_rsum"] - hist[0]["val_rsum"])
     # the saved model evaluates on the rendered test split
     proc = _cli("eval", str(run), "--split", "test", "--json", str(tmp_path / "m.json"))
-    assert json.loads((tmp_path / "m.json").read_text())["rsum"] > 2 * chance, proc.stdout
+    test_rsum = measured("test_rsum", json.loads((tmp_path / "m.json").read_text())["rsum"])
+    chance = chance_rsum(100)
+    # over 3 kernels x 3 seeds (benchmarks/learning_spread.py): best 131..164, gain 78..119, test 143..166
+    assert best > 3 * chance, [r["val_rsum"] for r in hist]
+    assert gain > 50
+    assert test_rsum > 2 * chance, proc.stdout
 
 
-def test_vsepp_frozen_cnn_then_finetune(tmp_path):
+@pytest.mark.learning
+def test_vsepp_frozen_cnn_then_finetune(tmp_path, learning_seed, measured):
     # Stage 1: the CNN stays frozen (its random-init features, pooled); stage 2 starts from stage 1
     # (init_from) and trains the CNN too. lr 2e-3 instead of 2e-4 / 2e-5 for the short run; sum of
     # hinges for the small batches (see above).
     stage1, stage2 = tmp_path / "cnn", tmp_path / "ft"
-    common = (*_DATA, "epochs=4", "loss.negatives=sum", "optim.lr=2e-3")
+    common = (*_DATA, "epochs=4", "loss.negatives=sum", "optim.lr=2e-3", f"seed={learning_seed}")
     _cli("train", "--preset", "vsepp_cnn", "--run-dir", str(stage1), "--quiet", *common)
     _cli("train", "--preset", "vsepp_finetune", "--run-dir", str(stage2), "--quiet", *common, f"init_from={stage1 / 'best.pt'}")
     h1, h2 = _history(stage1), _history(stage2)
     assert all(r["frozen"] == ["image_encoder.backbone"] for r in h1) and all(r["frozen"] == [] for r in h2)
     chance = chance_rsum(100)
-    best1, best2 = max(r["val_rsum"] for r in h1), max(r["val_rsum"] for r in h2)
+    best1, best2 = measured("stage1_rsum", max(r["val_rsum"] for r in h1)), measured("stage2_rsum", max(r["val_rsum"] for r in h2))
+    measured("gain_over_stage1", best2 - best1)
+    # over 3 kernels x 3 seeds (benchmarks/learning_spread.py): stage 1 70..86, stage 2 124..164, gain 39..84
     assert best1 > 1.7 * chance, best1
-    assert best2 > best1 + 30 and best2 > 3.5 * chance, (best1, best2)
+    assert best2 > best1 + 20 and best2 > 3 * chance, (best1, best2)
     # the backbone is unchanged by stage 1 and changed by stage 2
     fresh = create_backbone("tiny").state_dict()
     w1 = read_checkpoint(stage1 / "best.pt")["model"]

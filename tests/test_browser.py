@@ -47,8 +47,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    scenes = scene_collection(tmp_path_factory)
+def server(tmp_path_factory, learning_seed):
+    scenes = scene_collection(tmp_path_factory, learning_seed)
     proc, url = start_server(scenes["index_dir"])
     yield scenes, url
     stop_server(proc)

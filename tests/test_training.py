@@ -25,17 +25,20 @@ def _without_timing(records):
     return [{k: v for k, v in r.items() if k not in drop} for r in records]
 
 
-def test_training_improves_rsum(tmp_path):
-    cfg = tiny_config("epochs=4", "optim.lr_decay_epochs=[3]")  # sum of hinges (the demo's loss)
+@pytest.mark.learning
+def test_training_improves_rsum(tmp_path, learning_seed, measured):
+    cfg = tiny_config("epochs=4", "optim.lr_decay_epochs=[3]", f"seed={learning_seed}")  # sum of hinges (the demo's loss)
     val = build_dataset(cfg.data, "val")
     torch.manual_seed(cfg.seed)
     untrained = create_model(cfg.model, build_vocab(build_dataset(cfg.data, "train").captions(), 1))
     before = evaluate_model(untrained, val)["rsum"]
     result = train(cfg, tmp_path / "run", progress_stream=None)
-    after = result.history[-1]["val_rsum"]
-    # chance rsum on 100 images is 2 * (1 + 5 + 10) = 32
-    assert after > before + 50, (before, after)
-    assert after > 80
+    after = measured("last_rsum", result.history[-1]["val_rsum"])
+    measured("gain", after - before)
+    # chance rsum on 100 images is 2 * (1 + 5 + 10) = 32; over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
+    # the gain was 43..72 and the last rsum 77..107
+    assert after > before + 25, (before, after)
+    assert after > 60
     assert result.best_rsum == max(r["val_rsum"] for r in result.history)
     # the run folder contract
     run = tmp_path / "run"
@@ -57,20 +60,25 @@ def test_loss_warmup_switches_to_hardest_negatives(tmp_path):
     assert sum_loss > 3 * hardest_loss
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("preset", ["vsepp", "vse0"])
-def test_vsepp_presets_learn_on_built_in_data(tmp_path, preset):
+def test_vsepp_presets_learn_on_built_in_data(tmp_path, preset, learning_seed, measured):
     cfg = tiny_config(
-        "epochs=3", "data.kind=synthetic", "data.val_split=val", "data.test_split=test", "data.val_max_images=null",
-        "data.vocab_min_count=1", "model.image.img_dim=64", "optim.lr=1e-3", preset=preset,
+        "epochs=6", "data.kind=synthetic", "data.val_split=val", "data.test_split=test", "data.val_max_images=null",
+        "data.vocab_min_count=1", "model.image.img_dim=64", "optim.lr=1e-3", f"seed={learning_seed}", preset=preset,
     )
     result = train(cfg, tmp_path, progress_stream=None)
+    measured("best_rsum", result.best_rsum)
     assert all(np.isfinite(r["train_loss"]) for r in result.history)
-    assert result.best_rsum > 40  # chance is 32 on 100 images
+    # chance is 32 on 100 images. Hardest negatives from scratch learn slowly here: 3 epochs gave vsepp 36.6..47.6
+    # and vse0 70..77 over 3 kernels x 3 seeds (benchmarks/learning_spread.py); 6 epochs vsepp 46..60 (5 seeds)
+    assert result.best_rsum > 40
     if preset == "vse0":  # the sum of hinges learns steadily even on 400 images
         assert result.best_rsum > 60
 
 
-def test_vse_infty_region_preset_learns_from_the_cli(tmp_path):
+@pytest.mark.learning
+def test_vse_infty_region_preset_learns_from_the_cli(tmp_path, learning_seed, measured):
     # The region + BiGRU recipe as is (GPO both sides, size augmentation, one epoch of summed hinges,
     # then hardest negatives) on the built-in scenes, with small sizes and a larger lr for a short run.
     import json
@@ -85,13 +93,14 @@ def test_vse_infty_region_preset_learns_from_the_cli(tmp_path):
         "data.kind=synthetic", "data.val_split=val", "data.test_split=test", "data.val_max_images=null",
         "data.vocab_min_count=1", "data.synthetic={num_train: 1000, num_val: 100, num_test: 100}",
         "model.image.img_dim=64", "model.embed_size=64", "model.text.word_dim=32", "epochs=4", "batch_size=100",
-        "optim.lr=2e-3",
+        "optim.lr=2e-3", f"seed={learning_seed}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["negatives"] for r in hist] == ["sum", "hardest", "hardest", "hardest"]
-    assert max(r["val_rsum"] for r in hist) > 3 * chance_rsum(100), [r["val_rsum"] for r in hist]
+    # 97..113 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
+    assert measured("best_rsum", max(r["val_rsum"] for r in hist)) > 2.5 * chance_rsum(100), [r["val_rsum"] for r in hist]
 
 
 def test_best_checkpoint_alone_rebuilds_the_model(tmp_path):
@@ -161,11 +170,12 @@ def test_lr_schedule():
     assert lr_at_epoch(1.0, 30, [15, 25], 0.1) == pytest.approx(0.01)
 
 
-def test_bf16_training_learns(tmp_path):
-    cfg = tiny_config("epochs=3", "precision=bf16")
+@pytest.mark.learning
+def test_bf16_training_learns(tmp_path, learning_seed, measured):
+    cfg = tiny_config("epochs=3", "precision=bf16", f"seed={learning_seed}")
     result = train(cfg, tmp_path, progress_stream=None)
     assert all(np.isfinite(r["train_loss"]) for r in result.history)
-    assert result.best_rsum > 80
+    assert measured("best_rsum", result.best_rsum) > 60  # 76.6..112.8 over 3 kernels x 3 seeds (learning_spread.py)
 
 
 def test_synthetic_data_is_shared_between_calls():

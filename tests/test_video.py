@@ -316,15 +316,16 @@ TINY_VIDEO = [
 ]
 
 
-def test_video_gpo_learns_and_evaluates_through_the_cli(tmp_path):
+@pytest.mark.learning
+def test_video_gpo_learns_and_evaluates_through_the_cli(tmp_path, learning_seed, measured):
     run = tmp_path / "run"
-    proc = run_cli("train", "--preset", "video_gpo", "--run-dir", str(run), "--quiet", *TINY_VIDEO)
+    proc = run_cli("train", "--preset", "video_gpo", "--run-dir", str(run), "--quiet", *TINY_VIDEO, f"seed={learning_seed}")
     assert proc.returncode == 0, proc.stderr
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["negatives"] for r in history] == ["sum", "hardest", "hardest"]  # the VSE∞ warm-up
-    best = max(r["val_rsum"] for r in history)
+    best = measured("best_rsum", max(r["val_rsum"] for r in history))
     chance = chance_rsum(80, 10)  # about 39
-    assert best > 3 * chance, (best, chance)
+    assert best > 2.5 * chance, (best, chance)  # 117..162 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
 
     proc = run_cli("eval", str(run), "--json", str(tmp_path / "m.json"))
     assert proc.returncode == 0, proc.stderr
@@ -338,7 +339,7 @@ def test_video_gpo_learns_and_evaluates_through_the_cli(tmp_path):
             assert f"{direction}_{key}" in metrics
         assert metrics[f"{direction}_r1"] <= metrics[f"{direction}_r5"] <= metrics[f"{direction}_r10"]
         assert metrics[f"{direction}_medr"] >= 1 and metrics[f"{direction}_meanr"] >= 1
-    assert metrics["rsum"] > 2 * chance
+    assert measured("test_rsum", metrics["rsum"]) > 2 * chance  # 122..160 (learning_spread.py)
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| result"))
     assert row.strip("|").split("|")[-1].strip() == f"{metrics['rsum']:.1f}"
 
