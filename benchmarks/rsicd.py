@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.config import load_config
+from vsekit.configure import load_config
 from vsekit.data.factory import build_dataset
 from vsekit.errors import VsekitError
 from vsekit.evaluation import evaluate_sims, mean_recall, recall_curve

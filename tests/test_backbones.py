@@ -433,7 +433,7 @@ def test_efficientnet_grid_model_trains_a_few_steps(tmp_path):
 def test_resumed_pixel_run_matches_uninterrupted(tmp_path):
     """Random crops and flips come from the checkpointed RNG: a run stopped mid-epoch (in the frozen
     epoch) and resumed ends with the same weights as an uninterrupted one."""
-    from vsekit.config import load_config
+    from vsekit.configure import load_config
     from vsekit.training import train
 
     cfg = load_config(None, "vse_infty_grid_bigru", [

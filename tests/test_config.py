@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vsekit.config import TrainConfig, apply_overrides, from_dict, load_config, to_dict
+from vsekit.config import TrainConfig, apply_overrides, from_dict, to_dict
+from vsekit.configure import load_config
 from vsekit.errors import ConfigError
 from vsekit.presets import get_preset, list_presets
 

@@ -79,13 +79,13 @@ class RecordingArray:
 
 def recording(monkeypatch, max_rows: int) -> list[RecordingArray]:
     made: list[RecordingArray] = []
-    real = datasets_module._load_npy
+    real = datasets_module.load_features_npy
 
     def load(path):
         made.append(RecordingArray(real(path), max_rows))
         return made[-1]
 
-    monkeypatch.setattr(datasets_module, "_load_npy", load)
+    monkeypatch.setattr(datasets_module, "load_features_npy", load)
     return made
 
 

@@ -182,7 +182,8 @@ def test_views_are_the_symmetries_of_a_square():
 
 
 def test_views_are_the_transformed_images_and_average_at_evaluation(tmp_path):
-    from vsekit.config import DataConfig, TrainConfig, validate
+    from vsekit.config import DataConfig, TrainConfig
+    from vsekit.configure import validate
     from vsekit.data.factory import build_dataset
     from vsekit.evaluation.retrieval import encode_dataset
     from vsekit.extract import extract_features

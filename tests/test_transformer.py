@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsekit.config import ModelConfig, TextEncoderConfig, apply_overrides, validate
+from vsekit.config import ModelConfig, TextEncoderConfig, apply_overrides
+from vsekit.configure import validate
 from vsekit.data import collate_captions, make_synthetic, tokenize, tokenizer_from_dict
 from vsekit.errors import CheckpointError, ConfigError
 from vsekit.models import create_model

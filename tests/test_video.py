@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from vsekit.config import ImageEncoderConfig, apply_overrides, validate
+from vsekit.config import ImageEncoderConfig, apply_overrides
+from vsekit.configure import validate
 from vsekit.data import (
     FeatureInput,
     FrameFeatureDataset,

@@ -12,7 +12,8 @@ The public API:
 """
 
 from .checkpoint import load
-from .config import TrainConfig, load_config
+from .config import TrainConfig
+from .configure import load_config
 from .convert import convert_official
 from .data import KarpathyJSON, PrecompDataset, Vocabulary, make_synthetic
 from .errors import CheckpointError, ConfigError, DataError, VsekitError

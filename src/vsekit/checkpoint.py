@@ -25,6 +25,7 @@ import torch
 
 from .config import TrainConfig, from_dict
 from .data import tokenizer_from_dict
+from .device import resolve_device
 from .errors import CheckpointError, ConfigError
 from .io import atomic_torch_save
 
@@ -127,7 +128,5 @@ def load(path: str | Path, device: str | torch.device | None = "cpu") -> Any:
         A :class:`vsekit.models.VSEModel` in eval mode with ``encode_image``, ``encode_text`` and
         ``similarity``.
     """
-    from .training import resolve_device
-
     model = model_from_checkpoint(read_checkpoint(path))
     return model.to(resolve_device(device or "cpu")).eval()

@@ -162,7 +162,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .configure import load_config
     from .training import train
 
     from .distributed import env_rank
@@ -203,10 +203,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             raise DataError("eval: give a checkpoint (file or run folder) or --sims FILES")
         from .checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
-        from .config import validate
+        from .configure import validate
         from .data.factory import build_dataset
         from .evaluation.retrieval import similarity_matrix
-        from .training import resolve_device
+        from .device import resolve_device
 
         ckpt = read_checkpoint(args.checkpoint)
         cfg = config_from_checkpoint(ckpt)
@@ -306,7 +306,8 @@ def _cmd_presets(_args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from .config import dump_yaml, load_config
+    from .config import dump_yaml
+    from .configure import load_config
 
     print(dump_yaml(load_config(args.config, args.preset, args.overrides, require_data=False)), end="")
     return 0

@@ -50,7 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import TrainConfig, validate
+from .config import TrainConfig
+from .configure import validate
 from .errors import CheckpointError, ConfigError, DataError
 
 __all__ = [

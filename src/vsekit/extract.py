@@ -28,11 +28,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import numpy as np
 import torch
 
+from .data.views import VIEWS, check_views, view_file
+from .device import resolve_device
 from .errors import ConfigError, DataError
 from .io import atomic_write_json
 from .progress import Progress
@@ -42,33 +44,6 @@ SAVE_EVERY = 5.0
 """Seconds between progress saves (rows flushed, then the count of finished images): a killed
 extraction loses at most this much work."""
 FORMAT = "vsekit-features-1"
-
-VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "rot90": lambda x: x.rot90(1, (2, 3)),
-    "rot180": lambda x: x.rot90(2, (2, 3)),
-    "rot270": lambda x: x.rot90(3, (2, 3)),
-    "hflip": lambda x: x.flip(3),
-    "vflip": lambda x: x.flip(2),
-    "transpose": lambda x: x.transpose(2, 3),
-    "antitranspose": lambda x: x.rot90(2, (2, 3)).transpose(2, 3),
-}
-"""Views of an image, applied to the normalised B×3×H×W network input (rotations counter-clockwise; ``transpose``
-mirrors about the main diagonal, ``antitranspose`` about the other one). With the image itself they are the
-eight symmetries of a square. Aerial and other top-down images have no canonical orientation, so each of them
-is an equally valid view."""
-
-
-def check_views(views: Sequence[str], field: str) -> None:
-    """Raise a one-line :class:`ConfigError` naming ``field`` if a view is not one of :data:`VIEWS`."""
-    unknown = [v for v in views if v not in VIEWS]
-    if unknown:
-        raise ConfigError(f"{field}: unknown view {unknown[0]!r} (known: {', '.join(VIEWS)})")
-
-
-def view_file(split: str, view: str | None = None) -> str:
-    """The feature file name of a split (``view=None``) or of one of its :data:`VIEWS`."""
-    return f"{split}_ims.npy" if view is None else f"{split}_ims.{view}.npy"
-
 
 def _image_path(root: Path, record: Any) -> Path:
     return root / record.filepath / record.filename if record.filepath else root / record.filename
@@ -195,7 +170,6 @@ class FeatureExtractor:
                  device: str = "cpu") -> None:  # fmt: skip
         from .backbones import create_backbone
         from .data.images import PixelInput
-        from .training import resolve_device
 
         if dtype not in ("float16", "float32"):
             raise ConfigError(f"dtype: expected float16 or float32, got {dtype!r}")

@@ -41,9 +41,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_yaml, to_dict, validate
+from .config import TrainConfig, dump_yaml, to_dict
+from .configure import validate
 from .data import Collator, build_tokenizer, tokenizer_from_dict
 from .data.factory import build_dataset
+from .device import autocast_context, resolve_device
 from .distributed import (
     DistContext,
     SeededCollate,
@@ -72,33 +74,6 @@ from .progress import Progress
 LOSS_SYNC_STEPS = 20
 """The training loop reads the loss back from the device every this many steps (and before
 checkpoints and at epoch ends), not every step: a read-back waits for the device to finish."""
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``'auto'`` -> CUDA when available, else Apple MPS when available, else CPU."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
-    return device
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``'bf16'``/``'fp16'``; a null context for ``'fp32'``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -413,7 +388,7 @@ def train(
         A :class:`TrainResult` with the best model.
 
     Raises:
-        ConfigError: for an invalid ``cfg`` (:func:`vsekit.config.validate`; the data paths only when
+        ConfigError: for an invalid ``cfg`` (:func:`vsekit.configure.validate`; the data paths only when
             ``datasets`` is not given), before anything is written.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (or uses the caller's, when one is

@@ -104,7 +104,8 @@ class CaptionDataset(ABC):
         )
 
 
-def _check_float_features(arr: np.ndarray, where: str) -> None:
+def check_float_features(arr: np.ndarray, where: str) -> None:
+    """Raise a :class:`DataError` naming ``where`` unless ``arr`` holds floating-point values."""
     if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{where}: expected floating-point features, got dtype {arr.dtype}")
 
@@ -137,7 +138,7 @@ class FeatureCaptionDataset(CaptionDataset):
         if not isinstance(captions_per_image, int) or captions_per_image < 1:
             raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
         if isinstance(features, np.ndarray):
-            _check_float_features(features, "features")
+            check_float_features(features, "features")
             if features.ndim == 2:
                 features = features[:, None, :]
             if features.ndim != 3:
@@ -152,7 +153,7 @@ class FeatureCaptionDataset(CaptionDataset):
                 if not isinstance(f, np.ndarray) or f.ndim != 2 or f.shape[0] < 1:
                     shape = getattr(f, "shape", type(f).__name__)
                     raise DataError(f"features[{i}]: expected a (K, D) array with K >= 1, got {shape}")
-                _check_float_features(f, f"features[{i}]")
+                check_float_features(f, f"features[{i}]")
                 dims.add(f.shape[1])
             if len(dims) > 1:
                 raise DataError(f"features: expected one feature dimension, got {sorted(dims)}")
@@ -170,7 +171,7 @@ class FeatureCaptionDataset(CaptionDataset):
             if not isinstance(features, np.ndarray) or not isinstance(arr, np.ndarray) or arr.shape != features.shape:
                 got = getattr(arr, "shape", type(arr).__name__)
                 raise DataError(f"views[{name!r}]: expected an array shaped like the features {getattr(features, 'shape', '')}, got {got}")
-            _check_float_features(arr, f"views[{name!r}]")
+            check_float_features(arr, f"views[{name!r}]")
             self.views[name] = arr
         self.draw_views = draw_views and bool(self.views)
         self._features = features
@@ -207,7 +208,7 @@ class FeatureCaptionDataset(CaptionDataset):
         return np.array([f.shape[0] for f in self._features], dtype=np.int64)
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     """Read a UTF-8 text file as a list of stripped lines, without trailing blank lines."""
     try:
         data = path.read_bytes()
@@ -226,7 +227,7 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def load_features_npy(path: Path) -> np.ndarray:
     """Memory-map an ``.npy`` file of floating-point features, shape ``(N, K, D)`` or ``(N, D)``."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
@@ -239,7 +240,7 @@ def _load_npy(path: Path) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 3-D (images, regions, dim) or 2-D (images, dim) array, "
                         f"got shape {arr.shape}")
-    _check_float_features(arr, str(path))
+    check_float_features(arr, str(path))
     if arr.shape[0] == 0 or arr.shape[-1] == 0 or (arr.ndim == 3 and arr.shape[1] == 0):
         raise DataError(f"{path}: expected a non-empty array, got shape {arr.shape}")
     return arr
@@ -290,10 +291,10 @@ class PrecompDataset(CaptionDataset):
         self.split = split
         self.ims_path = root / f"{split}_ims.npy"
         self.caps_path = root / f"{split}_caps.txt"
-        captions = _read_lines(self.caps_path)
+        captions = read_lines(self.caps_path)
         if not captions:
             raise DataError(f"{self.caps_path}: expected one caption per line, the file is empty")
-        arr = _load_npy(self.ims_path)
+        arr = load_features_npy(self.ims_path)
         rows, lines = arr.shape[0], len(captions)
         k = captions_per_image
         if rows == lines and k != 1:
@@ -332,7 +333,7 @@ class PrecompDataset(CaptionDataset):
         inheriting or unpickling the parent's mapping.
         """
         if self._ims is None or self._ims_pid != os.getpid():
-            self._ims, self._ims_pid = _load_npy(self.ims_path), os.getpid()
+            self._ims, self._ims_pid = load_features_npy(self.ims_path), os.getpid()
         return self._ims
 
     def image(self, i: int) -> np.ndarray:
@@ -434,7 +435,7 @@ def write_precomp(
         DataError: if the counts do not fit or a caption contains a line break.
     """
     features = np.asarray(features)
-    _check_float_features(features, "features")
+    check_float_features(features, "features")
     if features.ndim not in (2, 3) or features.shape[0] == 0:
         raise DataError(f"features: expected a non-empty (N, K, D) or (N, D) array, got shape {features.shape}")
     captions = [str(c).strip() for c in captions]

@@ -9,6 +9,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .datasets import CaptionDataset
+from .views import view_file
 
 
 def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, evaluation: bool = False):
@@ -87,7 +88,7 @@ def open_feature_views(
     Args:
         features: the features folder.
         split: the split (file prefix).
-        views: view names (:data:`vsekit.extract.VIEWS`).
+        views: view names (:data:`vsekit.data.views.VIEWS`).
         shape: the shape of the split's plain features, which every view must have.
         field: the config field or option that asked for the views, named in errors.
 
@@ -97,7 +98,6 @@ def open_feature_views(
     Raises:
         DataError: naming the file if a view is missing or shaped unlike the plain features.
     """
-    from ..extract import view_file
 
     out = {}
     for view in views:

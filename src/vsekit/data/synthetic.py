@@ -145,7 +145,10 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
-class _World:
+class World:
+    """The vectors of a generated world: one per category, colour, size and clutter type (shared by the
+    image and the video generators)."""
+
     category: np.ndarray  # (C, D)
     color: np.ndarray  # (num_colors, D)
     size: np.ndarray  # (len(SIZES), D)
@@ -157,10 +160,11 @@ def _random_vectors(rng: np.random.Generator, n: int, dim: int, norm: float) -> 
     return norm * v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _make_world(cfg: SyntheticConfig, seq: np.random.SeedSequence) -> _World:
+def make_world(cfg: SyntheticConfig, seq: np.random.SeedSequence) -> World:
+    """Draw the world's vectors from ``seq`` (``cfg.feature_dim``-d, attributes at ``cfg.attribute_scale``)."""
     rng = np.random.default_rng(seq)
     d = cfg.feature_dim
-    return _World(
+    return World(
         category=_random_vectors(rng, cfg.num_categories, d, 1.0),
         color=_random_vectors(rng, cfg.num_colors, d, cfg.attribute_scale),
         size=_random_vectors(rng, len(SIZES), d, cfg.attribute_scale),
@@ -179,9 +183,12 @@ def _phrase(count: int, category: int, color: int | None, size_word: str | None)
     return " ".join([number, *adjectives, plural])
 
 
-def _caption(
+def describe_scene(
     text_rng: random.Random, cfg: SyntheticConfig, cats: np.ndarray, colors: np.ndarray, sizes: np.ndarray
 ) -> str:
+    """One caption of a scene whose objects have these categories, colours and sizes: it mentions some of
+    the objects (``cfg.min_mentions``..``max_mentions``), each with its colour and size at ``cfg.p_color`` /
+    ``cfg.p_size``."""
     n = len(cats)
     chosen = text_rng.sample(range(n), text_rng.randint(min(cfg.min_mentions, n), min(cfg.max_mentions, n)))
     groups: dict[tuple[int, int | None, str | None], int] = {}
@@ -198,7 +205,7 @@ def _caption(
 
 
 def _make_split(
-    cfg: SyntheticConfig, world: _World, num_images: int, seq: np.random.SeedSequence
+    cfg: SyntheticConfig, world: World, num_images: int, seq: np.random.SeedSequence
 ) -> CaptionDataset:
     feat_seq, text_seq, render_seq = seq.spawn(3)  # the first two are those of spawn(2): same data as before
     rng = np.random.default_rng(feat_seq)
@@ -217,7 +224,7 @@ def _make_split(
     for i in range(num_images):
         sl = slice(starts[i], starts[i + 1])
         for _ in range(cfg.captions_per_image):
-            captions.append(_caption(text_rng, cfg, cats[sl], colors[sl], sizes[sl]))
+            captions.append(describe_scene(text_rng, cfg, cats[sl], colors[sl], sizes[sl]))
     if cfg.render:  # the same scenes and captions, drawn as images
         from vsekit.data.render import render_split
 
@@ -264,7 +271,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> d
     cfg.validate()
     root = np.random.SeedSequence(cfg.seed)
     world_seq, *split_seqs = root.spawn(1 + len(_SPLITS))
-    world = _make_world(cfg, world_seq)
+    world = make_world(cfg, world_seq)
     sizes = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
     return {
         name: _make_split(cfg, world, sizes[name], seq)

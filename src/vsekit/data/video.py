@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.data.datasets import CaptionDataset, FeatureCaptionDataset, _read_lines
-from vsekit.data.synthetic import SIZES, SyntheticConfig, _caption, _make_world, _World
+from vsekit.data.datasets import CaptionDataset, FeatureCaptionDataset, read_lines
+from vsekit.data.synthetic import SIZES, SyntheticConfig, World, describe_scene, make_world
 from vsekit.errors import ConfigError, DataError
 from vsekit.io import atomic_write, atomic_write_text
 
@@ -142,7 +142,7 @@ class FrameFeatureDataset(CaptionDataset):
             _load_array(self.offsets_path, "video offsets into the frames"), frames.shape[0], self.offsets_path,
             self.frames_path,
         )
-        captions = _read_lines(self.caps_path)
+        captions = read_lines(self.caps_path)
         videos, lines = offsets.shape[0] - 1, len(captions)
         k = captions_per_image
         if k is None:
@@ -355,7 +355,7 @@ class SyntheticVideoConfig:
 
 
 def _make_video_split(
-    cfg: SyntheticVideoConfig, world: _World, num_videos: int, seq: np.random.SeedSequence
+    cfg: SyntheticVideoConfig, world: World, num_videos: int, seq: np.random.SeedSequence
 ) -> FeatureCaptionDataset:
     feat_seq, text_seq = seq.spawn(2)
     rng = np.random.default_rng(feat_seq)
@@ -381,7 +381,7 @@ def _make_video_split(
         frames += rng.standard_normal((t, d)) * (cfg.noise / np.sqrt(d))
         videos.append(frames.astype(np.float32))
         for _ in range(cfg.captions_per_image):
-            captions.append(_caption(text_rng, cfg, cats, colors, sizes))
+            captions.append(describe_scene(text_rng, cfg, cats, colors, sizes))
     return FeatureCaptionDataset(videos, captions, cfg.captions_per_image)
 
 
@@ -416,7 +416,7 @@ def make_synthetic_video(
     cfg = dataclasses.replace(cfg, **overrides)
     cfg.validate()
     world_seq, *split_seqs = np.random.SeedSequence(cfg.seed).spawn(1 + len(_SPLITS))
-    world = _make_world(cfg, world_seq)  # type: ignore[arg-type]  # uses the fields both configs share
+    world = make_world(cfg, world_seq)  # type: ignore[arg-type]  # uses the fields both configs share
     sizes = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
     return {
         name: _make_video_split(cfg, world, sizes[name], seq)

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from vsekit.data.datasets import check_float_features, load_features_npy
+from vsekit.data.views import check_views
 from vsekit.errors import ConfigError, DataError
 
 __all__ = [
@@ -148,11 +150,9 @@ class FeatureRows:
     """
 
     def __init__(self, path: Path, rows_per_image: int = 1, views: dict[str, np.ndarray] | None = None) -> None:
-        from vsekit.data.datasets import _check_float_features, _load_npy
-
         self.ims_path = path
-        self.rows = _load_npy(path)
-        _check_float_features(self.rows, str(path))
+        self.rows = load_features_npy(path)
+        check_float_features(self.rows, str(path))
         self.rows_per_image = rows_per_image
         self.num_images = len(self.rows) // rows_per_image
         self.feature_dim = int(self.rows.shape[-1])
@@ -477,7 +477,7 @@ def read_collection(
             ``features``, all that have a feature file).
         features: Karpathy JSON only: the folder ``vsekit extract`` wrote its features to; the images are
             then read from there (for models that read features).
-        views: feature sources only: test-time views (:data:`vsekit.extract.VIEWS`) to average every
+        views: feature sources only: test-time views (:data:`vsekit.data.views.VIEWS`) to average every
             image over; their ``{split}_ims.{view}.npy`` files must be there.
 
     Returns:
@@ -503,7 +503,6 @@ def read_collection(
         raise ConfigError(f"features: only applies to Karpathy JSON sources, not to a {kind} source")
     views = tuple(views)
     if views:
-        from vsekit.extract import check_views
 
         check_views(views, "views")
         if kind != "precomp" and features is None:

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vsekit.device import resolve_device
 from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.evaluation import mean_over_views
 from vsekit.index.backends import ExactBackend, FaissBackend, gather_rows, import_faiss, parse_backend, recall_at_k
@@ -550,7 +551,6 @@ class Index:
         stream = sys.stderr if progress else None
 
         from vsekit.checkpoint import model_from_checkpoint, read_checkpoint
-        from vsekit.training import resolve_device
 
         ckpt = read_checkpoint(checkpoint)
         ckpt_path = Path(ckpt["path"]).resolve()
