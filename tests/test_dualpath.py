@@ -17,7 +17,7 @@ import torch
 from vsekit.checkpoint import read_checkpoint
 from vsekit.config import ImageEncoderConfig, TextEncoderConfig, TrainConfig, apply_overrides
 from vsekit.data import Batch, Vocabulary
-from vsekit.encoders import DualPathImageEncoder, TextCNNEncoder
+from vsekit.encoders import DualPathImageEncoder, TextCNNEncoder, TextInputs
 from vsekit.encoders.dualpath import DUALPATH_MIN_CROP, TEXTCNN_BLOCKS, place_in_slots, shift_offsets, textcnn_widths
 from vsekit.errors import DataError
 from vsekit.losses import ContrastiveLoss, instance_loss
@@ -33,7 +33,7 @@ VOCAB = 40
 def make_textcnn(embed_size: int = 32, word_dim: int = 8, max_length: int = 32, seed: int = 0) -> TextCNNEncoder:
     torch.manual_seed(seed)
     cfg = TextEncoderConfig(kind="textcnn", word_dim=word_dim, max_length=max_length)
-    enc = TextCNNEncoder(cfg, embed_size, VOCAB, mask_id=VOCAB - 1)
+    enc = TextCNNEncoder(cfg, embed_size, TextInputs(VOCAB, mask_id=VOCAB - 1))
     # non-trivial BatchNorm statistics and affine parameters, so that eval mode is a real test
     with torch.no_grad():
         for m in enc.modules():
@@ -63,7 +63,7 @@ def test_widths_scale_with_the_embedding_and_match_the_paper_at_2048():
     assert TEXTCNN_BLOCKS == (3, 4, 6, 1)
     enc = make_textcnn(embed_size=32)
     assert len(enc.blocks) == sum(TEXTCNN_BLOCKS)
-    fresh = TextCNNEncoder(TextEncoderConfig(kind="textcnn", word_dim=8), 32, VOCAB, mask_id=VOCAB - 1)
+    fresh = TextCNNEncoder(TextEncoderConfig(kind="textcnn", word_dim=8), 32, TextInputs(VOCAB, mask_id=VOCAB - 1))
     assert all(torch.equal(b.bn3.weight, torch.zeros_like(b.bn3.weight)) for b in fresh.blocks)  # residual branches start at 0
     assert enc.fc.bias is None and enc.fc.in_features == 32 and enc.fc.out_features == 32
 
@@ -173,10 +173,10 @@ def test_training_places_each_sentence_at_a_random_valid_offset(monkeypatch):
 def test_word_vectors_initialise_the_projection():
     vectors = torch.randn(VOCAB, 8)
     cfg = TextEncoderConfig(kind="textcnn", word_dim=8)
-    enc = TextCNNEncoder(cfg, 32, VOCAB, mask_id=VOCAB - 1, word_vectors=vectors)
+    enc = TextCNNEncoder(cfg, 32, TextInputs(VOCAB, mask_id=VOCAB - 1, word_vectors=vectors))
     assert torch.equal(enc.embed.weight, vectors) and torch.equal(enc.embed.bias, torch.zeros(8))
     with pytest.raises(DataError, match=r"expected shape \(40, 8\)"):
-        TextCNNEncoder(cfg, 32, VOCAB, mask_id=VOCAB - 1, word_vectors=torch.randn(VOCAB, 9))
+        TextCNNEncoder(cfg, 32, TextInputs(VOCAB, mask_id=VOCAB - 1, word_vectors=torch.randn(VOCAB, 9)))
 
 
 def test_word_projection_lr_multiplier_covers_weight_and_bias():

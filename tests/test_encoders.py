@@ -10,6 +10,7 @@ from vsekit.encoders import (
     BiGRUTextEncoder,
     GRUTextEncoder,
     PrecompImageEncoder,
+    TextInputs,
     augment_tokens,
     compact,
     drop_set_elements,
@@ -103,7 +104,7 @@ def _reference_bigru(enc: BiGRUTextEncoder, ids: torch.Tensor) -> torch.Tensor:
 
 def test_bigru_encoder_matches_per_caption_reference():
     torch.manual_seed(0)
-    enc = BiGRUTextEncoder(TextEncoderConfig(word_dim=6, pooling="gpo", augment=0.2), 10, vocab_size=30, mask_id=29).eval()
+    enc = BiGRUTextEncoder(TextEncoderConfig(word_dim=6, pooling="gpo", augment=0.2), 10, TextInputs(vocab_size=30, mask_id=29)).eval()
     lengths = torch.tensor([4, 7, 1, 7])
     ids = torch.randint(1, 29, (4, 7))
     ids[torch.arange(7)[None] >= lengths[:, None]] = 0
@@ -114,7 +115,7 @@ def test_bigru_encoder_matches_per_caption_reference():
 
 def test_gru_encoder_takes_the_last_valid_state():
     torch.manual_seed(0)
-    enc = GRUTextEncoder(TextEncoderConfig(kind="gru", word_dim=6, pooling="last", augment=0.0), 10, 30, 29).eval()
+    enc = GRUTextEncoder(TextEncoderConfig(kind="gru", word_dim=6, pooling="last", augment=0.0), 10, TextInputs(30, 29)).eval()
     lengths = torch.tensor([3, 6])
     ids = torch.randint(1, 29, (2, 6))
     out = enc(ids, lengths)
@@ -130,7 +131,7 @@ def test_word_vectors(tmp_path):
     assert found == 2
     assert vecs[1].tolist() == [1, 2, 3] and vecs[2].tolist() == [4, 5, 6]
     assert vecs[3].abs().max() <= 0.1
-    enc = BiGRUTextEncoder(TextEncoderConfig(word_dim=3), 4, 4, 3, word_vectors=vecs)
+    enc = BiGRUTextEncoder(TextEncoderConfig(word_dim=3), 4, TextInputs(4, 3, word_vectors=vecs))
     assert torch.equal(enc.embed.weight.data, vecs)
     f.write_text("car 1 2\n")
     with pytest.raises(DataError, match="glove.txt:1"):

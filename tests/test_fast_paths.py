@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vsekit.config import ImageEncoderConfig, TextEncoderConfig
-from vsekit.encoders import BiGRUTextEncoder, PrecompImageEncoder, compact, drop_set_elements, valid_mask
+from vsekit.encoders import BiGRUTextEncoder, PrecompImageEncoder, TextInputs, compact, drop_set_elements, valid_mask
 from vsekit.encoders.common import masked_batch_norm, set_keep_mask
 from vsekit.encoders.rnn import run_gru
 from vsekit.errors import ConfigError
@@ -45,7 +45,7 @@ def test_unrolled_and_padded_gru_match_packed_nn_gru(layers: int, bidirectional:
 def test_gru_method_auto_and_errors() -> None:
     torch.manual_seed(0)
     cfg = TextEncoderConfig(word_dim=6, augment=0.0)
-    enc = BiGRUTextEncoder(cfg, 8, vocab_size=20, mask_id=19)
+    enc = BiGRUTextEncoder(cfg, 8, TextInputs(vocab_size=20, mask_id=19))
     ids, lengths = torch.randint(1, 19, (5, 7)), torch.tensor([7, 3, 1, 7, 5])
     train_out = enc(ids, lengths)  # auto: unrolled on CPU with gradients
     with torch.no_grad():

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .data import collate_captions
-from .encoders import create_image_encoder, create_text_encoder, l2norm
+from .encoders import TextInputs, create_image_encoder, create_text_encoder, l2norm
 from .errors import DataError
 
 
@@ -104,9 +104,7 @@ class VSEModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.image_encoder = create_image_encoder(config.image, config.embed_size)
-        self.text_encoder = create_text_encoder(
-            config.text, config.embed_size, len(tokenizer), tokenizer.mask_id, word_vectors=word_vectors, tokenizer=tokenizer
-        )
+        self.text_encoder = create_text_encoder(config.text, config.embed_size, TextInputs.of(tokenizer, word_vectors))
         self.classifier = (
             nn.Linear(config.embed_size, config.instance_classes, bias=False) if config.instance_classes > 0 else None
         )

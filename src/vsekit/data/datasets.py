@@ -104,13 +104,45 @@ class CaptionDataset(ABC):
         )
 
 
+class ListedCaptionDataset(CaptionDataset):
+    """Base of the datasets that hold their captions as one list, ``self._captions`` (caption ``j`` of image
+    ``j // captions_per_image``).
+
+    Arrays named in :attr:`mapped_arrays` are memory-mapped files: pickling (a DataLoader worker started with
+    "spawn") leaves them out, and the receiving process maps the file itself.
+    """
+
+    _captions: list[str]
+    mapped_arrays: tuple[str, ...] = ()
+
+    def caption(self, j: int) -> str:
+        """Return caption ``j``."""
+        return self._captions[j]
+
+    def captions(self) -> list[str]:
+        """Return all captions in order."""
+        return list(self._captions)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self.mapped_arrays:
+            state[name] = None
+        return state
+
+
+def check_optional_count(value: Any, field: str) -> None:
+    """Raise a :class:`DataError` naming ``field`` unless ``value`` is None or a positive integer (not a bool)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DataError(f"{field}: expected a positive integer, got {value!r}")
+
+
 def check_float_features(arr: np.ndarray, where: str) -> None:
     """Raise a :class:`DataError` naming ``where`` unless ``arr`` holds floating-point values."""
     if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{where}: expected floating-point features, got dtype {arr.dtype}")
 
 
-class FeatureCaptionDataset(CaptionDataset):
+class FeatureCaptionDataset(ListedCaptionDataset):
     """A dataset from feature arrays (in memory or memory-mapped) and a list of captions.
 
     Args:
@@ -189,14 +221,6 @@ class FeatureCaptionDataset(CaptionDataset):
                 return self.view_image(list(self.views)[r - 1], i)
         return np.array(self._features[i], dtype=np.float32)
 
-    def caption(self, j: int) -> str:
-        """Return caption ``j``."""
-        return self._captions[j]
-
-    def captions(self) -> list[str]:
-        """Return all captions in order."""
-        return list(self._captions)
-
     def view_image(self, view: str, i: int) -> np.ndarray:
         """Return a float32 copy of image ``i``'s feature set in test-time view ``view``."""
         return np.array(self.views[view][i], dtype=np.float32)
@@ -246,7 +270,7 @@ def load_features_npy(path: Path) -> np.ndarray:
     return arr
 
 
-class PrecompDataset(CaptionDataset):
+class PrecompDataset(ListedCaptionDataset):
     """Precomputed features in the SCAN / VSE++ / VSE∞ ``*_precomp`` layout.
 
     Files: ``{root}/{split}_ims.npy`` and ``{root}/{split}_caps.txt`` (one caption per line, the ``k``
@@ -273,6 +297,8 @@ class PrecompDataset(CaptionDataset):
         DataError: if a file is missing or malformed, or the caption count does not fit the array.
     """
 
+    mapped_arrays = ("_ims",)
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -283,10 +309,8 @@ class PrecompDataset(CaptionDataset):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"precomputed-feature folder not found: {root}")
-        if captions_per_image is not None and (not isinstance(captions_per_image, int) or captions_per_image < 1):
-            raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
-        if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
-            raise DataError(f"max_images: expected a positive integer, got {max_images!r}")
+        check_optional_count(captions_per_image, "captions_per_image")
+        check_optional_count(max_images, "max_images")
         self.root = root
         self.split = split
         self.ims_path = root / f"{split}_ims.npy"
@@ -371,21 +395,6 @@ class PrecompDataset(CaptionDataset):
         if ims.ndim == 2:
             block = block[:, None, :]
         return [block[r] for r in order.reshape(-1)]
-
-    def caption(self, j: int) -> str:
-        """Return caption ``j``."""
-        return self._captions[j]
-
-    def captions(self) -> list[str]:
-        """Return all captions in order."""
-        return list(self._captions)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickle (e.g. DataLoader workers started with "spawn") without the mapped array: the
-        # receiving process maps the file itself on first use.
-        state = self.__dict__.copy()
-        state["_ims"] = None
-        return state
 
 
 def _release_pages(array: np.ndarray, rows: np.ndarray) -> None:

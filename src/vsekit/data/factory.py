@@ -25,27 +25,11 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
             ``cfg.train_views``, drawn at random per sample.
     """
     from .datasets import FeatureCaptionDataset, KarpathyJSON, PrecompDataset, captions_from_records
-    from .synthetic import SyntheticConfig, make_synthetic
+    from .synthetic import SyntheticConfig, generate_split, make_synthetic
 
     k = cfg.captions_per_image
     if cfg.kind == "synthetic":
-        known = set(SyntheticConfig.__dataclass_fields__)
-        unknown = sorted(set(cfg.synthetic) - known)
-        if unknown:
-            raise ConfigError(f"data.synthetic.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
-        overrides = dict(cfg.synthetic)
-        overrides.setdefault("captions_per_image", k)
-        sizes = {"train": "num_train", "val": "num_val", "test": "num_test"}
-        if split not in sizes:
-            raise ConfigError(f"split {split!r}: the synthetic data has splits {', '.join(sizes)}")
-        # every split has its own seed, so generating only the requested one gives the same data
-        for other, field in sizes.items():
-            if other != split:
-                overrides[field] = 0
-        splits = make_synthetic(SyntheticConfig(**overrides))
-        if split not in splits:
-            raise DataError(f"data.synthetic.{sizes[split]}: the {split!r} split is empty")
-        ds = splits[split]
+        ds = generate_split(make_synthetic, SyntheticConfig, cfg.synthetic, split, k)
     elif cfg.kind == "precomp":
         ds = PrecompDataset(cfg.path, split, captions_per_image=k)
     elif cfg.kind == "frames":  # videos: {split}_frames.npy + {split}_offsets.npy + {split}_caps.txt

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vsekit.data.datasets import CaptionDataset, KarpathyJSON, captions_from_records
+from vsekit.data.datasets import KarpathyJSON, ListedCaptionDataset, captions_from_records
 from vsekit.errors import ConfigError, DataError
 
 __all__ = ["Crop", "KarpathyImageDataset", "PixelInput", "as_pixels", "load_image"]
@@ -235,7 +235,7 @@ class PixelInput:
         return self.transform(images, crops), torch.ones(len(images), dtype=torch.int64)
 
 
-class KarpathyImageDataset(CaptionDataset):
+class KarpathyImageDataset(ListedCaptionDataset):
     """Raw images of one split of a Karpathy-style JSON (``dataset_coco.json``, ``dataset_rsicd.json``, ...).
 
     Caption-indexed: image ``i`` has captions ``i*k .. i*k+k-1``. :meth:`image` reads the file when asked
@@ -281,11 +281,3 @@ class KarpathyImageDataset(CaptionDataset):
         if not 0 <= i < self.num_images:
             raise IndexError(f"image index {i} out of range for {self.num_images} images")
         return load_image(self.paths[i])
-
-    def caption(self, j: int) -> str:
-        """Return caption ``j``."""
-        return self._captions[j]
-
-    def captions(self) -> list[str]:
-        """Return all captions in order."""
-        return list(self._captions)

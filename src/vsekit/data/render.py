@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.data.datasets import CaptionDataset
+from vsekit.data.datasets import ListedCaptionDataset
 
 __all__ = ["COLOR_RGB", "SHAPES", "SIZE_FRACTIONS", "RenderedScenes", "render_split", "shape_mask"]
 
@@ -141,7 +141,7 @@ def _textures(size: int) -> np.ndarray:
     return np.repeat(np.concatenate([base, -base]), 3, axis=2)
 
 
-class RenderedScenes(CaptionDataset):
+class RenderedScenes(ListedCaptionDataset):
     """Synthetic scenes drawn as H×W×3 uint8 images (``image_kind = "pixels"``), caption-indexed.
 
     Built by :func:`render_split`; see the module docstring for what is drawn. Everything random is
@@ -222,14 +222,6 @@ class RenderedScenes(CaptionDataset):
             box = img[top : top + side, 3 * left : 3 * (left + side)]
             np.copyto(box, self._color_rows[color, : 3 * side], where=_row_mask(cat, side))
         return img.reshape(s, s, 3)
-
-    def caption(self, j: int) -> str:
-        """Return caption ``j``."""
-        return self._captions[j]
-
-    def captions(self) -> list[str]:
-        """Return all captions in order."""
-        return list(self._captions)
 
 
 def render_split(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -261,12 +262,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> d
         ConfigError: if a field is unknown or invalid.
     """
     cfg = config if config is not None else SyntheticConfig()
-    fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ConfigError(
-            f"synthetic: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(fields))}"
-        )
+    check_options(SyntheticConfig, overrides, "synthetic")
     cfg = dataclasses.replace(cfg, **overrides)
     cfg.validate()
     root = np.random.SeedSequence(cfg.seed)
@@ -278,3 +274,48 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> d
         for name, seq in zip(_SPLITS, split_seqs)
         if sizes[name] > 0
     }
+
+
+SPLIT_SIZES = {"train": "num_train", "val": "num_val", "test": "num_test"}
+"""The generated splits and the config field that sizes each."""
+
+
+def check_options(cls: type, options: Mapping[str, Any], where: str, what: str = "") -> None:
+    """Raise a one-line :class:`ConfigError` naming ``where.field`` for the first (sorted) field of ``options`` that
+    the dataclass ``cls`` does not have; ``what`` is added after "unknown field" (e.g. which data kind)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown field{what} (known: {', '.join(sorted(known))})")
+
+
+def generate_split(
+    generate: Callable[..., dict[str, Any]], cls: type, options: Mapping[str, Any], split: str, captions_per_image: int,
+    what: str = "",
+) -> Any:
+    """One split of generated data, as ``data.synthetic`` asks for it, generating only that split (each split has
+    its own seed, so the other splits are not needed to reproduce it).
+
+    Args:
+        generate: :func:`make_synthetic` or :func:`vsekit.data.video.make_synthetic_video`.
+        cls: the config dataclass ``generate`` takes its options from.
+        options: ``data.synthetic``.
+        split: ``train``, ``val`` or ``test``.
+        captions_per_image: ``data.captions_per_image``, used unless ``options`` sets it.
+        what: added to the unknown-field error (which data kind reads the options).
+
+    Raises:
+        ConfigError: for an unknown split or option, or an empty split.
+    """
+    if split not in SPLIT_SIZES:
+        raise ConfigError(f"split {split!r}: the generated data has splits {', '.join(SPLIT_SIZES)}")
+    check_options(cls, options, "data.synthetic", what)
+    overrides = dict(options)
+    overrides.setdefault("captions_per_image", captions_per_image)
+    for other, name in SPLIT_SIZES.items():
+        if other != split:
+            overrides[name] = 0
+    splits = generate(**overrides)
+    if split not in splits:
+        raise ConfigError(f"data.synthetic.{SPLIT_SIZES[split]}: the {split!r} split is empty")
+    return splits[split]

@@ -36,8 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.data.datasets import CaptionDataset, FeatureCaptionDataset, read_lines
-from vsekit.data.synthetic import SIZES, SyntheticConfig, World, describe_scene, make_world
+from vsekit.data.datasets import FeatureCaptionDataset, ListedCaptionDataset, check_optional_count, read_lines
+from vsekit.data.synthetic import (
+    SIZES,
+    SyntheticConfig,
+    World,
+    check_options,
+    describe_scene,
+    generate_split,
+    make_world,
+)
 from vsekit.errors import ConfigError, DataError
 from vsekit.io import atomic_write, atomic_write_text
 
@@ -94,7 +102,7 @@ def _check_offsets(offsets: np.ndarray, num_frames: int, path: Path, frames_path
     return offsets
 
 
-class FrameFeatureDataset(CaptionDataset):
+class FrameFeatureDataset(ListedCaptionDataset):
     """Videos as variable-length sets of frame features, in the frames layout (see the module docstring).
 
     The frame array is memory-mapped; :meth:`image` copies one video's frames and converts them to
@@ -116,6 +124,8 @@ class FrameFeatureDataset(CaptionDataset):
         (28, 2048)
     """
 
+    mapped_arrays = ("_frames",)
+
     image_kind = "features"
 
     def __init__(
@@ -128,12 +138,8 @@ class FrameFeatureDataset(CaptionDataset):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"frame-feature folder not found: {root}")
-        if captions_per_image is not None and (
-            isinstance(captions_per_image, bool) or not isinstance(captions_per_image, int) or captions_per_image < 1
-        ):
-            raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
-        if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-            raise DataError(f"max_images: expected a positive integer, got {max_images!r}")
+        check_optional_count(captions_per_image, "captions_per_image")
+        check_optional_count(max_images, "max_images")
         self.root = root
         self.split = split
         self.frames_path, self.offsets_path, self.caps_path = _frame_paths(root, split)
@@ -187,20 +193,6 @@ class FrameFeatureDataset(CaptionDataset):
         if not 0 <= i < self.num_images:
             raise IndexError(f"video index {i} out of range for {self.num_images} videos")
         return np.array(self._frames[self._offsets[i] : self._offsets[i + 1]], dtype=np.float32)
-
-    def caption(self, j: int) -> str:
-        """Return caption ``j`` (of video ``j // captions_per_image``)."""
-        return self._captions[j]
-
-    def captions(self) -> list[str]:
-        """Return all captions in order."""
-        return list(self._captions)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickle (DataLoader workers started with "spawn") without copying the mapped array.
-        state = self.__dict__.copy()
-        state["_frames"] = None
-        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -408,11 +400,7 @@ def make_synthetic_video(
         ConfigError: if a field is unknown or invalid.
     """
     cfg = config if config is not None else SyntheticVideoConfig()
-    fields = {f.name for f in dataclasses.fields(SyntheticVideoConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ConfigError(f"synthetic.{unknown[0]}: unknown field for generated videos "
-                          f"(known: {', '.join(sorted(fields))})")
+    check_options(SyntheticVideoConfig, overrides, "synthetic", " for generated videos")
     cfg = dataclasses.replace(cfg, **overrides)
     cfg.validate()
     world_seq, *split_seqs = np.random.SeedSequence(cfg.seed).spawn(1 + len(_SPLITS))
@@ -439,20 +427,5 @@ def synthetic_video_split(options: dict[str, Any], split: str, captions_per_imag
     Raises:
         ConfigError: if an option or the split name is unknown, or the split is empty.
     """
-    sizes = {"train": "num_train", "val": "num_val", "test": "num_test"}
-    if split not in sizes:
-        raise ConfigError(f"split {split!r}: the generated videos have splits {', '.join(sizes)}")
-    known = {f.name for f in dataclasses.fields(SyntheticVideoConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"data.synthetic.{unknown[0]}: unknown field for data.kind='synthetic_video' "
-                          f"(known: {', '.join(sorted(known))})")
-    overrides = dict(options)
-    overrides.setdefault("captions_per_image", captions_per_image)
-    for other, name in sizes.items():
-        if other != split:
-            overrides[name] = 0
-    splits = make_synthetic_video(**overrides)
-    if split not in splits:
-        raise ConfigError(f"data.synthetic.{sizes[split]}: the {split!r} split is empty")
-    return splits[split]
+    return generate_split(make_synthetic_video, SyntheticVideoConfig, options, split, captions_per_image,
+                          " for data.kind='synthetic_video'")  # fmt: skip

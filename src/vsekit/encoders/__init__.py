@@ -20,6 +20,7 @@ from .common import MLP, augment_tokens, compact, drop_grid_elements, drop_set_e
 from .registry import (
     IMAGE_ENCODERS,
     TEXT_ENCODERS,
+    TextInputs,
     create_image_encoder,
     create_text_encoder,
     list_image_encoders,
@@ -37,6 +38,7 @@ __all__ = [
     "IMAGE_ENCODERS",
     "MLP",
     "TEXT_ENCODERS",
+    "TextInputs",
     "BiGRUTextEncoder",
     "DualPathImageEncoder",
     "GlobalCNNImageEncoder",

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import DataError
+
 
 def l2norm(x: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
     """``x / (||x||_2 + eps)`` along ``dim`` (the official VSE∞ form: eps added to the norm)."""
@@ -176,3 +178,17 @@ def masked_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d) -> Tensor:
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
             bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
     return out.to(x.dtype)
+
+
+def copy_word_vectors(weight: Tensor, word_vectors: Tensor | None) -> None:
+    """Initialise a vocab_size×word_dim embedding ``weight`` from ``word_vectors`` (nothing when None).
+
+    Raises:
+        DataError: if the shapes differ.
+    """
+    if word_vectors is None:
+        return
+    if word_vectors.shape != weight.shape:
+        raise DataError(f"word vectors: expected shape {tuple(weight.shape)}, got {tuple(word_vectors.shape)}")
+    with torch.no_grad():
+        weight.copy_(word_vectors)

@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import ImageEncoderConfig, TextEncoderConfig
-from ..errors import DataError
-from .registry import register_image_encoder, register_text_encoder
+from .common import copy_word_vectors
+from .registry import TextInputs, register_image_encoder, register_text_encoder
 
 TEXTCNN_BLOCKS: tuple[int, int, int, int] = (3, 4, 6, 1)
 """Bottleneck blocks per stage of the text CNN (official code: 3 + 4 + 6 + 1)."""
@@ -188,32 +188,17 @@ class TextCNNEncoder(nn.Module):
         cfg: the text encoder config (``word_dim``, ``max_length``; ``pooling`` and ``augment`` are unused:
             the pooling is the architecture's max over positions and the augmentation is the shift).
         embed_size: joint embedding size (also sets the stage widths, :func:`textcnn_widths`).
-        vocab_size: number of token ids.
-        mask_id: unused (the shift is the only text augmentation).
-        word_vectors: optional vocab_size×word_dim tensor to initialise the word projection.
-        tokenizer: unused.
+        inputs: the vocabulary size and optional word vectors to initialise the word projection (the mask id
+            is unused: the shift is the only text augmentation).
     """
 
-    def __init__(
-        self,
-        cfg: TextEncoderConfig,
-        embed_size: int,
-        vocab_size: int,
-        mask_id: int,
-        word_vectors: Tensor | None = None,
-        tokenizer: Any = None,
-    ) -> None:
+    def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
         super().__init__()
         self.cfg = cfg
         self.max_length = cfg.max_length
         self.embed_size = embed_size
-        self.embed = WordProjection(vocab_size, cfg.word_dim)
-        if word_vectors is not None:
-            if tuple(word_vectors.shape) != (vocab_size, cfg.word_dim):
-                shape = tuple(word_vectors.shape)
-                raise DataError(f"word vectors: expected shape ({vocab_size}, {cfg.word_dim}), got {shape}")
-            with torch.no_grad():
-                self.embed.weight.copy_(word_vectors)
+        self.embed = WordProjection(inputs.vocab_size, cfg.word_dim)
+        copy_word_vectors(self.embed.weight, inputs.word_vectors)
         self.embed_bn = nn.BatchNorm1d(cfg.word_dim)
         w1, w2, w3, w4 = textcnn_widths(embed_size)
         b1, b2, b3, b4 = TEXTCNN_BLOCKS

@@ -7,18 +7,43 @@ An image encoder is an ``nn.Module`` built as ``cls(cfg: ImageEncoderConfig, emb
   images (numpy arrays) into the ``(images, lengths)`` tensors ``forward`` takes;
 * ``forward(images, lengths) -> B×embed_size`` *unnormalised* embeddings (the model normalises).
 
-A text encoder is built as ``cls(cfg: TextEncoderConfig, embed_size, vocab_size, mask_id, word_vectors=None,
-tokenizer=None)`` with ``forward(ids B×T, lengths B) -> B×embed_size`` unnormalised embeddings.
+A text encoder is built as ``cls(cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs)`` with
+``forward(ids B×T, lengths B) -> B×embed_size`` unnormalised embeddings.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import Tensor, nn
 
 from ..config import ImageEncoderConfig, TextEncoderConfig
 from ..errors import ConfigError
+
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """What a text encoder is built from besides its config and the embedding size.
+
+    Attributes:
+        vocab_size: number of token ids (the tokenizer's length).
+        mask_id: id of the mask token (text augmentation).
+        word_vectors: optional vocab_size×word_dim tensor to initialise the word embeddings.
+        tokenizer: the model's tokenizer (the transformer encoder builds its network from it).
+    """
+
+    vocab_size: int
+    mask_id: int
+    word_vectors: Tensor | None = None
+    tokenizer: Any = None
+
+    @classmethod
+    def of(cls, tokenizer: Any, word_vectors: Tensor | None = None) -> TextInputs:
+        """The inputs of a text encoder for ``tokenizer`` (a :class:`vsekit.data.Vocabulary` or ``HFTokenizer``)."""
+        return cls(len(tokenizer), tokenizer.mask_id, word_vectors, tokenizer)
+
 
 IMAGE_ENCODERS: dict[str, type[nn.Module]] = {}
 TEXT_ENCODERS: dict[str, type[nn.Module]] = {}
@@ -51,18 +76,11 @@ def create_image_encoder(cfg: ImageEncoderConfig, embed_size: int) -> nn.Module:
     return IMAGE_ENCODERS[cfg.kind](cfg, embed_size)
 
 
-def create_text_encoder(
-    cfg: TextEncoderConfig,
-    embed_size: int,
-    vocab_size: int,
-    mask_id: int,
-    word_vectors: Tensor | None = None,
-    tokenizer: Any = None,
-) -> nn.Module:
+def create_text_encoder(cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> nn.Module:
     """The text encoder of ``cfg.kind``."""
     if cfg.kind not in TEXT_ENCODERS:
         raise ConfigError(f"model.text.kind: expected one of {', '.join(sorted(TEXT_ENCODERS))}, got {cfg.kind!r}")
-    return TEXT_ENCODERS[cfg.kind](cfg, embed_size, vocab_size, mask_id, word_vectors=word_vectors, tokenizer=tokenizer)
+    return TEXT_ENCODERS[cfg.kind](cfg, embed_size, inputs)
 
 
 def list_image_encoders() -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +14,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..config import TextEncoderConfig
 from ..errors import ConfigError, DataError
 from ..pooling import create_pooling
-from .common import augment_tokens
-from .registry import register_text_encoder
+from .common import augment_tokens, copy_word_vectors
+from .registry import TextInputs, register_text_encoder
 
 GRU_METHODS = ("auto", "packed", "unrolled", "padded")
 """How :func:`run_gru` runs a GRU: ``packed`` (``nn.GRU`` on a packed sequence, the reference),
@@ -249,28 +248,17 @@ def run_gru(
 class _RNNTextEncoder(nn.Module):
     """What the GRU text encoders share: word embeddings, a GRU, and text augmentation in training."""
 
-    def __init__(
-        self,
-        cfg: TextEncoderConfig,
-        embed_size: int,
-        vocab_size: int,
-        mask_id: int,
-        word_vectors: Tensor | None,
-        bidirectional: bool,
-    ) -> None:
+    bidirectional: bool
+
+    def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vocab_size = vocab_size
-        self.mask_id = mask_id
-        self.embed = nn.Embedding(vocab_size, cfg.word_dim)
+        self.vocab_size = inputs.vocab_size
+        self.mask_id = inputs.mask_id
+        self.embed = nn.Embedding(inputs.vocab_size, cfg.word_dim)
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-        if word_vectors is not None:
-            if tuple(word_vectors.shape) != (vocab_size, cfg.word_dim):
-                shape = tuple(word_vectors.shape)
-                raise DataError(f"word vectors: expected shape ({vocab_size}, {cfg.word_dim}), got {shape}")
-            with torch.no_grad():
-                self.embed.weight.copy_(word_vectors)
-        self.rnn = nn.GRU(cfg.word_dim, embed_size, cfg.num_layers, batch_first=True, bidirectional=bidirectional)
+        copy_word_vectors(self.embed.weight, inputs.word_vectors)
+        self.rnn = nn.GRU(cfg.word_dim, embed_size, cfg.num_layers, batch_first=True, bidirectional=self.bidirectional)
 
     def run_rnn(self, ids: Tensor, lengths: Tensor, merge: str = "concat") -> tuple[Tensor, Tensor, Tensor]:
         """Augment (in training), embed and run the GRU over the captions (:func:`run_gru`).
@@ -292,15 +280,13 @@ class BiGRUTextEncoder(_RNNTextEncoder):
     Args:
         cfg: the text encoder config.
         embed_size: joint embedding size (= GRU hidden size; the two directions are averaged).
-        vocab_size: number of token ids.
-        mask_id: id of ``<mask>`` used by text augmentation.
-        word_vectors: optional vocab_size×word_dim tensor to initialise the embeddings.
+        inputs: the vocabulary size, the ``<mask>`` id of text augmentation and optional word vectors.
     """
 
-    def __init__(
-        self, cfg: TextEncoderConfig, embed_size: int, vocab_size: int, mask_id: int, word_vectors: Tensor | None = None, tokenizer: Any = None
-    ) -> None:
-        super().__init__(cfg, embed_size, vocab_size, mask_id, word_vectors, bidirectional=True)
+    bidirectional = True
+
+    def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
+        super().__init__(cfg, embed_size, inputs)
         self.gpool = create_pooling(cfg.pooling)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
@@ -317,15 +303,11 @@ class GRUTextEncoder(_RNNTextEncoder):
     Args:
         cfg: the text encoder config (``kind='gru'``; ``pooling`` must be ``'last'``).
         embed_size: joint embedding size (= GRU hidden size).
-        vocab_size: number of token ids.
-        mask_id: id of ``<mask>`` (used only when ``cfg.augment > 0``).
-        word_vectors: optional vocab_size×word_dim tensor to initialise the embeddings.
+        inputs: the vocabulary size, the ``<mask>`` id (used only when ``cfg.augment > 0``) and optional
+            word vectors.
     """
 
-    def __init__(
-        self, cfg: TextEncoderConfig, embed_size: int, vocab_size: int, mask_id: int, word_vectors: Tensor | None = None, tokenizer: Any = None
-    ) -> None:
-        super().__init__(cfg, embed_size, vocab_size, mask_id, word_vectors, bidirectional=False)
+    bidirectional = False
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """``ids``: B×T padded token ids, ``lengths``: B caption lengths. Returns B×embed_size."""

@@ -23,7 +23,6 @@ they came from the cache, so an embedding never depends on what was computed bef
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +31,7 @@ from ..config import TextEncoderConfig
 from ..errors import ConfigError
 from ..pooling import create_pooling
 from .common import MLP, compact, fc_and_mlp_first, valid_mask
-from .registry import register_text_encoder
+from .registry import TextInputs, register_text_encoder
 
 FROZEN_CACHE_CAPTIONS = 1_000_000
 """Most captions whose frozen token states one encoder keeps (about 15 KB each for MiniLM-L6 captions of
@@ -121,10 +120,8 @@ class TransformerTextEncoder(nn.Module):
     Args:
         cfg: the text encoder config (``kind='transformer'``, ``pooling``, ``augment``).
         embed_size: joint embedding size.
-        vocab_size: number of token ids (the tokenizer's length).
-        mask_id: id of the mask token.
-        word_vectors: not supported (the transformer has its own embeddings); must be None.
-        tokenizer: the model's :class:`vsekit.data.hf_tokenizer.HFTokenizer`. Its ``model_config`` builds
+        inputs: the vocabulary size and mask id, no word vectors (the transformer has its own embeddings),
+            and the model's :class:`vsekit.data.hf_tokenizer.HFTokenizer`. Its ``model_config`` builds
             ``bert``; when its ``pretrained_path`` is set (a new model) the folder's weights are loaded,
             otherwise (a checkpoint) the state dict fills them in.
 
@@ -132,25 +129,18 @@ class TransformerTextEncoder(nn.Module):
         ConfigError: if the tokenizer is not an ``HFTokenizer`` or word vectors are given.
     """
 
-    def __init__(
-        self,
-        cfg: TextEncoderConfig,
-        embed_size: int,
-        vocab_size: int,
-        mask_id: int,
-        word_vectors: Tensor | None = None,
-        tokenizer: Any = None,
-    ) -> None:
+    def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
         super().__init__()
+        vocab_size, tokenizer = inputs.vocab_size, inputs.tokenizer
         from ..data.hf_tokenizer import HFTokenizer, import_transformers, quiet_transformers
 
         if not isinstance(tokenizer, HFTokenizer):
             raise ConfigError("model.text.kind: 'transformer' needs the Hugging Face tokenizer of model.text.transformer_path")
-        if word_vectors is not None:
+        if inputs.word_vectors is not None:
             raise ConfigError("model.text.word_vectors: not supported by kind 'transformer' (it has its own embeddings)")
         transformers = import_transformers()
         self.cfg = cfg
-        self.mask_id = mask_id
+        self.mask_id = inputs.mask_id
         self.pad_id = tokenizer.pad_id
         with quiet_transformers():
             if tokenizer.pretrained_path is not None:

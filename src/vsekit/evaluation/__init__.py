@@ -1,34 +1,8 @@
-"""Evaluation: retrieval metrics over image-text similarity matrices."""
+"""Evaluation: retrieval metrics over image-text similarity matrices (:mod:`.metrics`), and a model's
+similarities on a dataset (:mod:`.retrieval`)."""
 
-from .metrics import (
-    METRIC_KEYS,
-    PROTOCOLS,
-    Protocol,
-    ensemble_sims,
-    evaluate_protocol,
-    evaluate_sims,
-    format_metrics_table,
-    i2t_ranks,
-    mean_recall,
-    rank_metrics,
-    recall_curve,
-    t2i_ranks,
-)
+from . import metrics
+from .metrics import *  # noqa: F403  (the names of metrics.__all__)
+from .retrieval import encode_dataset, evaluate_model, mean_over_views, similarity_matrix
 
-__all__ = [
-    "METRIC_KEYS",
-    "PROTOCOLS",
-    "Protocol",
-    "ensemble_sims",
-    "evaluate_protocol",
-    "evaluate_sims",
-    "format_metrics_table",
-    "i2t_ranks",
-    "mean_recall",
-    "rank_metrics",
-    "recall_curve",
-    "t2i_ranks",
-]
-from .retrieval import encode_dataset, evaluate_model, mean_over_views, similarity_matrix  # noqa: E402
-
-__all__ += ["encode_dataset", "evaluate_model", "mean_over_views", "similarity_matrix"]
+__all__ = [*metrics.__all__, "encode_dataset", "evaluate_model", "mean_over_views", "similarity_matrix"]
