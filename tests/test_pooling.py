@@ -416,9 +416,9 @@ def test_network_sort_gradients_match_sort_on_larger_sets() -> None:
 
 
 def test_network_in_blocks_of_sets(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vsekit.pooling as pooling
+    import vsekit.pooling.sortnet as sortnet
 
-    monkeypatch.setattr(pooling, "NETWORK_CHUNK", 5)  # a block of one or two sets at a time
+    monkeypatch.setattr(sortnet, "NETWORK_CHUNK", 5)  # a block of one or two sets at a time
     x = padded_batch(LENGTHS, L, 6).requires_grad_()
     w = torch.rand(len(LENGTHS), L, dtype=torch.float64, requires_grad=True)
     a = pool_sorted(x, LENGTHS, w, method="network")
@@ -587,7 +587,7 @@ def test_gpo_device_path_caches_its_size_table_until_the_parameters_change() -> 
 def test_accelerator_lengths_path_matches_the_host_path(name, monkeypatch) -> None:
     """Sizes that already lie on an accelerator are used there, never read back by the host. Run here on
     CPU tensors by forcing that path: same pooled values, weights and input gradients as the host path."""
-    import vsekit.pooling as pooling
+    import vsekit.pooling.sets as sets
 
     torch.manual_seed(0)
     pool = create_pooling(name).double()
@@ -595,7 +595,7 @@ def test_accelerator_lengths_path_matches_the_host_path(name, monkeypatch) -> No
     base = torch.randn(7, 9, 6, dtype=torch.float64)
     results = []
     for forced in (False, True):
-        monkeypatch.setattr(pooling, "_on_accelerator", lambda features, lengths, forced=forced: forced)
+        monkeypatch.setattr(sets, "on_accelerator", lambda features, lengths, forced=forced: forced)
         x = base.clone().requires_grad_()
         pooled, weights = pool(x, lengths)
         pooled.pow(2).sum().backward()
@@ -603,9 +603,9 @@ def test_accelerator_lengths_path_matches_the_host_path(name, monkeypatch) -> No
     for want, got in zip(*results):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
     full = torch.full((7,), 9)  # every set full: mean pooling's unmasked shortcut is host-only
-    monkeypatch.setattr(pooling, "_on_accelerator", lambda features, lengths: False)
+    monkeypatch.setattr(sets, "on_accelerator", lambda features, lengths: False)
     host_full = pool(base, full)[0]
-    monkeypatch.setattr(pooling, "_on_accelerator", lambda features, lengths: True)
+    monkeypatch.setattr(sets, "on_accelerator", lambda features, lengths: True)
     torch.testing.assert_close(pool(base, full)[0], host_full, atol=1e-12, rtol=1e-12)
     with pytest.raises(DataError, match="lengths"):
         pool(base, lengths[:3])  # shapes are still checked at once
