@@ -105,3 +105,24 @@ def test_rsicd_presets_differ_only_where_their_names_say() -> None:
     # the best recipe is the rotation recipe with the weight average, nothing else
     ema = flat("rsicd_minilm_rot_ema")
     assert {k: ema[k] for k in rot if ema[k] != rot[k] and k != "name"} == {"optim.ema_decay": 0.998}
+
+
+def test_recipes_are_data_that_merge_onto_their_base(monkeypatch, tmp_path) -> None:
+    from vsekit import presets
+
+    # a child replaces what it names and keeps the rest of its base; a dict-valued field is replaced whole
+    base, child = get_preset("dualpath_stage1"), get_preset("dualpath_stage2")
+    assert child.model == base.model and child.data == base.data
+    assert child.optim.freeze == {} and base.optim.freeze == {"image_encoder.backbone": -1}
+    assert child.optim.lr_mults == {"text_encoder.embed": 1e-3, "image_encoder.backbone": 0.02}
+    # every recipe resolves, and each call gives a fresh object
+    for name in list_presets():
+        assert get_preset(name) is not get_preset(name) and get_preset(name).name == name
+    # mistakes in a recipe file are one-line errors that name the file and field
+    recipes = {"a": {"description": "a", "base": "b", "config": {}}, "b": {"description": "b", "base": "a", "config": {}},
+               "c": {"description": "c", "config": {"optim": {"lrr": 1}}}}  # fmt: skip
+    monkeypatch.setattr(presets, "_recipes", lambda: recipes)
+    with pytest.raises(ConfigError, match=r"recipes/a.yaml: its bases form a cycle \(a -> b -> a\)"):
+        get_preset("a")
+    with pytest.raises(ConfigError, match=r"recipes/c.yaml: config.optim.lrr: unknown field"):
+        get_preset("c")
