@@ -185,3 +185,28 @@ def test_sharded_same_text_positives_sum_to_the_full_loss():
             for o in (0, 3)
         )
         assert shares.item() == pytest.approx(full.item(), rel=1e-5), negatives
+
+
+def test_criterion_is_the_weighted_sum_of_its_named_terms():
+    from vsekit.config import LossConfig
+    from vsekit.errors import ConfigError
+    from vsekit.losses import BatchOutputs, Criterion, InstanceTerm
+
+    torch.manual_seed(0)
+    img, cap = torch.nn.functional.normalize(torch.randn(4, 8), dim=1), torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    img_logits, cap_logits, ids = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    out = BatchOutputs(img, cap, ids, lambda a, b: a @ b.T, img_logits, cap_logits)
+    cfg = LossConfig(ranking_weight=2.0, instance_image_weight=1.0, instance_text_weight=0.1)
+    crit = Criterion.from_config(cfg)
+    assert crit.names == ["ranking", "instance_image", "instance_text"]
+    ce = torch.nn.functional.cross_entropy
+    expected = 2.0 * ContrastiveLoss.from_config(cfg)(img @ cap.T, ids) + ce(img_logits, ids) + 0.1 * ce(cap_logits, ids)
+    assert crit(out).item() == pytest.approx(expected.item(), rel=1e-6)
+    # only the terms with a positive weight; none at all is a config error
+    assert Criterion.from_config(LossConfig(ranking_weight=0.0, instance_text_weight=1.0)).names == ["instance_text"]
+    with pytest.raises(ConfigError, match="at least one term"):
+        Criterion([])
+    with pytest.raises(ValueError, match="needs their logits"):
+        InstanceTerm("image")(BatchOutputs(img, cap, ids, lambda a, b: a @ b.T))
+    with pytest.raises(ValueError, match="text ids"):
+        Criterion.from_config(LossConfig(same_text_positives=True))(out)

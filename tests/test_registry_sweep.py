@@ -20,7 +20,7 @@ from vsekit.configure import validate
 from vsekit.data import build_vocab, collate_captions
 from vsekit.data.collate import Batch
 from vsekit.encoders import list_image_encoders, list_text_encoders
-from vsekit.losses import ContrastiveLoss
+from vsekit.losses import ContrastiveLoss, Criterion
 from vsekit.models import create_model
 from vsekit.pooling import create_pooling, list_poolings
 from vsekit.presets import get_preset, list_presets
@@ -134,3 +134,16 @@ def test_every_backbone_maps_pixels_to_a_feature_map(name):
     assert out.ndim == 4 and out.shape[0] == 2 and torch.isfinite(out).all()
     out.mean().backward()
     assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("term", ["ranking", "instance_image", "instance_text"])
+def test_every_loss_term_alone_trains_a_model(term, bert):
+    weights = {"ranking": 0.0, "instance_image": 0.0, "instance_text": 0.0, term: 1.0}
+    overrides = [f"loss.{name}_weight={w}" for name, w in weights.items()]
+    cfg = apply_overrides(tiny("dualpath_stage2", bert), overrides)
+    assert Criterion.from_config(cfg.loss).names == [term]
+    torch.manual_seed(0)
+    model = create_model(cfg.model, build_vocab(CAPTIONS, min_count=1))
+    loss = one_step(model, cfg)
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -67,7 +67,7 @@ from .encoders import load_word_vectors
 from .errors import ConfigError
 from .evaluation import evaluate_model
 from .io import atomic_write_text
-from .losses import ContrastiveLoss, caption_text_ids, instance_loss
+from .losses import BatchOutputs, ContrastiveLoss, Criterion, ShardView, caption_text_ids
 from .models import VSEModel, create_model
 from .progress import Progress
 
@@ -218,7 +218,8 @@ def compute_loss(
     shard: Shard | None = None,
     text_ids: Tensor | None = None,
 ) -> Tensor:
-    """The training loss of one batch: weighted hinge ranking loss plus the Dual-Path instance losses.
+    """The training loss of one batch: the model's forward, then the :class:`~vsekit.losses.Criterion` of
+    ``cfg.loss`` (weighted ranking loss plus the Dual-Path instance losses).
 
     Args:
         model: the model.
@@ -238,34 +239,16 @@ def compute_loss(
     Returns:
         The scalar loss (or share).
     """
-    lc = cfg.loss
     run = forward if forward is not None else TrainingForward(model, cfg)
     img, cap, img_logits, cap_logits = run(batch.images, batch.image_lengths, batch.captions, batch.caption_lengths, precision)
-    img, cap = _upcast(img), _upcast(cap)
-    loss = img.new_zeros(())
-    if lc.ranking_weight > 0:
-        tids = None
-        if loss_fn.same_text_positives:
-            if text_ids is None:
-                raise ValueError("loss.same_text_positives needs the text ids of the training captions")
-            tids = text_ids[batch.caption_ids.cpu()].to(batch.caption_ids.device)
-        if shard is None:
-            ranking = loss_fn(model.similarity(img, cap), batch.image_ids, tids)
-        else:
-            all_img, all_cap = gather_with_grad(img, shard), gather_with_grad(cap, shard)
-            all_ids = all_gather_nograd(batch.image_ids, shard) if loss_fn.same_image_positives else None
-            all_tids = all_gather_nograd(tids, shard) if tids is not None else None
-            ranking = loss_fn.forward_shard(
-                model.similarity(img, all_cap), model.similarity(all_img, cap), shard.offset, batch.image_ids, all_ids,
-                tids, all_tids,
-            )  # fmt: skip
-        loss = loss + lc.ranking_weight * ranking
-    total = None if shard is None else shard.total  # per-sample means are over the global batch
-    if img_logits is not None:
-        loss = loss + lc.instance_image_weight * instance_loss(img_logits, batch.image_ids, total)
-    if cap_logits is not None:
-        loss = loss + lc.instance_text_weight * instance_loss(cap_logits, batch.image_ids, total)
-    return loss
+    tids = None
+    if text_ids is not None and loss_fn.same_text_positives:
+        tids = text_ids[batch.caption_ids.cpu()].to(batch.caption_ids.device)
+    view = None
+    if shard is not None:
+        view = ShardView(shard.offset, shard.total, lambda x: gather_with_grad(x, shard), lambda x: all_gather_nograd(x, shard))
+    out = BatchOutputs(_upcast(img), _upcast(cap), batch.image_ids, model.similarity, img_logits, cap_logits, tids, view)
+    return Criterion.from_config(cfg.loss, loss_fn)(out)
 
 
 class WeightEMA:
