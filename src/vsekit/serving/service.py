@@ -1,0 +1,239 @@
+"""The state behind the routes: the index (loaded once), query statistics, the thumbnail cache, and the
+image decoding of uploads and thumbnails."""
+
+import io
+import logging
+import threading
+import time
+import unicodedata
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from vsekit.errors import DataError, VsekitError
+
+from .errors import ApiError, shorten
+from .schemas import LatencyStats, QueryInfo, SearchHit, SearchResponse, ServiceLimits
+
+log = logging.getLogger("vsekit.serving.app")
+
+IMAGE_MEDIA_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif", ".webp": "image/webp",
+    ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+}  # fmt: skip
+
+
+class ThumbnailCache:
+    """A least-recently-used map of thumbnails, bounded by total bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[str, int], data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes -= len(old) if old is not None else 0
+            self._items[key] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"items": len(self._items), "bytes": self._bytes}
+
+
+class SearchService:
+    """The loaded index, its lock and the service counters."""
+
+    def __init__(self, index: Any, device: str, limits: ServiceLimits) -> None:
+        self.source = index
+        self.device = device
+        self.limits = limits
+        self.index: Any = None if isinstance(index, (str, Path)) else index
+        self.lock = threading.Lock()  # one query at a time through the model and the backend
+        self.latencies: deque[float] = deque(maxlen=limits.latency_window)
+        self.queries = 0
+        self.errors = 0
+        self.started = time.monotonic()
+        self.thumbnails = ThumbnailCache(limits.thumbnail_cache_bytes)
+        self._stats: dict[str, Any] | None = None
+
+    def load(self) -> None:
+        if self.index is None:
+            from vsekit.index import Index
+
+            t0 = time.perf_counter()
+            self.index = Index.load(self.source, device=self.device)
+            log.info("loaded the index %s in %.1fs", self.source, time.perf_counter() - t0)
+        self.started = time.monotonic()
+
+    def require(self) -> Any:
+        if self.index is None:
+            raise ApiError(503, "the index is not loaded yet (the app's lifespan has not started)")
+        return self.index
+
+    def index_stats(self) -> dict[str, Any]:
+        """The index's statistics as served: file names only, never this machine's absolute paths."""
+        if self._stats is None:  # the index does not change while served
+            stats = dict(self.require().stats())
+            for key in ("path", "root", "source"):
+                if stats.get(key):
+                    stats[key] = Path(str(stats[key])).name
+            if isinstance(stats.get("model"), dict) and stats["model"].get("checkpoint"):
+                stats["model"] = {**stats["model"], "checkpoint": Path(str(stats["model"]["checkpoint"])).name}
+            self._stats = stats
+        return self._stats
+
+    def item_count(self) -> int:
+        stats = self.index_stats()
+        return int(stats.get("num_images", 0)) + int(stats.get("num_texts", 0))
+
+    def record(self, seconds: float) -> None:
+        with self.lock:
+            self.latencies.append(seconds * 1000.0)
+            self.queries += 1
+
+    def latency(self) -> LatencyStats:
+        import numpy as np
+
+        with self.lock:
+            values = np.asarray(self.latencies, dtype=np.float64)
+        if not len(values):
+            return LatencyStats(count=0, p50=None, p90=None, p99=None, mean=None)
+        p50, p90, p99 = (round(float(x), 3) for x in np.percentile(values, [50, 90, 99]))
+        return LatencyStats(count=len(values), p50=p50, p90=p90, p99=p99, mean=round(float(values.mean()), 3))
+
+    def check_id(self, item_id: str, name: str = "item") -> str:
+        if not item_id:
+            raise ApiError(422, f"{name}: the id is empty")
+        if len(item_id) > self.limits.max_id_chars:
+            raise ApiError(422, f"{name}: the id has {len(item_id)} characters, more than {self.limits.max_id_chars}")
+        if any(unicodedata.category(c) == "Cc" for c in item_id):
+            raise ApiError(422, f"{name}: the id contains control characters")
+        return item_id
+
+    def item(self, item_id: str, name: str = "item") -> dict[str, Any]:
+        """The index's record of an item; 404 when there is none."""
+        self.check_id(item_id, name)
+        try:
+            record = self.require().item(item_id)
+        except (KeyError, DataError):
+            raise ApiError(404, f"{name}: no item with id {shorten(item_id, 80)} in the index") from None
+        return dict(record)
+
+    def file(self, item_id: str) -> Path:
+        """The image file of an item, found through ``Index.resolve_path`` and checked to lie inside the
+        collection root (symlinks resolved)."""
+        record = self.item(item_id)
+        index = self.require()
+        if record.get("modality") != "image" or not record.get("path"):
+            raise ApiError(404, f"item {shorten(item_id, 80)} is not an image with a file (see its image_id)")
+        try:
+            path = Path(index.resolve_path(item_id))
+        except DataError as exc:
+            status = 403 if "outside" in str(exc) or "leaves" in str(exc) else 404
+            raise ApiError(status, str(exc)) from None
+        root = Path(index.root).resolve()
+        real = path.resolve()
+        if not real.is_relative_to(root):  # resolve_path checks this too; never serve outside the root
+            raise ApiError(403, f"item {shorten(item_id, 80)}: its file is outside the collection")
+        if not real.is_file():
+            raise ApiError(404, f"item {shorten(item_id, 80)}: its file is missing from the collection")
+        return real
+
+
+    def urls(self, record: dict[str, Any]) -> dict[str, str | None]:
+        """The thumbnail and file URLs of an item's image: its own for an image, its image's for a
+        caption (None when there is no file)."""
+        if not record.get("path"):
+            return {"thumbnail_url": None, "image_url": None}
+        image_id = record["id"]
+        if record.get("modality") == "text":
+            image_id = record.get("image_id")
+            if image_id is None:
+                image_id = self.require().item(record["id"]).get("image_id")
+            if not image_id:
+                return {"thumbnail_url": None, "image_url": None}
+        base = "/api/items/" + quote(image_id, safe="/")
+        return {"thumbnail_url": base + "/thumbnail", "image_url": base + "/image"}
+
+    def search(self, kind: str, k: int, offset: int, target: str, **query: Any) -> SearchResponse:
+        """One page of results: the index searched under the model's lock, timed, as the API answers it."""
+        index = self.require()
+        try:
+            with self.lock:  # timed inside: the query's own work, not the wait for a busy model
+                t0 = time.perf_counter()
+                hits = index.search(**query, k=k + 1, offset=offset, target=target)
+                took = time.perf_counter() - t0
+        except VsekitError as exc:
+            raise ApiError(400, str(exc)) from None
+        self.record(took)
+        out = []
+        for hit in hits[:k]:
+            d = hit.to_dict()
+            out.append(SearchHit(**d, **self.urls(d)))
+        info = QueryInfo(kind=kind, text=query.get("text"), item=query.get("item"), k=k, offset=offset, target=target)
+        return SearchResponse(query=info, hits=out, has_more=len(hits) > k, took_ms=round(took * 1000.0, 3))
+
+
+
+
+def decode_image(data: bytes, filename: str, max_pixels: int) -> Any:
+    """An uploaded file as an RGB PIL image; 415 when it is not an image, 413 when it has too many pixels."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    name = shorten(filename or "upload", 60)
+    if not data:
+        raise ApiError(415, f"image: the upload {name} is empty")
+    unreadable = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+                if width * height > max_pixels:
+                    raise ApiError(413, f"image: {name} is {width}x{height} pixels, more than the limit of {max_pixels}")
+                probe.verify()
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            return image.convert("RGB")
+    except ApiError:
+        raise
+    except (*unreadable, Image.DecompressionBombWarning):
+        raise ApiError(415, f"image: the upload {name} is not an image that Pillow can read") from None
+
+
+def make_thumbnail(path: Path, size: int, max_pixels: int) -> bytes:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise ApiError(413, f"{path.name}: {image.width}x{image.height} pixels, too large to thumbnail")
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            image.thumbnail((size, size))
+            out = io.BytesIO()
+            image.save(out, format="JPEG", quality=85)
+            return out.getvalue()
+    except ApiError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise ApiError(415, f"{path.name}: not an image that Pillow can read") from None
