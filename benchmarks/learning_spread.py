@@ -18,7 +18,8 @@ margin from the measured spread. Kernel sets:
 * ``avx512``: ATen's AVX-512 kernels, where the CPU has them (skipped elsewhere).
 
 Each (kernel, seed) run writes its own XML file under ``--out`` and is not run again when that file exists, so
-an interrupted sweep resumes; ``summary.json`` holds every value. Exit status 1 when a test failed in any run.
+an interrupted sweep resumes; ``summary.json`` holds every value. Exit status 1 when a test failed (or errored)
+in any run.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def summarise(runs: dict[tuple[str, int], dict]) -> dict[str, dict]:
     for (kernel, seed), tests in runs.items():
         for test, rec in tests.items():
             entry = out.setdefault(test, {"failed_in": [], "values": {}})
-            if rec["outcome"] == "failed":
+            if rec["outcome"] in ("failed", "error"):
                 entry["failed_in"].append(f"{kernel}/seed{seed}")
             for name, value in rec["values"].items():
                 entry["values"].setdefault(name, {}).setdefault(kernel, {})[str(seed)] = value

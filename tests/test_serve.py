@@ -125,8 +125,8 @@ def test_text_query_finds_the_described_image_first(scenes, client, measured):
     measured("best_rsum", scenes["best_rsum"])
     bodies = {color: client.get("/api/search", params={"q": f"a {color} car", "k": 3}) for color in scenes["by_color"]}
     found = measured("colours_found_first", sum(r.json()["hits"][0]["path"] == scenes["by_color"][c] for c, r in bodies.items()))
-    # chance rsum with 50 val images is ~ 60. With 6 epochs, 3 kernels x 3 seeds (benchmarks/learning_spread.py)
-    # gave rsum 315..338 and every colour first but in one run (7 of 8): hence 8 epochs
+    # chance rsum with 50 val images is ~ 60. Over 3 kernels x 3 seeds (benchmarks/learning_spread.py), 6 epochs
+    # missed one colour in one run; 8 epochs: rsum 324..354 and every colour first in every run
     assert scenes["best_rsum"] > 200
     assert found == NUM_COLORS, {c: r.json()["hits"] for c, r in bodies.items()}
     for color, r in bodies.items():
