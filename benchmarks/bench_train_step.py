@@ -50,7 +50,7 @@ def _worker(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     from vsekit import training
     from vsekit.data.collate import Batch
-    from vsekit.data.vocab import Vocabulary
+    from vsekit.text.vocab import Vocabulary
     from vsekit.losses import ContrastiveLoss
     from vsekit.models import create_model
     from vsekit.presets import get_preset

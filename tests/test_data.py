@@ -506,7 +506,7 @@ def test_batch_to_and_pin_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_treebank_tokenizer_hand_computed():
-    from vsekit.data.vocab import tokenize_treebank
+    from vsekit.text.vocab import tokenize_treebank
 
     assert tokenize_treebank("A man riding a wave on top of a surfboard.") == [
         "a", "man", "riding", "a", "wave", "on", "top", "of", "a", "surfboard", ".",
@@ -521,7 +521,7 @@ def test_treebank_tokenizer_hand_computed():
 
 
 def test_vocabulary_tokenizer_is_saved_and_used():
-    from vsekit.data.vocab import Vocabulary, build_vocab
+    from vsekit.text.vocab import Vocabulary, build_vocab
 
     caps = ["a dog.", "a dog, a cat."]
     tb = build_vocab(caps, min_count=1, tokenizer="treebank")
@@ -540,7 +540,7 @@ def test_treebank_tokenizer_matches_nltk_on_rsicd(rsicd):
     import json
     import re
 
-    from vsekit.data.vocab import tokenize_treebank
+    from vsekit.text.vocab import tokenize_treebank
 
     tok = nltk_tok.NLTKWordTokenizer()
     data = json.loads((rsicd / "dataset_rsicd.json").read_text())

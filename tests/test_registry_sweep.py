@@ -82,7 +82,7 @@ def one_step(model, cfg) -> torch.Tensor:
 def test_every_preset_builds_trains_a_step_and_round_trips(name, bert, tmp_path):
     cfg = tiny(name, bert)
     if cfg.model.text.kind == "transformer":
-        from vsekit.data.hf_tokenizer import HFTokenizer
+        from vsekit.text.hf import HFTokenizer
 
         tokenizer = HFTokenizer.from_pretrained(bert, max_length=cfg.model.text.max_length)
     else:

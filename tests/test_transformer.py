@@ -27,7 +27,7 @@ from vsekit.presets import get_preset
 
 transformers = pytest.importorskip("transformers")
 
-from vsekit.data.hf_tokenizer import HFTokenizer, quiet_transformers
+from vsekit.text.hf import HFTokenizer, quiet_transformers
 from vsekit.encoders.transformer import augment_words, word_starts
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, from_dict
-from .data import tokenizer_from_dict
+from .text import tokenizer_from_dict
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError
 from .io import atomic_torch_save

@@ -32,7 +32,7 @@ full-image models (a CNN under ``cnn.``).
 
 Tokenisation: VSE∞-BiGRU and VSE++ were trained on ``nltk.word_tokenize`` tokens, which keep punctuation
 (``"."``, ``","`` are vocabulary words there) and hyphenated words whole; converted vocabularies therefore
-use the ``treebank`` tokenizer (:func:`vsekit.data.vocab.tokenize_treebank`, checked token for token
+use the ``treebank`` tokenizer (:func:`vsekit.text.vocab.tokenize_treebank`, checked token for token
 against nltk's word tokenizer on every RSICD caption), so converted models see the official ids.
 """
 
@@ -316,7 +316,7 @@ def read_official_vocab(path: str | Path) -> tuple[Any, int]:
     Raises:
         CheckpointError: if the file is missing or malformed, or its ``idx`` counter disagrees with its words.
     """
-    from .data import Vocabulary
+    from .text import Vocabulary
 
     path = Path(path)
     if not path.is_file():
@@ -610,7 +610,7 @@ def convert_official(
 def _bert_tokenizer(folder: Path, cfg: TrainConfig) -> Any:
     """The tokenizer of the BERT folder, set up to build the network from its config (the weights come from
     the checkpoint). The longest caption is the preset's cap, or the model's positions if fewer."""
-    from .data.hf_tokenizer import HFTokenizer
+    from .text.hf import HFTokenizer
 
     config_file = folder / "config.json"
     try:

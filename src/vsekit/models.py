@@ -94,7 +94,7 @@ class VSEModel(nn.Module):
 
     Args:
         config: the model config.
-        tokenizer: turns captions into token ids (a :class:`vsekit.data.Vocabulary` or a Hugging Face
+        tokenizer: turns captions into token ids (a :class:`vsekit.text.Vocabulary` or a Hugging Face
             tokenizer wrapper); saved with the model.
         word_vectors: optional initial word embeddings (len(tokenizer)×word_dim).
     """

@@ -1,4 +1,4 @@
-"""Datasets, vocabulary and batching for vsekit."""
+"""Datasets and batching for vsekit (the tokenizers live in :mod:`vsekit.text`; their names are re-exported here)."""
 
 from vsekit.data.collate import Batch, Collator, FeatureInput, collate_captions, collate_images
 from vsekit.data.datasets import (
@@ -13,8 +13,7 @@ from vsekit.data.datasets import (
 from vsekit.data.synthetic import SyntheticConfig, make_synthetic
 from vsekit.data.images import KarpathyImageDataset, PixelInput, load_image
 from vsekit.data.render import RenderedScenes
-from vsekit.data.tokenizers import build_tokenizer, tokenizer_from_dict
-from vsekit.data.vocab import Vocabulary, build_vocab, tokenize
+from vsekit.text import Vocabulary, build_tokenizer, build_vocab, tokenize, tokenizer_from_dict
 from vsekit.data.video import (
     FrameFeatureDataset,
     SyntheticVideoConfig,

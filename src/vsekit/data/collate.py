@@ -136,7 +136,7 @@ class Collator:
     Picklable, so it works in DataLoader worker processes.
 
     Args:
-        tokenizer: turns captions into token ids (``encode``, ``pad_id``): a :class:`Vocabulary` or the
+        tokenizer: turns captions into token ids (``encode``, ``pad_id``): a :class:`vsekit.text.Vocabulary` or the
             model's tokenizer.
         image_input: how images become tensors (the model's ``image_input``); default: feature sets.
         train: passed to ``image_input.collate`` (random crops and flips for raw images in training).

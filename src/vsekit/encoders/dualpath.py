@@ -182,7 +182,7 @@ class TextCNNEncoder(nn.Module):
     a uniformly random start slot (shift augmentation; the other slots are empty); in evaluation the
     output is the sum of the raw outputs over every valid start slot (computed in one batch of shifted
     copies, :data:`EVAL_SHIFT_CHUNK` at a time). The tokens are those of the model's tokenizer
-    (``<start>``/``<end>`` included for a :class:`vsekit.data.Vocabulary`).
+    (``<start>``/``<end>`` included for a :class:`vsekit.text.Vocabulary`).
 
     Args:
         cfg: the text encoder config (``word_dim``, ``max_length``; ``pooling`` and ``augment`` are unused:

@@ -41,7 +41,7 @@ class TextInputs:
 
     @classmethod
     def of(cls, tokenizer: Any, word_vectors: Tensor | None = None) -> TextInputs:
-        """The inputs of a text encoder for ``tokenizer`` (a :class:`vsekit.data.Vocabulary` or ``HFTokenizer``)."""
+        """The inputs of a text encoder for ``tokenizer`` (a :class:`vsekit.text.Vocabulary` or ``HFTokenizer``)."""
         return cls(len(tokenizer), tokenizer.mask_id, word_vectors, tokenizer)
 
 

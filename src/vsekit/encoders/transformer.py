@@ -121,7 +121,7 @@ class TransformerTextEncoder(nn.Module):
         cfg: the text encoder config (``kind='transformer'``, ``pooling``, ``augment``).
         embed_size: joint embedding size.
         inputs: the vocabulary size and mask id, no word vectors (the transformer has its own embeddings),
-            and the model's :class:`vsekit.data.hf_tokenizer.HFTokenizer`. Its ``model_config`` builds
+            and the model's :class:`vsekit.text.HFTokenizer`. Its ``model_config`` builds
             ``bert``; when its ``pretrained_path`` is set (a new model) the folder's weights are loaded,
             otherwise (a checkpoint) the state dict fills them in.
 
@@ -132,7 +132,7 @@ class TransformerTextEncoder(nn.Module):
     def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
         super().__init__()
         vocab_size, tokenizer = inputs.vocab_size, inputs.tokenizer
-        from ..data.hf_tokenizer import HFTokenizer, import_transformers, quiet_transformers
+        from ..text.hf import HFTokenizer, import_transformers, quiet_transformers
 
         if not isinstance(tokenizer, HFTokenizer):
             raise ConfigError("model.text.kind: 'transformer' needs the Hugging Face tokenizer of model.text.transformer_path")

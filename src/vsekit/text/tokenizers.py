@@ -2,8 +2,8 @@
 
 A tokenizer turns a caption into token ids and is saved inside every checkpoint (``to_dict()``):
 
-* :class:`vsekit.data.Vocabulary` — words of the training captions (BiGRU, GRU, text CNN);
-* :class:`vsekit.data.hf_tokenizer.HFTokenizer` — a Hugging Face tokenizer read from a local model folder
+* :class:`vsekit.text.Vocabulary` — words of the training captions (BiGRU, GRU, text CNN);
+* :class:`vsekit.text.HFTokenizer` — a Hugging Face tokenizer read from a local model folder
   (transformer text encoders); its files travel inside the checkpoint.
 
 Both offer ``encode(caption) -> list[int]``, ``pad_id``, ``mask_id``, ``len()`` and ``to_dict()``.
@@ -23,7 +23,7 @@ def build_tokenizer(cfg: TextEncoderConfig, captions: Iterable[str], min_count: 
     if cfg.kind == "transformer":
         if not cfg.transformer_path:
             raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local model folder)")
-        from .hf_tokenizer import HFTokenizer
+        from .hf import HFTokenizer
 
         return HFTokenizer.from_pretrained(cfg.transformer_path, max_length=cfg.max_length)
     return build_vocab(captions, min_count=min_count)
@@ -32,7 +32,7 @@ def build_tokenizer(cfg: TextEncoderConfig, captions: Iterable[str], min_count: 
 def tokenizer_from_dict(d: Any, source: str = "checkpoint") -> Any:
     """Rebuild the tokenizer saved by ``to_dict()``."""
     if isinstance(d, dict) and d.get("type") == "hf":
-        from .hf_tokenizer import HFTokenizer
+        from .hf import HFTokenizer
 
         try:
             return HFTokenizer.from_dict(d)
