@@ -126,3 +126,35 @@ def test_recipes_are_data_that_merge_onto_their_base(monkeypatch, tmp_path) -> N
         get_preset("a")
     with pytest.raises(ConfigError, match=r"recipes/c.yaml: config.optim.lrr: unknown field"):
         get_preset("c")
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["model.text.kind=bigru", "model.text.frozen=true"], r"model.text.frozen: only kind 'transformer' has it, got kind 'bigru'"),
+        (["model.text.kind=transformer", "model.text.word_dim=64", "model.text.transformer_path=x"], r"model.text.word_dim: only kinds 'bigru', 'gru', 'textcnn'"),
+        (["model.text.kind=gru", "model.text.dropout=0.5", "model.text.pooling=last"], r"model.text.dropout: only kind 'textcnn'"),
+        (["model.image.kind=precomp", "model.image.image_size=512"], r"model.image.image_size: only kinds 'backbone', 'cnn_global', 'dualpath_image'"),
+        (["model.text.kind=gru"], r"model.text.pooling: kind 'gru' takes the last hidden state"),
+        (["model.text.kind=transformer"], r"model.text.transformer_path: required"),
+        (["model.text.pooling=sorted"], r"model.text.pooling"),
+    ],
+)
+def test_each_encoder_family_checks_its_own_options(overrides, needle):
+    """A family field set for a kind that does not read it is refused, naming the field and the kinds that have it."""
+    with pytest.raises(ConfigError, match=needle):
+        load_config(overrides=overrides)
+
+
+def test_the_family_checks_accept_every_preset_and_a_family_own_options():
+    for name in list_presets():
+        load_config(preset=name, require_data=False)
+    cfg = load_config(preset="demo_max", overrides=["model.text.kind=textcnn", "model.text.max_length=20", "model.text.dropout=0.5"])
+    assert (cfg.model.text.max_length, cfg.model.text.dropout) == (20, 0.5)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=nan", "optim.lr=.inf", "loss.margin=nan", "optim.weight_decay=-.inf", "optim.lr_mults={x: .nan}"])
+def test_non_finite_numbers_are_refused_with_the_field(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}(\.x)?: expected a (finite|non-negative|positive)? ?number"):
+        load_config(preset="demo_max", overrides=[override])

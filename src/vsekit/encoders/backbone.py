@@ -45,6 +45,7 @@ class _RawImageEncoder(nn.Module):
     """The parts both raw-image encoders share: ``backbone``, ``fc`` and the pixel input spec."""
 
     input_kind = "pixels"
+    options = ("backbone", "pretrained", "image_size")
 
     def __init__(self, cfg: ImageEncoderConfig, embed_size: int) -> None:
         super().__init__()

@@ -192,6 +192,12 @@ class TextCNNEncoder(nn.Module):
             is unused: the shift is the only text augmentation).
     """
 
+    options = ("word_dim", "word_vectors", "max_length", "dropout")
+
+    @classmethod
+    def check_config(cls, cfg: TextEncoderConfig, require_data: bool = True) -> None:
+        """Nothing beyond the shared checks: the pooling (max over positions) is part of the architecture."""
+
     def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
         super().__init__()
         self.cfg = cfg
@@ -251,6 +257,7 @@ class DualPathImageEncoder(nn.Module):
     """
 
     input_kind = "pixels"
+    options = ("backbone", "pretrained", "image_size", "dropout")
 
     def __init__(self, cfg: ImageEncoderConfig, embed_size: int) -> None:
         super().__init__()

@@ -28,6 +28,9 @@ class PrecompImageEncoder(nn.Module):
         embed_size: joint embedding size.
     """
 
+    # no family options: ``mlp`` is read here only, but the raw-image presets say ``mlp: false`` for their
+    # fc-only projection, so it is a shared field (its default is true)
+
     def __init__(self, cfg: ImageEncoderConfig, embed_size: int) -> None:
         super().__init__()
         self.cfg = cfg

@@ -9,6 +9,13 @@ An image encoder is an ``nn.Module`` built as ``cls(cfg: ImageEncoderConfig, emb
 
 A text encoder is built as ``cls(cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs)`` with
 ``forward(ids B×T, lengths B) -> B×embed_size`` unnormalised embeddings.
+
+Each family owns its options. The config section (``model.image`` / ``model.text``) has the fields every
+family shares (``kind``, ``pooling``, ``normalize``, the augmentation rates, ``img_dim``) and the fields of
+the families; a family class names the family fields it reads in ``options`` and checks its own values in an
+optional ``check_config(cfg, require_data)`` classmethod (by default: the pooling must exist).
+:func:`check_encoder_config` refuses a family field set to anything but its default for a kind that does not
+read it, so a value that would be silently ignored is an error that names the field.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from torch import Tensor, nn
 
 from ..config import ImageEncoderConfig, TextEncoderConfig
 from ..errors import ConfigError
+from ..pooling import create_pooling
 
 
 
@@ -91,3 +99,37 @@ def list_image_encoders() -> list[str]:
 def list_text_encoders() -> list[str]:
     """Registered text encoder kinds."""
     return sorted(TEXT_ENCODERS)
+
+
+def check_pooling(key: str, name: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless ``name`` is a registered pooling."""
+    try:
+        create_pooling(name)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def check_encoder_config(branch: str, cfg: ImageEncoderConfig | TextEncoderConfig, require_data: bool = True) -> None:
+    """Check ``model.<branch>`` (``image`` or ``text``) against its family; raise :class:`ConfigError` naming the field.
+
+    With ``require_data=False`` the options that point at files (e.g. a transformer's model folder) may be unset.
+    """
+    registry = IMAGE_ENCODERS if branch == "image" else TEXT_ENCODERS
+    where = f"model.{branch}"
+    if cfg.kind not in registry:
+        raise ConfigError(f"{where}.kind: expected one of {', '.join(sorted(registry))}, got {cfg.kind!r}")
+    family = registry[cfg.kind]
+    readers: dict[str, list[str]] = {}
+    for kind, cls in sorted(registry.items()):
+        for option in getattr(cls, "options", ()):
+            readers.setdefault(option, []).append(kind)
+    defaults = type(cfg)()
+    for option, kinds in readers.items():
+        if option not in getattr(family, "options", ()) and getattr(cfg, option) != getattr(defaults, option):
+            which = f"kind {kinds[0]!r} has" if len(kinds) == 1 else f"kinds {', '.join(map(repr, kinds))} have"
+            raise ConfigError(f"{where}.{option}: only {which} it, got kind {cfg.kind!r}")
+    check = getattr(family, "check_config", None)
+    if check is not None:
+        check(cfg, require_data)
+    else:
+        check_pooling(f"{where}.pooling", cfg.pooling)

@@ -249,6 +249,7 @@ class _RNNTextEncoder(nn.Module):
     """What the GRU text encoders share: word embeddings, a GRU, and text augmentation in training."""
 
     bidirectional: bool
+    options = ("word_dim", "num_layers", "word_vectors")
 
     def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
         super().__init__()
@@ -308,6 +309,12 @@ class GRUTextEncoder(_RNNTextEncoder):
     """
 
     bidirectional = False
+
+    @classmethod
+    def check_config(cls, cfg: TextEncoderConfig, require_data: bool = True) -> None:
+        """The VSE++ GRU takes the last hidden state: ``pooling`` must say ``'last'``."""
+        if cfg.pooling != "last":
+            raise ConfigError(f"model.text.pooling: kind 'gru' takes the last hidden state: expected 'last', got {cfg.pooling!r}")
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """``ids``: B×T padded token ids, ``lengths``: B caption lengths. Returns B×embed_size."""

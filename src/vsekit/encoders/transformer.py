@@ -31,7 +31,7 @@ from ..config import TextEncoderConfig
 from ..errors import ConfigError
 from ..pooling import create_pooling
 from .common import MLP, compact, fc_and_mlp_first, valid_mask
-from .registry import TextInputs, register_text_encoder
+from .registry import TextInputs, check_pooling, register_text_encoder
 
 FROZEN_CACHE_CAPTIONS = 1_000_000
 """Most captions whose frozen token states one encoder keeps (about 15 KB each for MiniLM-L6 captions of
@@ -128,6 +128,15 @@ class TransformerTextEncoder(nn.Module):
     Raises:
         ConfigError: if the tokenizer is not an ``HFTokenizer`` or word vectors are given.
     """
+
+    options = ("transformer_path", "frozen", "mlp", "max_length")
+
+    @classmethod
+    def check_config(cls, cfg: TextEncoderConfig, require_data: bool = True) -> None:
+        """The pooling must exist, and a new model needs its local model folder (``transformer_path``)."""
+        check_pooling("model.text.pooling", cfg.pooling)
+        if require_data and not cfg.transformer_path:
+            raise ConfigError("model.text.transformer_path: required for kind 'transformer' (a local Hugging Face model folder)")
 
     def __init__(self, cfg: TextEncoderConfig, embed_size: int, inputs: TextInputs) -> None:
         super().__init__()
