@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DataError, VsekitError
@@ -33,15 +34,22 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsekit", description="Visual-semantic embedding: train, evaluate, demo.")
     p.add_argument("--version", action="version", version=f"vsekit {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_train, _add_eval, _add_extract, _add_convert, _add_encode, _add_search, _add_serve, _add_presets_and_config):
+        add(sub.add_parser)
+    return p
 
-    d = sub.add_parser("demo", help="train on built-in data with GPO, mean and max pooling and print the R@K table")
+
+def _add_demo(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    d = new_command("demo", help="train on built-in data with GPO, mean and max pooling and print the R@K table")
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     d.add_argument("--poolings", default="gpo,mean,max", help="comma-separated poolings to compare")
     d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run, e.g. epochs=3")
     d.add_argument("--jobs", type=int, default=0, help="models trained at once (default: one per model, up to the cores)")
     d.add_argument("--quiet", action="store_true", help="only the final table")
 
-    t = sub.add_parser("train", help="train a model")
+
+def _add_train(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    t = new_command("train", help="train a model")
     t.add_argument("--config", help="YAML or JSON config file (may name a 'preset:' to start from)")
     t.add_argument("--preset", help="start from this preset (see 'vsekit presets')")
     t.add_argument("--run-dir", help="run folder (default: runs/<name>); an existing run there is resumed")
@@ -50,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3 epochs=5")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint, or saved similarity matrices")
+
+def _add_eval(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    e = new_command("eval", help="evaluate a checkpoint, or saved similarity matrices")
     e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder")
     e.add_argument("--split", help="split to evaluate (default: the config's test split)")
     e.add_argument("--data-path", help="data folder/file (default: the one in the checkpoint's config)")
@@ -66,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the metrics to this JSON file")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
 
-    x = sub.add_parser("extract", help="run an image backbone once over a dataset's images and store grid features")
+
+def _add_extract(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    x = new_command("extract", help="run an image backbone once over a dataset's images and store grid features")
     x.add_argument("annotations", help="Karpathy-style JSON (e.g. dataset_rsicd.json)")
     x.add_argument("images", help="folder holding the images")
     x.add_argument("out", help="output feature folder (an interrupted extraction there resumes)")
@@ -81,14 +93,18 @@ def _parser() -> argparse.ArgumentParser:
                    "rot90, rot180, rot270, hflip, vflip, transpose, antitranspose (comma-separated)")  # fmt: skip
     x.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    v = sub.add_parser("convert", help="import an official VSE∞ (BiGRU / BERT, region features) or VSE++ (precomp) checkpoint")
+
+def _add_convert(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    v = new_command("convert", help="import an official VSE∞ (BiGRU / BERT, region features) or VSE++ (precomp) checkpoint")
     v.add_argument("checkpoint", help="the official .pth / .pth.tar file")
     v.add_argument("output", help="the vsekit checkpoint to write")
     v.add_argument("--vocab", metavar="FILE", help="the vocabulary it was trained with (SCAN JSON, or VSE++'s vocab .pkl); BiGRU / VSE++")
     v.add_argument("--bert", metavar="PATH", help="the local BERT folder it was trained from (config + tokenizer); VSE∞ BERT")
     v.add_argument("--kind", default="auto", metavar="KIND", help="auto (default), vse_infty_bigru, vse_infty_bert or vsepp")
 
-    n = sub.add_parser("encode", help="embed a collection (images folder, Karpathy JSON, CSV/JSONL, features) into a search index")
+
+def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    n = new_command("encode", help="embed a collection (images folder, Karpathy JSON, CSV/JSONL, features) into a search index")
     n.add_argument("checkpoint", help="checkpoint file or run folder")
     n.add_argument("source", help="folder of images, Karpathy JSON, CSV/JSONL with path and/or caption columns, or a precomputed-features folder")
     n.add_argument("--out", required=True, help="index folder (an index already there is updated: only new items are embedded)")
@@ -105,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
     n.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    q = sub.add_parser("search", help="search an index built by 'vsekit encode'")
+
+def _add_search(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    q = new_command("search", help="search an index built by 'vsekit encode'")
     q.add_argument("index", help="index folder")
     what = q.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="query sentence")
@@ -118,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
     q.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
 
-    s = sub.add_parser("serve", help="serve a search page and an HTTP API over an index (needs the 'serve' extra)")
+
+def _add_serve(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    s = new_command("serve", help="serve a search page and an HTTP API over an index (needs the 'serve' extra)")
     s.add_argument("index", help="index folder (built by 'vsekit encode')")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
@@ -128,12 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded query image in MiB (default: 10)")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
 
-    sub.add_parser("presets", help="list the config presets")
-    c = sub.add_parser("config", help="print the resolved config of a preset/file with overrides")
+
+def _add_presets_and_config(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    new_command("presets", help="list the config presets")
+    c = new_command("config", help="print the resolved config of a preset/file with overrides")
     c.add_argument("preset", nargs="?", help="preset name")
     c.add_argument("--config", help="config file")
     c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    return p
 
 
 def _version() -> str:
