@@ -66,7 +66,7 @@ def _forward(args: argparse.Namespace) -> dict:
 
 
 def _end_to_end(args: argparse.Namespace) -> dict:
-    from vsekit.data.datasets import KarpathyJSON
+    from vsekit.data.karpathy import KarpathyJSON
     from vsekit.extract import extract_features
 
     ann, images = args.data

@@ -402,7 +402,7 @@ def _plots(results: dict[str, Any], out: Path) -> None:
 
 def _retrievals(name: str, sims_path: Path, ann: Path, images: Path, path: Path, queries: int = 8, top: int = 5) -> None:
     """Top-``top`` test images for ``queries`` test captions spread over the split (one per image)."""
-    from vsekit.data.datasets import KarpathyJSON
+    from vsekit.data.karpathy import KarpathyJSON
     from vsekit.plots import plot_retrievals
 
     records = KarpathyJSON(ann).records("test")

@@ -35,7 +35,7 @@ import numpy as np
 
 from vsekit.checkpoint import model_from_checkpoint, read_checkpoint
 from vsekit.config import DataConfig
-from vsekit.data.datasets import KarpathyJSON, captions_from_records
+from vsekit.data.karpathy import KarpathyJSON, captions_from_records
 from vsekit.data.factory import build_dataset
 from vsekit.errors import DataError
 from vsekit.evaluation import evaluate_sims, similarity_matrix

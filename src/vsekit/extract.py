@@ -103,7 +103,7 @@ def extract_features(
         The metadata written to ``features.json`` plus ``timing`` (seconds and images/s per split, and per
         ``{split}.{view}``).
     """
-    from .data.datasets import KarpathyJSON
+    from .data.karpathy import KarpathyJSON
 
     if batch_size < 1:
         raise ConfigError("batch_size: expected a positive integer")

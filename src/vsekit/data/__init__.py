@@ -1,15 +1,8 @@
 """Datasets and batching for vsekit (the tokenizers live in :mod:`vsekit.text`; their names are re-exported here)."""
 
 from vsekit.data.collate import Batch, Collator, FeatureInput, collate_captions, collate_images
-from vsekit.data.datasets import (
-    CaptionDataset,
-    FeatureCaptionDataset,
-    ImageRecord,
-    KarpathyJSON,
-    PrecompDataset,
-    captions_from_records,
-    write_precomp,
-)
+from vsekit.data.datasets import CaptionDataset, FeatureCaptionDataset, PrecompDataset, write_precomp
+from vsekit.data.karpathy import ImageRecord, KarpathyJSON, captions_from_records
 from vsekit.data.synthetic import SyntheticConfig, make_synthetic
 from vsekit.data.images import KarpathyImageDataset, PixelInput, load_image
 from vsekit.data.render import RenderedScenes

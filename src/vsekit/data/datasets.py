@@ -1,4 +1,4 @@
-"""The dataset contract, datasets of precomputed image features, and the Karpathy JSON reader.
+"""The dataset contract and the datasets of precomputed image features.
 
 Every dataset is a map-style dataset indexed by *caption*: image ``i`` has the ``k`` consecutive captions
 ``i*k .. i*k+k-1`` (``k = captions_per_image``, fixed per dataset), so caption ``j`` belongs to image
@@ -8,20 +8,35 @@ may differ between images.
 
 from __future__ import annotations
 
-import json
 import mmap as mmap_module
 import os
 from abc import ABC, abstractmethod
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from vsekit.data.files import check_float_features, check_optional_count, load_features_npy, read_lines
+from vsekit.data.karpathy import ImageRecord, KarpathyJSON, captions_from_records
 from vsekit.errors import DataError
 from vsekit.io import atomic_write, atomic_write_text
+
+# the Karpathy reader and the file helpers have their own modules; their names stay importable from here
+__all__ = [
+    "CaptionDataset",
+    "FeatureCaptionDataset",
+    "ImageRecord",
+    "KarpathyJSON",
+    "ListedCaptionDataset",
+    "PrecompDataset",
+    "captions_from_records",
+    "check_float_features",
+    "check_optional_count",
+    "load_features_npy",
+    "read_lines",
+    "write_precomp",
+]
 
 
 class CaptionDataset(ABC):
@@ -130,18 +145,6 @@ class ListedCaptionDataset(CaptionDataset):
         return state
 
 
-def check_optional_count(value: Any, field: str) -> None:
-    """Raise a :class:`DataError` naming ``field`` unless ``value`` is None or a positive integer (not a bool)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise DataError(f"{field}: expected a positive integer, got {value!r}")
-
-
-def check_float_features(arr: np.ndarray, where: str) -> None:
-    """Raise a :class:`DataError` naming ``where`` unless ``arr`` holds floating-point values."""
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise DataError(f"{where}: expected floating-point features, got dtype {arr.dtype}")
-
-
 class FeatureCaptionDataset(ListedCaptionDataset):
     """A dataset from feature arrays (in memory or memory-mapped) and a list of captions.
 
@@ -230,44 +233,6 @@ class FeatureCaptionDataset(ListedCaptionDataset):
         if isinstance(self._features, np.ndarray):
             return np.full(self.num_images, self._features.shape[1], dtype=np.int64)
         return np.array([f.shape[0] for f in self._features], dtype=np.int64)
-
-
-def read_lines(path: Path) -> list[str]:
-    """Read a UTF-8 text file as a list of stripped lines, without trailing blank lines."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"file not found: {path}") from None
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: expected UTF-8 text") from None
-    lines = [line.strip() for line in text.split("\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
-
-
-def load_features_npy(path: Path) -> np.ndarray:
-    """Memory-map an ``.npy`` file of floating-point features, shape ``(N, K, D)`` or ``(N, D)``."""
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
-    if not isinstance(arr, np.ndarray):
-        raise DataError(f"{path}: expected a single .npy array")
-    if arr.ndim not in (2, 3):
-        raise DataError(f"{path}: expected a 3-D (images, regions, dim) or 2-D (images, dim) array, "
-                        f"got shape {arr.shape}")
-    check_float_features(arr, str(path))
-    if arr.shape[0] == 0 or arr.shape[-1] == 0 or (arr.ndim == 3 and arr.shape[1] == 0):
-        raise DataError(f"{path}: expected a non-empty array, got shape {arr.shape}")
-    return arr
 
 
 class PrecompDataset(ListedCaptionDataset):
@@ -459,143 +424,3 @@ def write_precomp(
     ims_path = atomic_write(root / f"{split}_ims.npy", lambda f: np.save(f, features, allow_pickle=False))
     caps_path = atomic_write_text("\n".join(captions) + "\n", root / f"{split}_caps.txt")
     return ims_path, caps_path
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image of a Karpathy-split JSON file.
-
-    Attributes:
-        filename: image file name, e.g. ``COCO_val2014_000000391895.jpg``.
-        filepath: sub-folder (``val2014`` for COCO), or ``""`` if the file gives none.
-        split: ``train``, ``restval``, ``val`` or ``test``.
-        captions: the raw captions, stripped, in file order.
-        image_id: ``cocoid`` if present, else ``imgid``, else the position in the file.
-    """
-
-    filename: str
-    filepath: str
-    split: str
-    captions: tuple[str, ...]
-    image_id: int
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-class KarpathyJSON:
-    """Reader of Karpathy-split JSON files (``dataset_coco.json``, ``dataset_flickr30k.json``,
-    ``dataset_rsicd.json``).
-
-    The file is read and validated once, at construction.
-
-    Args:
-        path: the JSON file.
-
-    Raises:
-        DataError: naming the file and the field, if the file is missing or malformed.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        name = str(self.path)
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise DataError(f"Karpathy JSON file not found: {self.path}") from None
-        except UnicodeDecodeError:
-            raise DataError(f"{name}: expected UTF-8 JSON") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        except OSError as e:
-            raise DataError(f"cannot read {name}: {e.strerror}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise DataError(f"{name}: expected a JSON object with an 'images' list")
-        self.dataset: str = str(data.get("dataset", ""))
-        self._records = [self._parse(name, n, im) for n, im in enumerate(data["images"])]
-
-    @staticmethod
-    def _parse(name: str, n: int, im: Any) -> ImageRecord:
-        where = f"{name}: images[{n}]"
-        if not isinstance(im, dict):
-            raise DataError(f"{where}: expected an object with filename, split and sentences")
-        for field in ("filename", "split"):
-            if not isinstance(im.get(field), str) or not im[field]:
-                raise DataError(f"{where}.{field}: expected a non-empty string")
-        filepath = im.get("filepath", "")
-        if not isinstance(filepath, str):
-            raise DataError(f"{where}.filepath: expected a string")
-        sentences = im.get("sentences")
-        if not isinstance(sentences, list):
-            raise DataError(f"{where}.sentences: expected a list of {{raw, tokens}}")
-        captions = []
-        for s, sent in enumerate(sentences):
-            raw = sent.get("raw") if isinstance(sent, dict) else None
-            if raw is None and isinstance(sent, dict) and isinstance(sent.get("tokens"), list):
-                raw = " ".join(str(t) for t in sent["tokens"])
-            if not isinstance(raw, str):
-                raise DataError(f"{where}.sentences[{s}]: expected an object with a string 'raw'")
-            captions.append(raw.strip())
-        image_id = n
-        for field in ("cocoid", "imgid"):
-            if field in im:
-                if not _is_int(im[field]):
-                    raise DataError(f"{where}.{field}: expected an integer, got {im[field]!r}")
-                image_id = im[field]
-                break
-        return ImageRecord(im["filename"], filepath, im["split"], tuple(captions), image_id)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def splits(self) -> dict[str, int]:
-        """Return the number of images of every split, in order of first appearance."""
-        return dict(Counter(r.split for r in self._records))
-
-    def records(self, split: str | Sequence[str]) -> list[ImageRecord]:
-        """Return the images of one split or of several (e.g. ``["train", "restval"]``), in file order.
-
-        Args:
-            split: a split name or a list of them.
-
-        Returns:
-            The image records.
-
-        Raises:
-            DataError: if a split does not occur in the file.
-        """
-        wanted = {split} if isinstance(split, str) else set(split)
-        if not wanted:
-            raise DataError(f"{self.path}: expected at least one split name")
-        unknown = sorted(wanted - set(self.splits()))
-        if unknown:
-            raise DataError(
-                f"{self.path}: no images with split {', '.join(map(repr, unknown))}; "
-                f"the file has {', '.join(map(repr, self.splits()))}"
-            )
-        return [r for r in self._records if r.split in wanted]
-
-
-def captions_from_records(records: Sequence[ImageRecord], k: int) -> list[str]:
-    """Return the first ``k`` captions of every record, in order (``len(records) * k`` captions).
-
-    Args:
-        records: image records, e.g. from :meth:`KarpathyJSON.records`.
-        k: captions per image.
-
-    Returns:
-        The captions.
-
-    Raises:
-        DataError: naming the image if one has fewer than ``k`` captions.
-    """
-    if not isinstance(k, int) or k < 1:
-        raise DataError(f"captions_per_image: expected a positive integer, got {k!r}")
-    out: list[str] = []
-    for r in records:
-        if len(r.captions) < k:
-            raise DataError(f"image {r.filename}: expected at least {k} captions, got {len(r.captions)}")
-        out.extend(c.strip() for c in r.captions[:k])
-    return out

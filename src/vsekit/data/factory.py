@@ -24,7 +24,8 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
             ``cfg.eval_views`` (``{features}/{split}_ims.{view}.npy``); otherwise those of
             ``cfg.train_views``, drawn at random per sample.
     """
-    from .datasets import FeatureCaptionDataset, KarpathyJSON, PrecompDataset, captions_from_records
+    from .datasets import FeatureCaptionDataset, PrecompDataset
+    from .karpathy import KarpathyJSON, captions_from_records
     from .synthetic import SyntheticConfig, generate_split, make_synthetic
 
     k = cfg.captions_per_image

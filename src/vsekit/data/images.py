@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vsekit.data.datasets import KarpathyJSON, ListedCaptionDataset, captions_from_records
+from vsekit.data.datasets import ListedCaptionDataset
+from vsekit.data.karpathy import KarpathyJSON, captions_from_records
 from vsekit.errors import ConfigError, DataError
 
 __all__ = ["Crop", "KarpathyImageDataset", "PixelInput", "as_pixels", "load_image"]

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.data.datasets import FeatureCaptionDataset, ListedCaptionDataset, check_optional_count, read_lines
+from vsekit.data.datasets import FeatureCaptionDataset, ListedCaptionDataset
+from vsekit.data.files import check_optional_count, read_lines
 from vsekit.data.synthetic import (
     SIZES,
     SyntheticConfig,

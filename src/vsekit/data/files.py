@@ -1,0 +1,61 @@
+"""Reading the files of feature datasets: caption text files and memory-mapped ``.npy`` feature arrays,
+with the checks every reader shares (one line naming the file or field)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vsekit.errors import DataError
+
+
+def check_optional_count(value: Any, field: str) -> None:
+    """Raise a :class:`DataError` naming ``field`` unless ``value`` is None or a positive integer (not a bool)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DataError(f"{field}: expected a positive integer, got {value!r}")
+
+
+def check_float_features(arr: np.ndarray, where: str) -> None:
+    """Raise a :class:`DataError` naming ``where`` unless ``arr`` holds floating-point values."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"{where}: expected floating-point features, got dtype {arr.dtype}")
+
+
+def read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file as a list of stripped lines, without trailing blank lines."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: expected UTF-8 text") from None
+    lines = [line.strip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def load_features_npy(path: Path) -> np.ndarray:
+    """Memory-map an ``.npy`` file of floating-point features, shape ``(N, K, D)`` or ``(N, D)``."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: expected a single .npy array")
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: expected a 3-D (images, regions, dim) or 2-D (images, dim) array, "
+                        f"got shape {arr.shape}")
+    check_float_features(arr, str(path))
+    if arr.shape[0] == 0 or arr.shape[-1] == 0 or (arr.ndim == 3 and arr.shape[1] == 0):
+        raise DataError(f"{path}: expected a non-empty array, got shape {arr.shape}")
+    return arr
