@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vsekit.data.files import check_float_features, check_optional_count, load_features_npy, read_lines
+from vsekit.data.files import check_float_features, check_optional_count, check_split_folder, load_features_npy, read_lines
 from vsekit.data.karpathy import ImageRecord, KarpathyJSON, captions_from_records
 from vsekit.errors import DataError
 from vsekit.io import atomic_write, atomic_write_text
@@ -271,11 +271,7 @@ class PrecompDataset(ListedCaptionDataset):
         captions_per_image: int | None = None,
         max_images: int | None = None,
     ) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"precomputed-feature folder not found: {root}")
-        check_optional_count(captions_per_image, "captions_per_image")
-        check_optional_count(max_images, "max_images")
+        root = check_split_folder(root, "precomputed-feature folder", captions_per_image, max_images)
         self.root = root
         self.split = split
         self.ims_path = root / f"{split}_ims.npy"

@@ -3,6 +3,7 @@ with the checks every reader shares (one line naming the file or field)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,16 @@ def check_optional_count(value: Any, field: str) -> None:
     """Raise a :class:`DataError` naming ``field`` unless ``value`` is None or a positive integer (not a bool)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise DataError(f"{field}: expected a positive integer, got {value!r}")
+
+
+def check_split_folder(root: str | os.PathLike, what: str, captions_per_image: Any, max_images: Any) -> Path:
+    """The folder of a split-per-file dataset (``what``: e.g. "precomputed-feature folder") and its two counts, checked."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{what} not found: {root}")
+    check_optional_count(captions_per_image, "captions_per_image")
+    check_optional_count(max_images, "max_images")
+    return root
 
 
 def check_float_features(arr: np.ndarray, where: str) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from vsekit.data.datasets import FeatureCaptionDataset, ListedCaptionDataset
-from vsekit.data.files import check_optional_count, read_lines
+from vsekit.data.files import check_split_folder, read_lines
 from vsekit.data.synthetic import (
     SIZES,
     SyntheticConfig,
@@ -136,11 +136,7 @@ class FrameFeatureDataset(ListedCaptionDataset):
         captions_per_image: int | None = None,
         max_images: int | None = None,
     ) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"frame-feature folder not found: {root}")
-        check_optional_count(captions_per_image, "captions_per_image")
-        check_optional_count(max_images, "max_images")
+        root = check_split_folder(root, "frame-feature folder", captions_per_image, max_images)
         self.root = root
         self.split = split
         self.frames_path, self.offsets_path, self.caps_path = _frame_paths(root, split)
