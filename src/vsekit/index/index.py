@@ -5,44 +5,22 @@
 >>> for hit in idx.search(text="a dog on a beach", k=5):                     # doctest: +SKIP
 ...     print(hit.rank, f"{hit.score:.3f}", hit.path)
 
-On disk (``out_dir``)::
-
-    index.json                         format, model reference (checkpoint path + sha256 + config summary),
-                                       collection root and kind, backend, dim, counts, recall@10 of an
-                                       approximate backend, skipped files, build time and throughput
-    images/g000003/emb-00000.npy       float32 N_s×E embedding shards (at most ``shard_size`` rows each)
-    images/g000003/metadata.parquet    one row per embedding row: id, path, caption, image_id, size, mtime, key
-    images/g000003/faiss.index         the FAISS index (FAISS backends only)
-    texts/g000003/...                  the same for the texts
-    pending/                           embeddings of an unfinished build (reused by the next one)
-
-Embeddings are stored as float32 (4 bytes × E per item: 4 KiB at E = 1024): the exact backend searches
-the memory-mapped shards without a conversion, and scores equal the model's own. Metadata is Parquet
-(``pyarrow``, ``pip install 'vsekit[search]'``): columnar, compressed, readable by any data tool.
-
-Consistency: every build writes a new *generation* folder per changed modality, then replaces
-``index.json`` atomically (the commit), then deletes the folders no longer referenced. A killed build
-therefore leaves the previous index readable, and the embeddings it computed (flushed to ``pending/``
-every ``checkpoint_every`` items) are reused by the next build. Building again on the same ``out_dir``
-embeds only items whose key is new (see :mod:`vsekit.index.collection`) and drops removed ones; a
-different checkpoint (another sha256) re-embeds everything.
+The files of an index, their format and how a build replaces them: :mod:`vsekit.index.store`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,9 +31,24 @@ import torch
 from vsekit.device import resolve_device
 from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.evaluation import mean_over_views
-from vsekit.index.backends import ExactBackend, FaissBackend, gather_rows, import_faiss, parse_backend, recall_at_k
+from vsekit.index.backends import FaissBackend, import_faiss, measure_recall, parse_backend
 from vsekit.index.collection import ImageItem, TextItem, detect_source_kind, read_collection
 from vsekit.index.encode import check_image_input, encode_images, encode_texts
+from vsekit.index.store import (
+    FORMAT,
+    MODALITIES,
+    PENDING,
+    VERSION,
+    IndexPart,
+    commit_index,
+    open_out_dir,
+    open_part,
+    open_shards,
+    read_index_json,
+    require_pyarrow,
+    sha256_file,
+    write_part,
+)
 from vsekit.io import atomic_write, atomic_write_json
 from vsekit.progress import Progress
 
@@ -63,13 +56,6 @@ __all__ = ["FORMAT", "VERSION", "Hit", "Index"]
 
 log = logging.getLogger("vsekit.index")
 
-FORMAT = "vsekit-index"
-VERSION = 1
-MODALITIES = ("image", "text")
-_FOLDER = {"image": "images", "text": "texts"}
-_GEN = re.compile(r"^g\d{6}$")
-_COLUMNS = ("id", "path", "caption", "image_id", "size", "mtime", "key")
-RECALL_K = 10
 MAX_QUERY_PIXELS = 40_000_000
 """Largest query image given as bytes (width × height), checked from its header before it is decoded."""
 
@@ -97,24 +83,6 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """The hit as a JSON-ready dict."""
         return asdict(self)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """The SHA-256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _require_pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ConfigError("search indexes store their metadata as Parquet: pip install 'vsekit[search]' (pyarrow)") from None
-    return pyarrow
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -162,111 +130,6 @@ def _model_summary(model: Any, name: str, checkpoint: Path, sha: str, given: str
         "text": {"kind": cfg.text.kind, "pooling": cfg.text.pooling},
         "vocab_size": len(model.tokenizer),
     }
-
-
-# -- one modality of an index ------------------------------------------------------------------------
-
-
-@dataclass
-class _Part:
-    """The rows of one modality: metadata columns, embedding shards and the search backend."""
-
-    modality: str
-    columns: dict[str, list[Any]]
-    shards: list[np.ndarray]
-    exact: ExactBackend
-    backend: ExactBackend | FaissBackend
-    rows: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def count(self) -> int:
-        return len(self.columns["id"])
-
-
-def _read_metadata(path: Path) -> dict[str, list[Any]]:
-    pa = _require_pyarrow()
-    try:
-        table = pa.parquet.read_table(path)
-    except FileNotFoundError:
-        raise DataError(f"index metadata not found: {path}") from None
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
-    missing = [c for c in _COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: metadata lacks the columns {missing}")
-    return {c: table.column(c).to_pylist() for c in _COLUMNS}
-
-
-def _write_metadata(path: Path, columns: dict[str, list[Any]]) -> None:
-    pa = _require_pyarrow()
-    types = {"id": pa.string(), "path": pa.string(), "caption": pa.string(), "image_id": pa.string(),
-             "size": pa.int64(), "mtime": pa.int64(), "key": pa.string()}  # fmt: skip
-    table = pa.table({c: pa.array(columns[c], type=types[c]) for c in _COLUMNS})
-    atomic_write(path, lambda f: pa.parquet.write_table(table, f, compression="zstd"))
-
-
-def _open_shards(folder: Path, entry: dict[str, Any], dim: int) -> list[np.ndarray]:
-    shards = []
-    for name in entry.get("shards", []):
-        p = folder / name
-        try:
-            arr = np.load(p, mmap_mode="c", allow_pickle=False)
-        except FileNotFoundError:
-            raise DataError(f"index embedding shard not found: {p}") from None
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{p}: not a readable .npy array ({e})") from None
-        if arr.ndim != 2 or arr.shape[1] != dim or arr.dtype != np.float32:
-            raise DataError(f"{p}: expected float32 N×{dim} embeddings, got {arr.dtype} {arr.shape}")
-        shards.append(arr)
-    return shards
-
-
-def _open_part(folder: Path, meta: dict[str, Any], modality: str, faiss: bool = True) -> _Part:
-    entry = meta["parts"][modality]
-    dim = int(meta["dim"])
-    if entry.get("count", 0) == 0:
-        columns: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
-        shards: list[np.ndarray] = []
-    else:
-        columns = _read_metadata(folder / entry["metadata"])
-        shards = _open_shards(folder, entry, dim)
-    n = sum(len(s) for s in shards)
-    if n != len(columns["id"]) or n != entry.get("count", 0):
-        raise DataError(
-            f"{folder / 'index.json'}: the {modality} part lists {entry.get('count')} items, its shards hold {n} rows "
-            f"and its metadata {len(columns['id'])}; rebuild the index"
-        )
-    exact = ExactBackend(shards, dim)
-    backend: ExactBackend | FaissBackend = exact
-    if faiss and entry.get("faiss"):
-        factory = parse_backend(meta["backend"])[1] or ""
-        backend = FaissBackend.load(folder / entry["faiss"], factory, entry.get("search_params") or "")
-        if backend.ntotal != n:
-            raise DataError(f"{folder / entry['faiss']}: the FAISS index holds {backend.ntotal} vectors, expected {n}")
-    rows = {i: r for r, i in enumerate(columns["id"])}
-    return _Part(modality, columns, shards, exact, backend, rows)
-
-
-def _read_meta(folder: Path) -> dict[str, Any]:
-    path = folder / "index.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{folder}: not a vsekit index (no index.json; build one with 'vsekit encode')") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{path}: not a vsekit index (missing format={FORMAT!r})")
-    if meta.get("version") != VERSION:
-        raise DataError(f"{path}: index version {meta.get('version')!r} is not supported (expected {VERSION})")
-    for key in ("model", "collection", "dim", "backend", "parts"):
-        if key not in meta:
-            raise DataError(f"{path}: index.json lacks the {key!r} entry")
-    if not isinstance(meta["parts"], dict) or set(meta["parts"]) != set(MODALITIES):
-        raise DataError(f"{path}: 'parts' must hold 'image' and 'text'")
-    return meta
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -329,37 +192,6 @@ class _Pending:
         self._buffer[modality] = ([], [])
 
 
-def _check_out_dir(out: Path) -> dict[str, Any] | None:
-    """The current index.json of ``out`` (None for a new index). Refuses a folder that holds other things."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"out_dir: {out} exists and is not a folder")
-    if (out / "index.json").exists():
-        return _read_meta(out)
-    if out.is_dir():
-        others = sorted(p.name for p in out.iterdir() if p.name not in ("pending", "images", "texts"))
-        if others:
-            raise DataError(f"out_dir: {out} is not empty and not a vsekit index (it holds {others[0]!r}); choose a new folder")
-    return None
-
-
-def _clean_generations(out: Path, keep: set[str]) -> None:
-    """Delete the generation folders of ``out`` that ``keep`` (relative paths) does not list."""
-    for modality in MODALITIES:
-        base = out / _FOLDER[modality]
-        if not base.is_dir():
-            continue
-        for p in base.iterdir():
-            rel = f"{_FOLDER[modality]}/{p.name}"
-            if p.is_dir() and _GEN.match(p.name) and rel not in keep:
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _referenced(meta: dict[str, Any] | None) -> set[str]:
-    if not meta:
-        return set()
-    return {e["folder"] for e in meta["parts"].values() if e.get("folder")}
-
-
 def _image_columns(items: list[ImageItem], first_caption: dict[str, str]) -> dict[str, list[Any]]:
     return {
         "id": [it.id for it in items],
@@ -384,33 +216,6 @@ def _text_columns(items: list[TextItem], image_paths: dict[str, str | None]) -> 
     }
 
 
-def _measure_recall(
-    part_shards: list[np.ndarray], other_shards: list[np.ndarray], faiss_backend: FaissBackend, dim: int, n_queries: int
-) -> dict[str, Any]:
-    """Recall@10 of ``faiss_backend`` against exact search, on held-out queries: embeddings of the other
-    modality when it has at least 100 items (the cross-modal queries the index serves), else items of the
-    index itself with the item left out of both rankings ("search with this result")."""
-    exact = ExactBackend(part_shards, dim)
-    other_n = sum(len(s) for s in other_shards)
-    rng = np.random.default_rng(0)
-    if other_n >= 100:
-        rows = np.sort(rng.choice(other_n, min(n_queries, other_n), replace=False))
-        q = gather_rows(other_shards, rows)
-        _, e = exact.search(q, RECALL_K)
-        _, a = faiss_backend.search(q, RECALL_K)
-        kind = "other modality"
-    else:
-        n = exact.ntotal
-        rows = np.sort(rng.choice(n, min(n_queries, n), replace=False))
-        q = gather_rows(part_shards, rows)
-        _, e = exact.search(q, RECALL_K + 1)
-        _, a = faiss_backend.search(q, RECALL_K + 1)
-        e = [[x for x in r if x != own][:RECALL_K] for r, own in zip(e.tolist(), rows.tolist())]
-        a = [[x for x in r if x != own][:RECALL_K] for r, own in zip(a.tolist(), rows.tolist())]
-        kind = "indexed items (self excluded)"
-    return {"recall_at_10": round(float(recall_at_k(e, a, RECALL_K)), 4), "queries": len(rows), "query_kind": kind}
-
-
 class Index:
     """A searchable index of a collection's image and text embeddings (see the module docstring).
 
@@ -422,7 +227,7 @@ class Index:
         model: the :class:`vsekit.models.VSEModel` that embeds queries.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], model: Any, parts: dict[str, _Part]) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], model: Any, parts: dict[str, IndexPart]) -> None:
         self.path = path
         self.meta = meta
         self.model = model
@@ -453,7 +258,7 @@ class Index:
             CheckpointError: if the checkpoint is missing or is not the one the index was built with.
         """
         folder = Path(path)
-        meta = _read_meta(folder)
+        meta = read_index_json(folder)
         ckpt = Path(checkpoint) if checkpoint is not None else Path(meta["model"]["checkpoint"])
         if ckpt.is_dir():
             from vsekit.checkpoint import read_checkpoint
@@ -477,7 +282,7 @@ class Index:
     def _open(cls, folder: Path, meta: dict[str, Any], model: Any) -> Index:
         if int(model.config.embed_size) != int(meta["dim"]):
             raise CheckpointError(f"{folder}: the index holds {meta['dim']}-d embeddings, the model makes {model.config.embed_size}-d")
-        parts = {m: _open_part(folder, meta, m) for m in MODALITIES}
+        parts = {m: open_part(folder, meta, m) for m in MODALITIES}
         return cls(folder, meta, model, parts)
 
     # -- building ------------------------------------------------------------------------------------
@@ -545,7 +350,7 @@ class Index:
         workers = _positive_int(workers, "workers")
         recall_queries = _positive_int(recall_queries, "recall_queries")
         checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
-        _require_pyarrow()
+        require_pyarrow()
         if kind == "faiss":
             import_faiss()
         stream = sys.stderr if progress else None
@@ -576,16 +381,14 @@ class Index:
         check_image_input(model, col)
 
         out = Path(out_dir).absolute()
-        old = _check_out_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        _clean_generations(out, _referenced(old))  # folders of a build that was killed before its commit
+        old = open_out_dir(out)
         reuse: dict[str, dict[str, tuple[int, int]]] = {m: {} for m in MODALITIES}
         arrays: list[np.ndarray] = []
-        old_parts: dict[str, _Part] = {}
+        old_parts: dict[str, IndexPart] = {}
         if old is not None and old["model"].get("sha256") == sha and int(old["dim"]) == dim:
             for m in MODALITIES:
                 try:
-                    part = _open_part(out, old, m, faiss=False)
+                    part = open_part(out, old, m, faiss=False)
                 except DataError as e:  # a damaged previous index: everything is embedded again
                     log.warning("previous %s embeddings unreadable, re-embedding them: %s", m, e)
                     continue
@@ -599,7 +402,7 @@ class Index:
         elif old is not None:
             log.warning("%s: built with another model; every item is embedded again", out)
 
-        pending = _Pending(out / "pending", sha, dim, checkpoint_every)
+        pending = _Pending(out / PENDING, sha, dim, checkpoint_every)
         offset = len(arrays)  # pending arrays (earlier and new) are numbered from here
         for m in MODALITIES:
             for key, (a, r) in pending.found[m].items():
@@ -654,16 +457,16 @@ class Index:
             if prev is not None and same_backend and prev.columns == cols:
                 parts_meta[m] = dict(old["parts"][m])  # unchanged: keep the previous generation's files
                 continue
-            parts_meta[m] = cls._write_part(
+            parts_meta[m] = write_part(
                 out, m, generation, cols, reuse[m], arrays, dim, shard_size, factory, search_params
             )
         for m, other in (("image", "text"), ("text", "image")):
             entry = parts_meta[m]
             if entry.get("faiss") and entry.get("recall") is None:
-                shards = _open_shards(out, entry, dim)
-                other_shards = _open_shards(out, parts_meta[other], dim) if parts_meta[other]["count"] else []
+                shards = open_shards(out, entry, dim)
+                other_shards = open_shards(out, parts_meta[other], dim) if parts_meta[other]["count"] else []
                 fb = FaissBackend.load(out / entry["faiss"], factory or "", entry.get("search_params") or "")
-                entry["recall"] = _measure_recall(shards, other_shards, fb, dim, recall_queries)
+                entry["recall"] = measure_recall(shards, other_shards, fb, dim, recall_queries)
 
         old_keys = {m: set(old_parts[m].columns["key"]) if m in old_parts else set() for m in MODALITIES}
         encoded = {"images": len(new_images) - len(failed), "texts": len(new_texts)}
@@ -700,9 +503,7 @@ class Index:
             "skipped": skipped,
             "timing": timing,
         }
-        atomic_write_json(meta, out / "index.json")  # the commit
-        _clean_generations(out, _referenced(meta))
-        shutil.rmtree(out / "pending", ignore_errors=True)
+        commit_index(out, meta)
         del arrays, reuse, old_parts
         if stream is not None:
             rates = []
@@ -721,49 +522,6 @@ class Index:
             )  # fmt: skip
         log.info("index %s built in %.1fs: %s", out, timing["seconds"], timing)
         return cls._open(out, meta, model)
-
-    @staticmethod
-    def _write_part(
-        out: Path,
-        modality: str,
-        generation: int,
-        cols: dict[str, list[Any]],
-        sources: dict[str, tuple[int, int]],
-        arrays: list[np.ndarray],
-        dim: int,
-        shard_size: int,
-        factory: str | None,
-        search_params: str | None,
-    ) -> dict[str, Any]:
-        """Write one modality's shards, metadata and FAISS index into a new generation folder."""
-        n = len(cols["id"])
-        if n == 0:
-            return {"count": 0, "folder": None, "shards": [], "metadata": None, "faiss": None, "recall": None}
-        rel = f"{_FOLDER[modality]}/g{generation:06d}"
-        folder = out / rel
-        folder.mkdir(parents=True, exist_ok=True)
-        src = np.array([sources[k][0] for k in cols["key"]], dtype=np.int64)
-        row = np.array([sources[k][1] for k in cols["key"]], dtype=np.int64)
-        names = []
-        for s, a in enumerate(range(0, n, shard_size)):
-            b = min(n, a + shard_size)
-            block = np.empty((b - a, dim), dtype=np.float32)
-            for u in np.unique(src[a:b]):
-                m = src[a:b] == u
-                block[m] = arrays[u][row[a:b][m]]
-            name = f"{rel}/emb-{s:05d}.npy"
-            atomic_write(out / name, lambda f, block=block: np.save(f, block, allow_pickle=False))
-            names.append(name)
-        _write_metadata(folder / "metadata.parquet", cols)
-        entry: dict[str, Any] = {"count": n, "folder": rel, "shards": names, "metadata": f"{rel}/metadata.parquet",
-                                 "faiss": None, "recall": None}  # fmt: skip
-        if factory is not None:
-            shards = _open_shards(out, entry, dim)
-            fb = FaissBackend.build(shards, factory, search_params)
-            fb.save(folder / "faiss.index")
-            entry["faiss"] = f"{rel}/faiss.index"
-            entry["search_params"] = fb.search_params
-        return entry
 
     # -- items -----------------------------------------------------------------------------------------
     def _locate(self, item_id: str) -> tuple[str, int]:
