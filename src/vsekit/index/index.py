@@ -14,11 +14,9 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -34,6 +32,7 @@ from vsekit.evaluation import mean_over_views
 from vsekit.index.backends import FaissBackend, import_faiss, measure_recall, parse_backend
 from vsekit.index.collection import ImageItem, TextItem, detect_source_kind, read_collection
 from vsekit.index.encode import check_image_input, encode_images, encode_texts
+from vsekit.index.pending import PendingEmbeddings
 from vsekit.index.store import (
     FORMAT,
     MODALITIES,
@@ -49,7 +48,6 @@ from vsekit.index.store import (
     sha256_file,
     write_part,
 )
-from vsekit.io import atomic_write, atomic_write_json
 from vsekit.progress import Progress
 
 __all__ = ["FORMAT", "VERSION", "Hit", "Index"]
@@ -133,63 +131,6 @@ def _model_summary(model: Any, name: str, checkpoint: Path, sha: str, given: str
 
 
 # -- building ----------------------------------------------------------------------------------------
-
-
-class _Pending:
-    """Embeddings computed by a build, flushed to ``pending/`` so that a killed build loses little."""
-
-    def __init__(self, folder: Path, sha: str, dim: int, every: int) -> None:
-        self.folder = folder
-        self.every = every
-        self.found: dict[str, dict[str, tuple[int, int]]] = {m: {} for m in MODALITIES}
-        self.arrays: list[np.ndarray] = []
-        self._buffer: dict[str, tuple[list[str], list[np.ndarray]]] = {m: ([], []) for m in MODALITIES}
-        manifest = folder / "manifest.json"
-        try:
-            ok = json.loads(manifest.read_text()) == {"model_sha256": sha, "dim": dim}
-        except (OSError, ValueError):
-            ok = False
-        if not ok:
-            shutil.rmtree(folder, ignore_errors=True)
-            atomic_write_json({"model_sha256": sha, "dim": dim}, manifest)
-            return
-        for p in sorted(folder.glob("*.npz")):
-            modality = p.name.split("-", 1)[0]
-            if modality not in MODALITIES:
-                continue
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    keys = json.loads(z["keys"].tobytes().decode("utf-8"))
-                    emb = np.asarray(z["emb"], dtype=np.float32)
-            except (OSError, ValueError, KeyError, EOFError):
-                continue  # a chunk that cannot be read is recomputed
-            if emb.ndim != 2 or emb.shape != (len(keys), dim):
-                continue
-            a = len(self.arrays)
-            self.arrays.append(emb)
-            for r, key in enumerate(keys):
-                self.found[modality][key] = (a, r)
-
-    def add(self, modality: str, keys: list[str], emb: np.ndarray) -> None:
-        buf_keys, buf_emb = self._buffer[modality]
-        buf_keys.extend(keys)
-        buf_emb.append(emb)
-        if len(buf_keys) >= self.every:
-            self.flush(modality)
-
-    def flush(self, modality: str) -> None:
-        keys, embs = self._buffer[modality]
-        if not keys:
-            return
-        emb = np.concatenate(embs).astype(np.float32)
-        blob = np.frombuffer(json.dumps(keys).encode("utf-8"), dtype=np.uint8)
-        name = f"{modality}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
-        atomic_write(self.folder / name, lambda f: np.savez(f, keys=blob, emb=emb))
-        a = len(self.arrays)
-        self.arrays.append(emb)
-        for r, key in enumerate(keys):
-            self.found[modality][key] = (a, r)
-        self._buffer[modality] = ([], [])
 
 
 def _image_columns(items: list[ImageItem], first_caption: dict[str, str]) -> dict[str, list[Any]]:
@@ -402,7 +343,7 @@ class Index:
         elif old is not None:
             log.warning("%s: built with another model; every item is embedded again", out)
 
-        pending = _Pending(out / PENDING, sha, dim, checkpoint_every)
+        pending = PendingEmbeddings(out / PENDING, sha, dim, checkpoint_every)
         offset = len(arrays)  # pending arrays (earlier and new) are numbered from here
         for m in MODALITIES:
             for key, (a, r) in pending.found[m].items():
