@@ -22,7 +22,7 @@ from PIL import Image
 from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.index import ExactBackend, Hit, Index, read_collection, recall_at_k
 from vsekit.index import backends as backends_mod
-from vsekit.index import index as index_mod
+from vsekit.index import build as build_mod
 
 # An easy rendered world: one object per scene, 3 shapes x 4 colours, captions always name the colour.
 WORLD = {"num_categories": 3, "num_colors": 4, "min_objects": 1, "max_objects": 1, "max_clutter": 1,
@@ -392,7 +392,7 @@ def test_killed_build_leaves_the_old_index_and_the_rerun_continues(tmp_path, mon
         w.writeheader()
         w.writerows({"path": r["path"].replace(".png", "_v2.png"), "caption": r["caption"]} for r in rows)
 
-    real = index_mod.encode_texts
+    real = build_mod.encode_texts
     calls = []
 
     def dying(model, items, batch_size=64, progress=None):
@@ -402,7 +402,7 @@ def test_killed_build_leaves_the_old_index_and_the_rerun_continues(tmp_path, mon
             calls.append(len(out_[0]))
             yield out_
 
-    monkeypatch.setattr(index_mod, "encode_texts", dying)
+    monkeypatch.setattr(build_mod, "encode_texts", dying)
     with pytest.raises(KeyboardInterrupt):
         Index.build(t["run"], photos / "captions.csv", out, progress=False, batch_size=10, checkpoint_every=10)
     assert (out / "index.json").read_text() == before  # the previous index is untouched and opens
@@ -410,7 +410,7 @@ def test_killed_build_leaves_the_old_index_and_the_rerun_continues(tmp_path, mon
     assert old.stats()["num_images"] == 12 and "shape0_colour0.png" in {h.id for h in old.search(text="a disc", k=12)}
     assert len(list((out / "pending").glob("*.npz"))) == 4  # 10 + 2 images, then 2 batches of 10 texts
 
-    monkeypatch.setattr(index_mod, "encode_texts", real)
+    monkeypatch.setattr(build_mod, "encode_texts", real)
     idx = Index.build(t["run"], photos / "captions.csv", out, progress=False, batch_size=10)
     meta = json.loads((out / "index.json").read_text())
     # the 12 images and 20 texts of the killed run are reused

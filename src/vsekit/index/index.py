@@ -11,44 +11,29 @@ The files of an index, their format and how a build replaces them: :mod:`vsekit.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
-import sys
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vsekit.device import resolve_device
 from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.evaluation import mean_over_views
-from vsekit.index.backends import FaissBackend, import_faiss, measure_recall, parse_backend
-from vsekit.index.collection import ImageItem, TextItem, detect_source_kind, read_collection
-from vsekit.index.encode import check_image_input, encode_images, encode_texts
-from vsekit.index.pending import PendingEmbeddings
+from vsekit.index.build import BuildOptions, build_index, positive_int
 from vsekit.index.store import (
     FORMAT,
     MODALITIES,
-    PENDING,
     VERSION,
     IndexPart,
-    commit_index,
-    open_out_dir,
     open_part,
-    open_shards,
     read_index_json,
-    require_pyarrow,
     sha256_file,
-    write_part,
 )
-from vsekit.progress import Progress
 
 __all__ = ["FORMAT", "VERSION", "Hit", "Index"]
 
@@ -81,80 +66,6 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """The hit as a JSON-ready dict."""
         return asdict(self)
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _extractor_settings(kind: str, source: Path, features: str | os.PathLike | None) -> dict[str, Any] | None:
-    """What made a feature collection's features (the ``features.json`` that ``vsekit extract`` writes next to
-    them: backbone, image size, dtype, preprocessing), so that query images get the same features; None for
-    other collections and for feature folders without it."""
-    from vsekit.extract import FORMAT as FEATURES_FORMAT
-    from vsekit.extract import META as FEATURES_META
-
-    folder = Path(features) if features is not None else source if kind == "precomp" else None
-    if folder is None or not (folder / FEATURES_META).is_file():
-        return None
-    try:
-        meta = json.loads((folder / FEATURES_META).read_text())
-    except (OSError, ValueError):
-        log.warning("%s: unreadable; query images cannot be turned into features", folder / FEATURES_META)
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != FEATURES_FORMAT:
-        return None
-    return {k: meta.get(k) for k in ("format", "backbone", "image_size", "dtype", "preprocessing")}
-
-
-def _model_summary(model: Any, name: str, checkpoint: Path, sha: str, given: str) -> dict[str, Any]:
-    cfg = model.config
-    image = {"kind": cfg.image.kind, "pooling": cfg.image.pooling}
-    if cfg.image.kind in ("precomp",) or model.image_input.kind == "features":
-        image["img_dim"] = cfg.image.img_dim
-    else:
-        image.update(backbone=cfg.image.backbone, image_size=cfg.image.image_size)
-    return {
-        "name": name,
-        "checkpoint": str(checkpoint),
-        "given": given,
-        "sha256": sha,
-        "size": checkpoint.stat().st_size,
-        "embed_size": cfg.embed_size,
-        "similarity": cfg.similarity,
-        "image": image,
-        "text": {"kind": cfg.text.kind, "pooling": cfg.text.pooling},
-        "vocab_size": len(model.tokenizer),
-    }
-
-
-# -- building ----------------------------------------------------------------------------------------
-
-
-def _image_columns(items: list[ImageItem], first_caption: dict[str, str]) -> dict[str, list[Any]]:
-    return {
-        "id": [it.id for it in items],
-        "path": [it.path for it in items],
-        "caption": [first_caption.get(it.id) for it in items],
-        "image_id": [None] * len(items),
-        "size": [it.size for it in items],
-        "mtime": [it.mtime for it in items],
-        "key": [it.key for it in items],
-    }
-
-
-def _text_columns(items: list[TextItem], image_paths: dict[str, str | None]) -> dict[str, list[Any]]:
-    return {
-        "id": [t.id for t in items],
-        "path": [image_paths.get(t.image_id) if t.image_id else None for t in items],
-        "caption": [t.caption for t in items],
-        "image_id": [t.image_id for t in items],
-        "size": [None] * len(items),
-        "mtime": [None] * len(items),
-        "key": [t.key for t in items],
-    }
 
 
 class Index:
@@ -284,185 +195,12 @@ class Index:
             DataError: for a missing or malformed source, or an ``out_dir`` that is not an index.
             CheckpointError: for an unreadable checkpoint.
         """
-        start = time.perf_counter()
-        kind, factory = parse_backend(backend)
-        batch_size = _positive_int(batch_size, "batch_size")
-        shard_size = _positive_int(shard_size, "shard_size")
-        workers = _positive_int(workers, "workers")
-        recall_queries = _positive_int(recall_queries, "recall_queries")
-        checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
-        require_pyarrow()
-        if kind == "faiss":
-            import_faiss()
-        stream = sys.stderr if progress else None
-
-        from vsekit.checkpoint import model_from_checkpoint, read_checkpoint
-
-        ckpt = read_checkpoint(checkpoint)
-        ckpt_path = Path(ckpt["path"]).resolve()
-        sha = sha256_file(ckpt_path)
-        model = model_from_checkpoint(ckpt).to(resolve_device(device)).eval()
-        stored = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
-        run_name = str(stored.get("name", ""))
-        data_cfg = stored.get("data") if isinstance(stored.get("data"), dict) else {}
-        del ckpt
-        dim = int(model.config.embed_size)
-        if kind == "faiss" and model.config.similarity != "cosine":
-            raise ConfigError(
-                f"backend: FAISS indexes score by inner product; this model uses model.similarity="
-                f"{model.config.similarity!r}: use backend=exact"
-            )
-        if views is None:  # the views evaluation averaged over, where the source has features to take them from
-            src = Path(source).absolute()
-            feature_source = features is not None or (
-                (source_kind if source_kind != "auto" else detect_source_kind(src)) == "precomp"
-            )
-            views = list(data_cfg.get("eval_views") or []) if feature_source else []
-        col = read_collection(source, source_kind, image_root=image_root, split=split, features=features, views=tuple(views))
-        check_image_input(model, col)
-
-        out = Path(out_dir).absolute()
-        old = open_out_dir(out)
-        reuse: dict[str, dict[str, tuple[int, int]]] = {m: {} for m in MODALITIES}
-        arrays: list[np.ndarray] = []
-        old_parts: dict[str, IndexPart] = {}
-        if old is not None and old["model"].get("sha256") == sha and int(old["dim"]) == dim:
-            for m in MODALITIES:
-                try:
-                    part = open_part(out, old, m, faiss=False)
-                except DataError as e:  # a damaged previous index: everything is embedded again
-                    log.warning("previous %s embeddings unreadable, re-embedding them: %s", m, e)
-                    continue
-                old_parts[m] = part
-                for s, shard in enumerate(part.shards):
-                    a = len(arrays)
-                    arrays.append(shard)
-                    base = sum(len(x) for x in part.shards[:s])
-                    for r in range(len(shard)):
-                        reuse[m][part.columns["key"][base + r]] = (a, r)
-        elif old is not None:
-            log.warning("%s: built with another model; every item is embedded again", out)
-
-        pending = PendingEmbeddings(out / PENDING, sha, dim, checkpoint_every)
-        offset = len(arrays)  # pending arrays (earlier and new) are numbered from here
-        for m in MODALITIES:
-            for key, (a, r) in pending.found[m].items():
-                reuse[m].setdefault(key, (offset + a, r))
-
-        # -- embed what is new ------------------------------------------------------------------------
-        skipped = list(col.skipped)
-        failed: set[str] = set()
-        timing: dict[str, Any] = {"device": str(model.device), "batch_size": batch_size}
-        new_images = [it for it in col.images if it.key not in reuse["image"]]
-        new_texts = [t for t in col.texts if t.key not in reuse["text"]]
-        if new_images:
-            bar = Progress(len(new_images), "encode images", unit="images", stream=stream)
-            for items, emb, bad in encode_images(model, col, new_images, batch_size, workers, bar):
-                pending.add("image", [it.key for it in items], emb)
-                skipped.extend(bad)
-                failed.update(b["path"] for b in bad)
-            pending.flush("image")
-            bar.close()
-            timing["images_seconds"] = round(time.perf_counter() - bar.start, 3)
-            timing["images_per_second"] = round(len(new_images) / max(timing["images_seconds"], 1e-9), 2)
-        if new_texts:
-            bar = Progress(len(new_texts), "encode texts", unit="texts", stream=stream)
-            for items_t, emb in encode_texts(model, new_texts, batch_size, bar):
-                pending.add("text", [t.key for t in items_t], emb)
-            pending.flush("text")
-            bar.close()
-            timing["texts_seconds"] = round(time.perf_counter() - bar.start, 3)
-            timing["texts_per_second"] = round(len(new_texts) / max(timing["texts_seconds"], 1e-9), 2)
-        arrays.extend(pending.arrays)
-        for m in MODALITIES:
-            for key, (a, r) in pending.found[m].items():
-                reuse[m].setdefault(key, (offset + a, r))
-
-        # -- assemble the new generation -------------------------------------------------------------
-        images = [it for it in col.images if it.key in reuse["image"]]
-        indexed = {it.id for it in images}
-        texts = list(col.texts)
-        columns = {
-            "image": _image_columns(images, col.first_captions()),
-            "text": _text_columns(texts, {it.id: it.path for it in images}),
-        }
-        for t_row, t in enumerate(texts):  # a caption of an image that could not be read keeps no image link
-            if t.image_id is not None and t.image_id not in indexed:
-                columns["text"]["path"][t_row] = None
-        generation = int(old.get("generation", 0)) + 1 if old else 1
-        parts_meta: dict[str, dict[str, Any]] = {}
-        for m in MODALITIES:
-            cols = columns[m]
-            prev = old_parts.get(m)
-            same_backend = old is not None and old["backend"] == backend and old.get("search_params") == search_params
-            if prev is not None and same_backend and prev.columns == cols:
-                parts_meta[m] = dict(old["parts"][m])  # unchanged: keep the previous generation's files
-                continue
-            parts_meta[m] = write_part(
-                out, m, generation, cols, reuse[m], arrays, dim, shard_size, factory, search_params
-            )
-        for m, other in (("image", "text"), ("text", "image")):
-            entry = parts_meta[m]
-            if entry.get("faiss") and entry.get("recall") is None:
-                shards = open_shards(out, entry, dim)
-                other_shards = open_shards(out, parts_meta[other], dim) if parts_meta[other]["count"] else []
-                fb = FaissBackend.load(out / entry["faiss"], factory or "", entry.get("search_params") or "")
-                entry["recall"] = measure_recall(shards, other_shards, fb, dim, recall_queries)
-
-        old_keys = {m: set(old_parts[m].columns["key"]) if m in old_parts else set() for m in MODALITIES}
-        encoded = {"images": len(new_images) - len(failed), "texts": len(new_texts)}
-        reused_counts = {"images": len(images) - encoded["images"], "texts": len(texts) - encoded["texts"]}
-        timing["seconds"] = round(time.perf_counter() - start, 3)
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "generation": generation,
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": _model_summary(model, run_name, ckpt_path, sha, str(checkpoint)),
-            "collection": {
-                "root": str(col.root),
-                "source": str(col.source),
-                "kind": col.kind,
-                "image_root": None if image_root is None else str(Path(image_root).absolute()),
-                "split": split,
-                "features": None if features is None else str(Path(features).absolute()),
-                "views": list(col.views),
-                "extractor": _extractor_settings(col.kind, col.source, features),
-            },
-            "backend": backend,
-            "search_params": search_params,
-            "dim": dim,
-            "dtype": "float32",
-            "parts": parts_meta,
-            "counts": {"images": len(images), "texts": len(texts)},
-            "encoded": encoded,
-            "reused": reused_counts,
-            "removed": {
-                "images": len(old_keys["image"] - set(columns["image"]["key"])),
-                "texts": len(old_keys["text"] - set(columns["text"]["key"])),
-            },
-            "skipped": skipped,
-            "timing": timing,
-        }
-        commit_index(out, meta)
-        del arrays, reuse, old_parts
-        if stream is not None:
-            rates = []
-            if "images_per_second" in timing:
-                rates.append(f"{timing['images_per_second']:.1f} images/s")
-            if "texts_per_second" in timing:
-                rates.append(f"{timing['texts_per_second']:.1f} texts/s")
-            recall = [f"{m} recall@10 {parts_meta[m]['recall']['recall_at_10']:.3f}" for m in MODALITIES
-                      if parts_meta[m].get("recall")]  # fmt: skip
-            print(
-                f"index {out}: {len(images)} images, {len(texts)} texts; embedded {encoded['images']} images and "
-                f"{encoded['texts']} texts" + (f" ({', '.join(rates)})" if rates else "")
-                + f", reused {reused_counts['images'] + reused_counts['texts']}, skipped {len(skipped)}"
-                + (f"; {', '.join(recall)}" if recall else "") + f"; {timing['seconds']:.1f}s",
-                file=stream,
-            )  # fmt: skip
-        log.info("index %s built in %.1fs: %s", out, timing["seconds"], timing)
-        return cls._open(out, meta, model)
+        options = BuildOptions(
+            source_kind=source_kind, backend=backend, batch_size=batch_size, device=device, progress=progress,
+            image_root=image_root, split=split, features=features, views=views, search_params=search_params,
+            shard_size=shard_size, workers=workers, recall_queries=recall_queries, checkpoint_every=checkpoint_every,
+        )  # fmt: skip
+        return cls._open(*build_index(checkpoint, source, out_dir, options))
 
     # -- items -----------------------------------------------------------------------------------------
     def _locate(self, item_id: str) -> tuple[str, int]:
@@ -590,8 +328,8 @@ class Index:
         return out
 
     def _check_query(self, k: Any, offset: Any, target: Any) -> tuple[int, int, str]:
-        k = _positive_int(k, "k")
-        offset = _positive_int(offset, "offset", minimum=0)
+        k = positive_int(k, "k")
+        offset = positive_int(offset, "offset", minimum=0)
         if target not in MODALITIES:
             raise ConfigError(f"target: expected 'image' or 'text', got {target!r}")
         if self._parts[target].count == 0:
