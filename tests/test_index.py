@@ -89,6 +89,13 @@ def _copy_photos(tmp_path: Path) -> Path:
     return dst
 
 
+def test_the_old_module_path_still_exports_the_index():
+    """vsekit.index.index held the whole index before the package was split; its imports keep working."""
+    from vsekit.index import index as old
+
+    assert old.Index is Index and old.Hit is Hit and (old.FORMAT, old.VERSION) == ("vsekit-index", 1)
+
+
 # -- collections ---------------------------------------------------------------------------------------
 
 

@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.errors import ConfigError, DataError
+from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.index.backends import ExactBackend, FaissBackend, parse_backend
 from vsekit.io import atomic_write, atomic_write_json
 
 __all__ = [
-    "COLUMNS", "FORMAT", "MODALITIES", "PENDING", "VERSION", "IndexPart", "commit_index", "open_out_dir", "open_part",
-    "open_shards", "read_index_json", "require_pyarrow", "sha256_file", "write_part",
+    "COLUMNS", "FORMAT", "MODALITIES", "PENDING", "VERSION", "IndexPart", "commit_index", "index_checkpoint",
+    "open_out_dir", "open_part", "open_shards", "read_index_json", "require_pyarrow", "sha256_file", "write_part",
 ]  # fmt: skip
 
 FORMAT = "vsekit-index"
@@ -178,6 +178,31 @@ def read_index_json(folder: Path) -> dict[str, Any]:
     if not isinstance(meta["parts"], dict) or set(meta["parts"]) != set(MODALITIES):
         raise DataError(f"{path}: 'parts' must hold 'image' and 'text'")
     return meta
+
+
+def index_checkpoint(folder: Path, meta: dict[str, Any], checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file of an index: ``checkpoint`` (a file or a run folder) if given, else the one its
+    index.json names, checked to be the file the index was built with (same SHA-256).
+
+    Raises:
+        CheckpointError: if the checkpoint is missing or is another file.
+    """
+    ckpt = Path(checkpoint) if checkpoint is not None else Path(meta["model"]["checkpoint"])
+    if ckpt.is_dir():
+        from vsekit.checkpoint import read_checkpoint
+
+        ckpt = Path(read_checkpoint(ckpt)["path"])
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"{ckpt}: the checkpoint of index {folder} is not there (pass checkpoint= / --checkpoint with its new place)"
+        )
+    sha = sha256_file(ckpt)
+    if sha != meta["model"]["sha256"]:
+        raise CheckpointError(
+            f"{ckpt}: not the checkpoint index {folder} was built with (sha256 {sha[:12]}… != "
+            f"{meta['model']['sha256'][:12]}…); re-run 'vsekit encode' with this checkpoint"
+        )
+    return ckpt
 
 
 def _check_out_dir(out: Path) -> dict[str, Any] | None:
