@@ -22,7 +22,7 @@ from PIL import Image
 from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.index import ExactBackend, Hit, Index, read_collection, recall_at_k
 from vsekit.index import backends as backends_mod
-from vsekit.index import index as index_mod
+from vsekit.index import build as build_mod
 
 # An easy rendered world: one object per scene, 3 shapes x 4 colours, captions always name the colour.
 WORLD = {"num_categories": 3, "num_colors": 4, "min_objects": 1, "max_objects": 1, "max_clutter": 1,
@@ -87,6 +87,13 @@ def _copy_photos(tmp_path: Path) -> Path:
     dst = tmp_path / "photos"
     shutil.copytree(trained()["photos"], dst)
     return dst
+
+
+def test_the_old_module_path_still_exports_the_index():
+    """vsekit.index.index held the whole index before the package was split; its imports keep working."""
+    from vsekit.index import index as old
+
+    assert old.Index is Index and old.Hit is Hit and (old.FORMAT, old.VERSION) == ("vsekit-index", 1)
 
 
 # -- collections ---------------------------------------------------------------------------------------
@@ -392,7 +399,7 @@ def test_killed_build_leaves_the_old_index_and_the_rerun_continues(tmp_path, mon
         w.writeheader()
         w.writerows({"path": r["path"].replace(".png", "_v2.png"), "caption": r["caption"]} for r in rows)
 
-    real = index_mod.encode_texts
+    real = build_mod.encode_texts
     calls = []
 
     def dying(model, items, batch_size=64, progress=None):
@@ -402,7 +409,7 @@ def test_killed_build_leaves_the_old_index_and_the_rerun_continues(tmp_path, mon
             calls.append(len(out_[0]))
             yield out_
 
-    monkeypatch.setattr(index_mod, "encode_texts", dying)
+    monkeypatch.setattr(build_mod, "encode_texts", dying)
     with pytest.raises(KeyboardInterrupt):
         Index.build(t["run"], photos / "captions.csv", out, progress=False, batch_size=10, checkpoint_every=10)
     assert (out / "index.json").read_text() == before  # the previous index is untouched and opens
@@ -410,7 +417,7 @@ def test_killed_build_leaves_the_old_index_and_the_rerun_continues(tmp_path, mon
     assert old.stats()["num_images"] == 12 and "shape0_colour0.png" in {h.id for h in old.search(text="a disc", k=12)}
     assert len(list((out / "pending").glob("*.npz"))) == 4  # 10 + 2 images, then 2 batches of 10 texts
 
-    monkeypatch.setattr(index_mod, "encode_texts", real)
+    monkeypatch.setattr(build_mod, "encode_texts", real)
     idx = Index.build(t["run"], photos / "captions.csv", out, progress=False, batch_size=10)
     meta = json.loads((out / "index.json").read_text())
     # the 12 images and 20 texts of the killed run are reused

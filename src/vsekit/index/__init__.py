@@ -8,11 +8,17 @@
   factory string (``pip install 'vsekit[faiss]'``), with their recall@10 measured at build.
 * Sources (:mod:`vsekit.index.collection`): what is read from each kind of source, ids and keys.
 
+A build goes reader → mapper → writer: :mod:`~vsekit.index.collection` (with :mod:`~vsekit.index.items` and
+:mod:`~vsekit.index.sources`) lists the items, :mod:`~vsekit.index.encode` embeds them (kept in
+:mod:`~vsekit.index.pending` until the build commits), :mod:`~vsekit.index.store` writes the files;
+:mod:`~vsekit.index.build` runs those steps, incrementally. :mod:`~vsekit.index.search` opens an index and
+searches it (:class:`Index`, :class:`Hit`), with :mod:`~vsekit.index.queries` embedding the queries.
+
 The CLI commands ``vsekit encode`` and ``vsekit search`` are thin layers over this API.
 """
 
 from vsekit.index.backends import ExactBackend, FaissBackend, recall_at_k
 from vsekit.index.collection import Collection, read_collection
-from vsekit.index.index import Hit, Index
+from vsekit.index.search import Hit, Index
 
 __all__ = ["Collection", "ExactBackend", "FaissBackend", "Hit", "Index", "read_collection", "recall_at_k"]

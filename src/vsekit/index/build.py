@@ -1,0 +1,335 @@
+"""Building an index: embed a collection into an index folder, or bring the index there up to date.
+
+:func:`build_index` (behind :meth:`vsekit.index.Index.build`) reads the collection (the reader,
+:mod:`vsekit.index.collection`), embeds the items that no stored embedding has (the mapper,
+:mod:`vsekit.index.encode`; what it embeds is kept in :mod:`vsekit.index.pending` as it comes), writes a new
+generation of the parts that changed and commits ``index.json`` (the writer, :mod:`vsekit.index.store`).
+
+Incremental: an item's embedding is reused, by its key (see :mod:`vsekit.index.collection`), from the previous
+index when it was built with the same checkpoint (same sha256) and dimension, and from the ``pending/`` folder
+of a build that was killed; a part whose rows did not change keeps its files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from vsekit.device import resolve_device
+from vsekit.errors import ConfigError, DataError
+from vsekit.index.backends import FaissBackend, import_faiss, measure_recall, parse_backend
+from vsekit.index.collection import Collection, ImageItem, TextItem, detect_source_kind, read_collection
+from vsekit.index.encode import check_image_input, encode_images, encode_texts
+from vsekit.index.pending import PendingEmbeddings
+from vsekit.index.store import (
+    FORMAT,
+    MODALITIES,
+    PENDING,
+    VERSION,
+    IndexPart,
+    commit_index,
+    open_out_dir,
+    open_part,
+    open_shards,
+    require_pyarrow,
+    sha256_file,
+    write_part,
+)
+from vsekit.index.summary import ModelSource, collection_summary, item_counts, model_summary, summary_line
+from vsekit.progress import Progress
+
+__all__ = [
+    "BuildOptions", "build_index", "embed_new_items", "items_to_embed", "load_model", "measure_recalls", "new_columns",
+    "positive_int", "read_source", "reusable_parts", "stored_embeddings", "write_generation",
+]  # fmt: skip
+
+log = logging.getLogger("vsekit.index")
+
+Rows = dict[str, dict[str, tuple[int, int]]]
+"""``{modality: {item key: (number of an array, row)}}``: where each stored embedding is."""
+
+
+def positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int, or a :class:`ConfigError` naming the option if it is not an integer >= ``minimum``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class BuildOptions:
+    """The options of :meth:`vsekit.index.Index.build` (described there), checked when made.
+
+    Attributes:
+        factory: besides the options, the FAISS factory string of a ``faiss:`` backend (None for ``exact``).
+
+    Raises:
+        ConfigError: for an unknown backend or a count that is not a positive integer.
+    """
+
+    source_kind: str
+    backend: str
+    batch_size: int
+    device: str
+    progress: bool
+    image_root: str | os.PathLike | None
+    split: str | None
+    features: str | os.PathLike | None
+    views: Sequence[str] | None
+    search_params: str | None
+    shard_size: int
+    workers: int
+    recall_queries: int
+    checkpoint_every: int
+    factory: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.factory = parse_backend(self.backend)[1]
+        for name in ("batch_size", "shard_size", "workers", "recall_queries", "checkpoint_every"):
+            setattr(self, name, positive_int(getattr(self, name), name))
+
+
+def load_model(checkpoint: str | os.PathLike, options: BuildOptions) -> tuple[Any, ModelSource]:
+    """The model of a checkpoint, in eval mode on the build's device, and where it comes from.
+
+    Raises:
+        ConfigError: for a FAISS backend with a model that does not score by cosine.
+    """
+    from vsekit.checkpoint import model_from_checkpoint, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    path = Path(ckpt["path"]).resolve()
+    sha = sha256_file(path)
+    model = model_from_checkpoint(ckpt).to(resolve_device(options.device)).eval()
+    stored = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+    data_cfg = stored.get("data") if isinstance(stored.get("data"), dict) else {}
+    source = ModelSource(path, sha, str(checkpoint), str(stored.get("name", "")), data_cfg.get("eval_views"))
+    if options.factory is not None and model.config.similarity != "cosine":
+        raise ConfigError(
+            f"backend: FAISS indexes score by inner product; this model uses model.similarity="
+            f"{model.config.similarity!r}: use backend=exact"
+        )
+    return model, source
+
+
+def read_source(source: str | os.PathLike, options: BuildOptions, model: Any, eval_views: Any) -> Collection:
+    """The collection to index, checked against what the model reads. Unless ``options.views`` says, a
+    feature source is embedded over the views evaluation averaged over (``eval_views``)."""
+    views = options.views
+    if views is None:  # the views evaluation averaged over, where the source has features to take them from
+        src = Path(source).absolute()
+        kind = options.source_kind
+        feature_source = options.features is not None or (kind if kind != "auto" else detect_source_kind(src)) == "precomp"
+        views = list(eval_views or []) if feature_source else []
+    col = read_collection(
+        source, options.source_kind, image_root=options.image_root, split=options.split, features=options.features,
+        views=tuple(views),
+    )  # fmt: skip
+    check_image_input(model, col)
+    return col
+
+
+def reusable_parts(out: Path, old: dict[str, Any] | None, sha: str, dim: int) -> dict[str, IndexPart]:
+    """The readable parts of the previous index, if it was built with the same checkpoint and dimension:
+    their embeddings are reused."""
+    parts: dict[str, IndexPart] = {}
+    if old is not None and old["model"].get("sha256") == sha and int(old["dim"]) == dim:
+        for m in MODALITIES:
+            try:
+                parts[m] = open_part(out, old, m, faiss=False)
+            except DataError as e:  # a damaged previous index: everything is embedded again
+                log.warning("previous %s embeddings unreadable, re-embedding them: %s", m, e)
+    elif old is not None:
+        log.warning("%s: built with another model; every item is embedded again", out)
+    return parts
+
+
+def items_to_embed(
+    col: Collection, previous: dict[str, IndexPart], pending: PendingEmbeddings
+) -> tuple[list[ImageItem], list[TextItem]]:
+    """The images and texts whose key neither the previous index nor ``pending/`` holds."""
+    known = {m: set(pending.found[m]).union(previous[m].columns["key"] if m in previous else ()) for m in MODALITIES}
+    return [it for it in col.images if it.key not in known["image"]], [t for t in col.texts if t.key not in known["text"]]
+
+
+def _record_speed(timing: dict[str, Any], what: str, count: int, bar: Progress) -> None:
+    timing[f"{what}_seconds"] = round(time.perf_counter() - bar.start, 3)
+    timing[f"{what}_per_second"] = round(count / max(timing[f"{what}_seconds"], 1e-9), 2)
+
+
+def embed_new_items(
+    model: Any,
+    col: Collection,
+    new: tuple[list[ImageItem], list[TextItem]],
+    pending: PendingEmbeddings,
+    options: BuildOptions,
+    stream: TextIO | None,
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Embed the new images and texts into ``pending``, with a progress bar each.
+
+    Returns:
+        The ``{"path", "reason"}`` of the images that could not be read, and the timing of the build so far.
+    """
+    images, texts = new
+    skipped: list[dict[str, str]] = []
+    timing: dict[str, Any] = {"device": str(model.device), "batch_size": options.batch_size}
+    if images:
+        bar = Progress(len(images), "encode images", unit="images", stream=stream)
+        for items, emb, bad in encode_images(model, col, images, options.batch_size, options.workers, bar):
+            pending.add("image", [it.key for it in items], emb)
+            skipped.extend(bad)
+        pending.flush("image")
+        bar.close()
+        _record_speed(timing, "images", len(images), bar)
+    if texts:
+        bar = Progress(len(texts), "encode texts", unit="texts", stream=stream)
+        for items_t, emb in encode_texts(model, texts, options.batch_size, bar):
+            pending.add("text", [t.key for t in items_t], emb)
+        pending.flush("text")
+        bar.close()
+        _record_speed(timing, "texts", len(texts), bar)
+    return skipped, timing
+
+
+def stored_embeddings(previous: dict[str, IndexPart], pending: PendingEmbeddings) -> tuple[list[np.ndarray], Rows]:
+    """Every embedding a build holds, as arrays and where each key's row is: the previous index's shards
+    first (they win for a key held twice), then the arrays of ``pending``."""
+    arrays: list[np.ndarray] = []
+    rows: Rows = {m: {} for m in MODALITIES}
+    for m, part in previous.items():
+        keys = iter(part.columns["key"])
+        for shard in part.shards:
+            rows[m].update((next(keys), (len(arrays), r)) for r in range(len(shard)))
+            arrays.append(shard)
+    offset = len(arrays)
+    arrays.extend(pending.arrays)
+    for m in MODALITIES:
+        for key, (a, r) in pending.found[m].items():
+            rows[m].setdefault(key, (offset + a, r))
+    return arrays, rows
+
+
+def _image_columns(items: list[ImageItem], first_caption: dict[str, str]) -> dict[str, list[Any]]:
+    return {
+        "id": [it.id for it in items],
+        "path": [it.path for it in items],
+        "caption": [first_caption.get(it.id) for it in items],
+        "image_id": [None] * len(items),
+        "size": [it.size for it in items],
+        "mtime": [it.mtime for it in items],
+        "key": [it.key for it in items],
+    }
+
+
+def _text_columns(items: list[TextItem], image_paths: dict[str, str | None]) -> dict[str, list[Any]]:
+    return {
+        "id": [t.id for t in items],
+        "path": [image_paths.get(t.image_id) if t.image_id else None for t in items],
+        "caption": [t.caption for t in items],
+        "image_id": [t.image_id for t in items],
+        "size": [None] * len(items),
+        "mtime": [None] * len(items),
+        "key": [t.key for t in items],
+    }
+
+
+def new_columns(col: Collection, rows: Rows) -> dict[str, dict[str, list[Any]]]:
+    """The metadata columns of each part: the images that have an embedding and every text. A caption of an
+    image that could not be read keeps no path (the image is not indexed)."""
+    images = [it for it in col.images if it.key in rows["image"]]
+    return {
+        "image": _image_columns(images, col.first_captions()),
+        "text": _text_columns(list(col.texts), {it.id: it.path for it in images}),
+    }
+
+
+def write_generation(
+    out: Path,
+    old: dict[str, Any] | None,
+    previous: dict[str, IndexPart],
+    columns: dict[str, dict[str, list[Any]]],
+    embeddings: tuple[list[np.ndarray], Rows],
+    dim: int,
+    options: BuildOptions,
+) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Write the parts whose rows or backend changed into a new generation folder (the others keep the
+    previous generation's files); returns the generation and the ``parts`` entry of index.json."""
+    arrays, rows = embeddings
+    generation = int(old.get("generation", 0)) + 1 if old else 1
+    same_backend = old is not None and old["backend"] == options.backend and old.get("search_params") == options.search_params
+    parts: dict[str, dict[str, Any]] = {}
+    for m in MODALITIES:
+        prev = previous.get(m)
+        if old is not None and prev is not None and same_backend and prev.columns == columns[m]:
+            parts[m] = dict(old["parts"][m])  # unchanged: keep the previous generation's files
+            continue
+        parts[m] = write_part(
+            out, m, generation, columns[m], rows[m], arrays, dim, options.shard_size, options.factory, options.search_params
+        )
+    return generation, parts
+
+
+def measure_recalls(out: Path, parts: dict[str, dict[str, Any]], dim: int, options: BuildOptions) -> None:
+    """Store the recall@10 of every FAISS part written by this build (see :func:`measure_recall`)."""
+    for m, other in (("image", "text"), ("text", "image")):
+        entry = parts[m]
+        if entry.get("faiss") and entry.get("recall") is None:
+            shards = open_shards(out, entry, dim)
+            other_shards = open_shards(out, parts[other], dim) if parts[other]["count"] else []
+            fb = FaissBackend.load(out / entry["faiss"], options.factory or "", entry.get("search_params") or "")
+            entry["recall"] = measure_recall(shards, other_shards, fb, dim, options.recall_queries)
+
+
+def build_index(
+    checkpoint: str | os.PathLike, source: str | os.PathLike, out_dir: str | os.PathLike, options: BuildOptions
+) -> tuple[Path, dict[str, Any], Any]:
+    """Embed a collection into an index folder, or bring the index there up to date (see the module docstring
+    and :meth:`vsekit.index.Index.build`).
+
+    Returns:
+        The index folder (absolute), its committed index.json and the model.
+    """
+    start = time.perf_counter()
+    require_pyarrow()
+    if options.factory is not None:
+        import_faiss()
+    stream = sys.stderr if options.progress else None
+    model, model_source = load_model(checkpoint, options)
+    dim = int(model.config.embed_size)
+    col = read_source(source, options, model, model_source.eval_views)
+
+    out = Path(out_dir).absolute()
+    old = open_out_dir(out)
+    previous = reusable_parts(out, old, model_source.sha256, dim)
+    pending = PendingEmbeddings(out / PENDING, model_source.sha256, dim, options.checkpoint_every)
+    new_images, new_texts = items_to_embed(col, previous, pending)
+    unreadable, timing = embed_new_items(model, col, (new_images, new_texts), pending, options, stream)
+
+    embeddings = stored_embeddings(previous, pending)
+    columns = new_columns(col, embeddings[1])
+    generation, parts = write_generation(out, old, previous, columns, embeddings, dim, options)
+    del embeddings
+    measure_recalls(out, parts, dim, options)
+    timing["seconds"] = round(time.perf_counter() - start, 3)
+    encoded = {"images": len(new_images) - len({b["path"] for b in unreadable}), "texts": len(new_texts)}
+    meta = {
+        "format": FORMAT, "version": VERSION, "generation": generation,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model_summary(model, model_source), "collection": collection_summary(col, options.image_root, options.split, options.features),
+        "backend": options.backend, "search_params": options.search_params, "dim": dim, "dtype": "float32",
+        "parts": parts, **item_counts(previous, columns, encoded), "skipped": col.skipped + unreadable, "timing": timing,
+    }  # fmt: skip
+    commit_index(out, meta)
+    if stream is not None:
+        print(summary_line(out, meta), file=stream)
+    log.info("index %s built in %.1fs: %s", out, timing["seconds"], timing)
+    return out, meta, model
