@@ -437,7 +437,7 @@ def test_feature_index_takes_image_files_as_queries(tmp_path):
 
     from vsekit.serving import create_app
 
-    with TestClient(create_app(idx)) as client:
+    with TestClient(create_app(idx), base_url="http://localhost") as client:
         r = client.post("/api/search", files={"image": ("q.png", (root / "im5.png").read_bytes(), "image/png")}, data={"k": "1"})
     assert r.status_code == 200 and r.json()["hits"][0]["id"] == "im5.png", r.text
 

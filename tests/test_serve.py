@@ -94,7 +94,7 @@ def scenes(tmp_path_factory, learning_seed):
 
 @pytest.fixture(scope="module")
 def client(scenes):
-    with TestClient(create_app(scenes["index"]), raise_server_exceptions=False) as c:
+    with TestClient(create_app(scenes["index"]), base_url="http://localhost", raise_server_exceptions=False) as c:
         yield c
 
 
@@ -227,7 +227,7 @@ def test_health_stats_openapi_and_page(scenes, client):
 
 def test_index_path_is_loaded_once_at_startup(scenes):
     app = create_app(str(scenes["index_dir"]))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         index = app.state.service.index
         assert index is not None and c.get("/api/search", params={"q": "a green car", "k": 1}).json()["hits"][0]["path"] == scenes["by_color"]["green"]
         c.get("/api/search", params={"q": "a pink car", "k": 1})
@@ -277,7 +277,7 @@ def test_symlink_escape_is_refused(scenes, tmp_path):
     Image.new("RGB", (8, 8), (1, 2, 3)).save(outside)
     (root / "b.png").unlink()
     (root / "b.png").symlink_to(outside)
-    with TestClient(create_app(index)) as c:
+    with TestClient(create_app(index), base_url="http://localhost") as c:
         assert c.get("/api/items/a.png/image").status_code == 200
         for suffix in ("image", "thumbnail"):
             r = c.get(f"/api/items/b.png/{suffix}")
@@ -288,7 +288,7 @@ def test_symlink_escape_is_refused(scenes, tmp_path):
 
 def test_uploads_are_bounded_and_must_be_images(scenes, client):
     red = png_bytes(scenes["root"] / scenes["by_color"]["red"])
-    with TestClient(create_app(scenes["index"], max_upload_bytes=len(red) - 1, max_image_pixels=32 * 32)) as small:
+    with TestClient(create_app(scenes["index"], max_upload_bytes=len(red) - 1, max_image_pixels=32 * 32), base_url="http://localhost") as small:
         # too large: refused by Content-Length, and while reading a chunked body without one
         assert_error(small.post("/api/search", files={"image": ("big.png", red + b"\0" * 200_000, "image/png")}), 413, "payload_too_large")
         boundary = "b0undary"
@@ -335,7 +335,7 @@ def test_internal_errors_are_json_without_details(scenes):
         def search(self, **_kw):
             raise RuntimeError("secret internal detail")
 
-    with TestClient(create_app(Broken()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Broken()), base_url="http://localhost", raise_server_exceptions=False) as c:
         err = assert_error(c.get("/api/search", params={"q": "a red car"}), 500, "internal_error")
         assert "secret" not in err["message"]
         assert c.get("/api/health").status_code == 200
@@ -344,7 +344,7 @@ def test_internal_errors_are_json_without_details(scenes):
 def test_cors_is_closed_unless_origins_are_given(scenes, client):
     origin = {"origin": "http://elsewhere.example"}
     assert "access-control-allow-origin" not in client.get("/api/health", headers=origin).headers
-    with TestClient(create_app(scenes["index"], cors_origins=["http://elsewhere.example"])) as c:
+    with TestClient(create_app(scenes["index"], cors_origins=["http://elsewhere.example"]), base_url="http://localhost") as c:
         assert c.get("/api/health", headers=origin).headers["access-control-allow-origin"] == "http://elsewhere.example"
         assert "access-control-allow-origin" not in c.get("/api/health", headers={"origin": "http://evil.example"}).headers
     from vsekit.errors import ConfigError
@@ -353,6 +353,37 @@ def test_cors_is_closed_unless_origins_are_given(scenes, client):
         create_app(scenes["index"], cors_origins=["elsewhere.example/path"])
     with pytest.raises(ConfigError, match="max_k"):
         create_app(scenes["index"], max_k=0)
+
+
+@pytest.mark.parametrize(
+    "host, served",
+    [
+        ("localhost", True), ("localhost:8000", True), ("127.0.0.1:8000", True), ("[::1]:8000", True),
+        ("10.1.2.3", True), ("app.localhost", True), ("search.example.org", True), ("a.photos.example.net:443", True),
+        ("evil.example", False), ("evil.example:8000", False), ("search.example.org.evil.example", False),
+        ("photos.example.net", False), ("testserver", False),
+    ],
+)  # fmt: skip
+def test_only_addresses_localhost_and_allowed_names_are_served(scenes, host, served):
+    """DNS rebinding: a page whose name resolves to this machine must not read the index through the browser."""
+    app = create_app(scenes["index"], allowed_hosts=["search.example.org", "*.photos.example.net"])
+    with TestClient(app, base_url="http://localhost") as c:
+        for path in ("/api/stats", "/api/search?q=red", "/"):
+            r = c.get(path, headers={"host": host})
+            if served:
+                assert r.status_code == 200, (path, r.text)
+            else:
+                err = assert_error(r, 400, "invalid_host")
+                assert "--allowed-host" in err["message"] and r.headers["x-frame-options"] == "DENY"
+
+
+def test_allowed_hosts_are_checked_and_star_serves_any(scenes):
+    from vsekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allowed host 'http://x.org'"):
+        create_app(scenes["index"], allowed_hosts=["http://x.org"])
+    with TestClient(create_app(scenes["index"], allowed_hosts=["*"]), base_url="http://localhost") as c:
+        assert c.get("/api/stats", headers={"host": "anything.example"}).status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------------

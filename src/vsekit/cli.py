@@ -144,6 +144,9 @@ def _add_serve(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     s.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
     s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from this origin (e.g. http://localhost:3000) to call the API; repeatable")  # fmt: skip
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name (a reverse proxy's, or *.example.org); IP addresses and "
+                   "localhost always work, other names get a 400 so that no web page can rebind its name to this server; repeatable")  # fmt: skip
     s.add_argument("--max-k", type=int, default=100, help="most results per page a request may ask (default: 100)")
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded query image in MiB (default: 10)")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
@@ -344,7 +347,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb: expected a positive size, got {args.max_upload_mb}")
     serve(
-        args.index, args.host, args.port, cors_origins=args.cors_origin, device=args.device, max_k=args.max_k,
+        args.index, args.host, args.port, cors_origins=args.cors_origin, allowed_hosts=args.allowed_host,
+        device=args.device, max_k=args.max_k,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )  # fmt: skip
     return 0

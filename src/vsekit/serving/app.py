@@ -32,7 +32,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
     raise ConfigError(f"vsekit serve needs the 'serve' extra ({exc.name} is missing): pip install 'vsekit[serve]'") from None
 
 from .errors import install_error_handlers
-from .middleware import MULTIPART_OVERHEAD, SecurityHeaders, UploadLimit
+from .middleware import MULTIPART_OVERHEAD, AllowedHosts, SecurityHeaders, UploadLimit, check_allowed_hosts
 from .routes import STATIC_DIR, add_item_routes, add_page_routes, add_search_routes, add_service_routes
 from .schemas import (
     ERROR_RESPONSES,
@@ -65,6 +65,7 @@ def create_app(
     index: Any,
     *,
     cors_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] = (),
     max_upload_bytes: int = ServiceLimits.max_upload_bytes,
     max_k: int = ServiceLimits.max_k,
     max_query_chars: int = ServiceLimits.max_query_chars,
@@ -79,6 +80,8 @@ def create_app(
         index: an open :class:`~vsekit.index.Index`, or the path of an index folder (loaded once, when the
             app starts: its lifespan).
         cors_origins: origins allowed to call the API from a browser (none by default: same origin only).
+        allowed_hosts: host names served besides IP addresses and ``localhost`` (``name``, ``*.domain``, or
+            ``*`` for any): a request whose ``Host`` header names anything else gets a 400 (DNS rebinding).
         max_upload_bytes: largest uploaded image file.
         max_k: largest ``k`` a request may ask.
         max_query_chars: longest query text.
@@ -91,7 +94,7 @@ def create_app(
         The FastAPI application (run it with uvicorn, or :func:`vsekit.serving.serve`).
 
     Raises:
-        ConfigError: if a limit is not a positive integer or a CORS origin is malformed.
+        ConfigError: if a limit is not a positive integer, or a CORS origin or allowed host is malformed.
     """
     limits = ServiceLimits(
         max_k=max_k, max_offset=max_offset, max_query_chars=max_query_chars, max_upload_bytes=max_upload_bytes,
@@ -102,6 +105,7 @@ def create_app(
     for origin in origins:
         if origin != "*" and not (origin.startswith(("http://", "https://")) and "/" not in origin.split("://", 1)[1]):
             raise ConfigError(f"serve: CORS origin {origin!r} is not of the form http(s)://host[:port]")
+    hosts = check_allowed_hosts(allowed_hosts)
     service = SearchService(index, device, limits)
 
     @contextlib.asynccontextmanager
@@ -130,7 +134,8 @@ def create_app(
 
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"], max_age=600)
     app.add_middleware(UploadLimit, limit=limits.max_upload_bytes + MULTIPART_OVERHEAD)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AllowedHosts, names=hosts)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer gets the headers
     return app
 
 

@@ -1,4 +1,9 @@
-"""Plain ASGI middleware (no per-request task overhead): security headers and the upload size limit."""
+"""Plain ASGI middleware (no per-request task overhead): the allowed ``Host`` names, security headers and the
+upload size limit."""
+
+import ipaddress
+import re
+from collections.abc import Iterable
 
 from vsekit.errors import ConfigError
 
@@ -20,6 +25,60 @@ DOCS_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers allowed beside the file itself
+
+
+HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def check_allowed_hosts(names: Iterable[str]) -> frozenset[str]:
+    """The host names to serve besides IP addresses and ``localhost``: ``name``, ``*.domain`` or ``*`` (any)."""
+    out = set()
+    for name in names:
+        name = str(name).strip().lower().rstrip(".")
+        if name != "*" and not HOST_PATTERN.match(name):
+            raise ConfigError(f"serve: allowed host {name!r} is not a host name (e.g. search.example.org or *.example.org)")
+        out.add(name)
+    return frozenset(out)
+
+
+def host_name(header: str) -> str:
+    """The name or address of a ``Host`` header, without its port and brackets, lower case."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).rstrip(".")
+
+
+def host_allowed(header: str, names: frozenset[str]) -> bool:
+    """Whether a request for ``Host: header`` is served: IP addresses always (a page cannot rebind an address),
+    ``localhost`` and its subdomains, and the configured ``names``."""
+    host = host_name(header)
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if "*" in names or host == "localhost" or host.endswith(".localhost") or host in names:
+        return True
+    return any(n.startswith("*.") and host.endswith(n[1:]) for n in names)
+
+
+class AllowedHosts:
+    """Answers 400 to a request whose ``Host`` names another site: a web page that rebinds its own name to this
+    machine's address (DNS rebinding) cannot read the index through the user's browser."""
+
+    def __init__(self, app: ASGIApp, names: frozenset[str]) -> None:
+        self.app = app
+        self.names = names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host")
+            if host is not None and not host_allowed(host, self.names):
+                msg = f"host {shorten(host_name(host))} is not served here (vsekit serve --allowed-host NAME serves a name, e.g. behind a proxy)"
+                await error_response(400, "invalid_host", msg)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:

@@ -23,6 +23,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free port).
 
@@ -54,6 +62,7 @@ def serve(
     port: int = 8000,
     *,
     cors_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] = (),
     device: str = "cpu",
     log: Callable[[str], None] | None = print,
     log_level: str = "warning",
@@ -66,6 +75,8 @@ def serve(
         host: address to listen on; the default (127.0.0.1) is reachable from this machine only.
         port: TCP port (0: any free port; the address is logged).
         cors_origins: origins allowed to call the API from other sites' pages (none by default).
+        allowed_hosts: host names served besides IP addresses, ``localhost`` and ``host`` itself (when it is a
+            name): the names a reverse proxy or the users' browsers reach this server by.
         device: where the model runs when ``index`` is a folder.
         log: where to write the address and warnings (None: nowhere).
         log_level: uvicorn's log level (``warning`` by default: no line per request).
@@ -83,7 +94,8 @@ def serve(
 
     if isinstance(index, (str, Path)):
         index = Index.load(index, device=device)  # loaded once, and a bad folder is a one-line error
-    app = create_app(index, cors_origins=tuple(cors_origins), device=device, **limits)
+    names = [*allowed_hosts, *([host] if host not in ("", "*") and not _is_address(host) else [])]
+    app = create_app(index, cors_origins=tuple(cors_origins), allowed_hosts=names, device=device, **limits)
     sock = bind_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
