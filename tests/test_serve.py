@@ -283,6 +283,11 @@ def test_symlink_escape_is_refused(scenes, tmp_path):
             r = c.get(f"/api/items/b.png/{suffix}")
             assert r.status_code in (403, 404) and r.content != outside.read_bytes()
             assert_error(r, r.status_code)
+            assert str(tmp_path) not in r.text and "/" not in r.json()["error"]["message"].replace("b.png/", ""), r.text
+        (root / "b.png").unlink()  # deleted after indexing: a 404 that does not name the folder either
+        for suffix in ("image", "thumbnail"):
+            err = assert_error(c.get(f"/api/items/b.png/{suffix}"), 404, "not_found")
+            assert str(tmp_path) not in err["message"] and "missing from the collection" in err["message"], err
         assert c.get("/api/health").status_code == 200
 
 

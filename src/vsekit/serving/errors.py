@@ -1,6 +1,7 @@
 """Every error the service answers is ``{"error": {"code", "message"}}`` with a 4xx/5xx status, never a traceback."""
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from vsekit.errors import ConfigError
@@ -32,6 +33,13 @@ class ApiError(HTTPException):
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def without_paths(message: str, private: Iterable[str]) -> str:
+    """``message`` with every server-side folder of ``private`` (and anything under it) replaced by ``<…>``."""
+    for folder in sorted({p.rstrip("/") for p in private if p and p.rstrip("/")}, key=len, reverse=True):
+        message = message.replace(folder, "<…>")
+    return message
 
 
 def shorten(value: Any, limit: int = 40) -> str:
@@ -71,6 +79,7 @@ def install_error_handlers(app: FastAPI, service: Any) -> None:
             message = f"method {request.method} is not allowed on {request.url.path[:200]}"
         elif exc.status_code == 400 and message == "There was an error parsing the body":
             message = "malformed request body (expected multipart/form-data with an 'image' file)"
+        message = without_paths(message, service.private_paths())  # no server-side path leaves the service
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

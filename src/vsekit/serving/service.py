@@ -82,6 +82,14 @@ class SearchService:
             log.info("loaded the index %s in %.1fs", self.source, time.perf_counter() - t0)
         self.started = time.monotonic()
 
+    def private_paths(self) -> list[str]:
+        """Server-side folders that no answer may show: the index's, the collection's and the home folder."""
+        folders = [str(self.source)] if isinstance(self.source, (str, Path)) else []
+        if self.index is not None:
+            folders += [str(getattr(self.index, name, "") or "") for name in ("path", "root")]
+        folders += [str(Path(f).resolve()) for f in folders if f]
+        return [*folders, str(Path.home())]
+
     def require(self) -> Any:
         if self.index is None:
             raise ApiError(503, "the index is not loaded yet (the app's lifespan has not started)")
@@ -145,9 +153,10 @@ class SearchService:
             raise ApiError(404, f"item {shorten(item_id, 80)} is not an image with a file (see its image_id)")
         try:
             path = Path(index.resolve_path(item_id))
-        except DataError as exc:
-            status = 403 if "outside" in str(exc) or "leaves" in str(exc) else 404
-            raise ApiError(status, str(exc)) from None
+        except DataError as exc:  # its message names the collection's folder: answer without it
+            if "outside" in str(exc) or "leaves" in str(exc):
+                raise ApiError(403, f"item {shorten(item_id, 80)}: its file is outside the collection") from None
+            raise ApiError(404, f"item {shorten(item_id, 80)}: its file is missing from the collection") from None
         root = Path(index.root).resolve()
         real = path.resolve()
         if not real.is_relative_to(root):  # resolve_path checks this too; never serve outside the root
