@@ -99,19 +99,20 @@ def _worker(args: argparse.Namespace) -> None:
     """Train through vsekit.train for warmup + steps steps; print a JSON line of measurements."""
     import torch
 
-    import vsekit.training as training
     from vsekit.config import apply_overrides
     from vsekit.presets import get_preset
+    from vsekit.train import step as train_step
+    from vsekit.train import train
 
     torch.set_num_threads(args.threads)
     starts: list[float] = []
-    compute_loss = training.compute_loss
+    compute_loss = train_step.compute_loss
 
     def timed_compute_loss(*a, **kw):  # marks the start of each step's compute (after its batch arrived)
         starts.append(time.perf_counter())
         return compute_loss(*a, **kw)
 
-    training.compute_loss = timed_compute_loss
+    train_step.compute_loss = timed_compute_loss  # what the training step calls
     cfg = apply_overrides(
         get_preset("vse_infty_region_bigru"),
         ["data.kind=precomp", f"data.path={args.root}", "data.val_split=dev", "data.val_max_images=1000",
@@ -120,7 +121,7 @@ def _worker(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    training.train(cfg, run_dir, max_steps=args.warmup + args.steps, progress_stream=None)
+    train(cfg, run_dir, max_steps=args.warmup + args.steps, progress_stream=None)
     total = time.perf_counter() - t0
     timed = starts[args.warmup :]
     end = time.perf_counter()

@@ -82,7 +82,7 @@ def _worker(args: argparse.Namespace) -> None:
     loss_sum = torch.zeros((), device=device)
     model.train()
     cuda = device.type == "cuda"
-    forward = training._compiled(training.TrainingForward(model, cfg)) if args.compile else None
+    forward = training.compile_dynamic(training.TrainingForward(model, cfg)) if args.compile else None
 
     def step() -> None:
         nonlocal loss_sum

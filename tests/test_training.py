@@ -205,13 +205,13 @@ def test_compile_option_compiles_the_training_forward_only(tmp_path, monkeypatch
 
 
 def test_data_paths_compare_by_where_they_point(tmp_path, monkeypatch):
-    from vsekit.training import _comparable
+    from vsekit.train import comparable_config
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "feats").mkdir()
     relative, absolute = tiny_config("data.features=feats"), tiny_config(f"data.features={tmp_path / 'feats'}")
-    assert _comparable(relative) == _comparable(absolute)
-    assert _comparable(relative) != _comparable(tiny_config("data.features=other"))
+    assert comparable_config(relative) == comparable_config(absolute)
+    assert comparable_config(relative) != comparable_config(tiny_config("data.features=other"))
 
 
 def test_weight_ema_by_hand():
