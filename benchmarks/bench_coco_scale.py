@@ -101,8 +101,8 @@ def _worker(args: argparse.Namespace) -> None:
 
     from vsekit.config import apply_overrides
     from vsekit.presets import get_preset
-    from vsekit.train import step as train_step
-    from vsekit.train import train
+    from vsekit.training import step as train_step
+    from vsekit.training import train
 
     torch.set_num_threads(args.threads)
     starts: list[float] = []

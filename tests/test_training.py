@@ -205,7 +205,7 @@ def test_compile_option_compiles_the_training_forward_only(tmp_path, monkeypatch
 
 
 def test_data_paths_compare_by_where_they_point(tmp_path, monkeypatch):
-    from vsekit.train import comparable_config
+    from vsekit.training import comparable_config
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "feats").mkdir()

@@ -22,7 +22,7 @@ from .losses import ContrastiveLoss, triplet_hinge_loss
 from .models import VSEModel, create_model
 from .pooling import GPO, create_pooling, list_poolings
 from .presets import get_preset, list_presets
-from .train import train
+from .training import train
 
 __version__ = "0.1.0"
 

@@ -187,8 +187,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .configure import load_config
-    from .train import train
-    from .train.distributed import env_rank
+    from .training import train
+    from .training.distributed import env_rank
 
     cfg = load_config(args.config, args.preset, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)

@@ -21,7 +21,7 @@ from .evaluation import evaluate_model, format_metrics_table
 from .io import atomic_write_json
 from .plots import plot_recall_bars, plot_training_curves
 from .presets import get_preset
-from .train import train
+from .training import train
 
 POOLINGS = ("gpo", "mean", "max")
 

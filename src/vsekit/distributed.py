@@ -1,9 +1,9 @@
-"""Kept for compatibility: the data-parallel helpers are :mod:`vsekit.train.distributed` (process group,
-collectives, seeded collation, DDP) and :mod:`vsekit.train.batchnorm` (BatchNorm over the global batch); this
+"""Kept for compatibility: the data-parallel helpers are :mod:`vsekit.training.distributed` (process group,
+collectives, seeded collation, DDP) and :mod:`vsekit.training.batchnorm` (BatchNorm over the global batch); this
 module re-exports their names."""
 
-from .train.batchnorm import CrossRankBatchNorm, convert_batchnorm, restore_batchnorm  # noqa: F401 (re-exported)
-from .train.distributed import (  # noqa: F401 (re-exported)
+from .training.batchnorm import CrossRankBatchNorm, convert_batchnorm, restore_batchnorm  # noqa: F401 (re-exported)
+from .training.distributed import (  # noqa: F401 (re-exported)
     DistContext,
     SeededCollate,
     Shard,

@@ -19,7 +19,7 @@ than either hinge (see the README's RSICD results).
 
 Both directions are :func:`query_hinge` / :func:`query_softmax` (one query per row against candidate columns).
 :func:`sharded_triplet_hinge_loss` is one process's share of the loss of a global batch in data-parallel
-training: its own queries against every candidate of the global batch (see :mod:`vsekit.train.distributed`).
+training: its own queries against every candidate of the global batch (see :mod:`vsekit.training.distributed`).
 """
 
 from __future__ import annotations

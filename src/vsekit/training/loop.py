@@ -1,5 +1,5 @@
 """The training program's entry point, :func:`train`, and its epoch loop (the run folder and the
-data-parallel mode are described in :mod:`vsekit.train`)."""
+data-parallel mode are described in :mod:`vsekit.training`)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def train(
             ``datasets`` is not given), before anything is written.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (or uses the caller's, when one is
-    already initialised), trains data-parallel as :mod:`vsekit.train` describes, and ends the group it
+    already initialised), trains data-parallel as :mod:`vsekit.training` describes, and ends the group it
     started. Only rank 0 writes files, logs and draws the progress bar; every rank returns the result.
     """
     validate(cfg, require_data=datasets is None)  # a config built in Python has not been through load_config

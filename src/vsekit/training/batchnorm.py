@@ -1,4 +1,4 @@
-"""BatchNorm over the global batch of a data-parallel run (:mod:`vsekit.train.distributed`).
+"""BatchNorm over the global batch of a data-parallel run (:mod:`vsekit.training.distributed`).
 
 :func:`convert_batchnorm` swaps every BatchNorm layer of a model for a :class:`CrossRankBatchNorm` sharing its
 parameters and buffers, whose training-mode statistics are reduced over the processes (gloo and NCCL alike);

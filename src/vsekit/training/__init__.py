@@ -13,7 +13,7 @@ All files are written atomically. Calling :func:`train` again on the same folder
 and continues exactly as an uninterrupted run would (same batches, same augmentation draws).
 
 Data-parallel training: the same :func:`train` (and ``vsekit train``) runs under ``torchrun`` with
-several processes (see :mod:`vsekit.train.distributed`). ``batch_size`` is the global batch; every process
+several processes (see :mod:`vsekit.training.distributed`). ``batch_size`` is the global batch; every process
 trains on its slice of each global batch, the ranking loss is that of the global batch (hardest negatives
 over all of it), and the updates equal those of one process with the whole batch. Rank 0 alone
 evaluates (the others wait), writes the run folder and logs. ``last.pt`` is the same file as in a
@@ -23,19 +23,15 @@ augmentation draws, with another number). The run folder must be on a filesystem
 
 The modules, one concern each:
 
-* :mod:`~vsekit.train.loop`: :func:`train` and the epoch loop;
-* :mod:`~vsekit.train.setup`: the datasets, the config resolved against them, the model and its tokenizer;
-* :mod:`~vsekit.train.state`: ``last.pt`` and ``best.pt``, the RNG state, the same-run check of a resume;
-* :mod:`~vsekit.train.optim`: parameter groups, the optimizer, the learning-rate schedule, freezing;
-* :mod:`~vsekit.train.step`: the forward, the loss and the update of one step, and the epoch's loss tally;
-* :mod:`~vsekit.train.batches`: the seeded batches of an epoch and their loader;
-* :mod:`~vsekit.train.ema`: the weight average;
-* :mod:`~vsekit.train.history`: ``metrics.jsonl``, ``curves.png`` and the log lines;
-* :mod:`~vsekit.train.distributed` and :mod:`~vsekit.train.batchnorm`: the data-parallel helpers.
-
-Note that the package's name is also that of the function: ``vsekit.train`` (the attribute of the package
-:mod:`vsekit`) is :func:`train`; import the modules with ``from vsekit.train import loop`` or
-``from vsekit.train.loop import ...``.
+* :mod:`~vsekit.training.loop`: :func:`train` and the epoch loop;
+* :mod:`~vsekit.training.setup`: the datasets, the config resolved against them, the model and its tokenizer;
+* :mod:`~vsekit.training.state`: ``last.pt`` and ``best.pt``, the RNG state, the same-run check of a resume;
+* :mod:`~vsekit.training.optim`: parameter groups, the optimizer, the learning-rate schedule, freezing;
+* :mod:`~vsekit.training.step`: the forward, the loss and the update of one step, and the epoch's loss tally;
+* :mod:`~vsekit.training.batches`: the seeded batches of an epoch and their loader;
+* :mod:`~vsekit.training.ema`: the weight average;
+* :mod:`~vsekit.training.history`: ``metrics.jsonl``, ``curves.png`` and the log lines;
+* :mod:`~vsekit.training.distributed` and :mod:`~vsekit.training.batchnorm`: the data-parallel helpers.
 """
 
 from .batches import epoch_batches

@@ -14,8 +14,8 @@ What makes N processes × batch b train exactly like 1 process × batch N·b:
   the global batch (hardest negatives mined over all of it) and the gradient of every gathered row flows
   back to the process that computed it. Summed over the processes, the shares are the single-process loss.
   DDP averages gradients, so each process back-propagates ``world_size ×`` its share.
-* **BatchNorm** over the global batch: :func:`~vsekit.train.batchnorm.convert_batchnorm` swaps every
-  BatchNorm layer for :class:`~vsekit.train.batchnorm.CrossRankBatchNorm`, whose training-mode statistics
+* **BatchNorm** over the global batch: :func:`~vsekit.training.batchnorm.convert_batchnorm` swaps every
+  BatchNorm layer for :class:`~vsekit.training.batchnorm.CrossRankBatchNorm`, whose training-mode statistics
   are reduced over the processes (works with gloo and NCCL; frozen / eval-mode BatchNorm, e.g. in
   pretrained backbones, is untouched).
 * **Augmentation draws** come from streams seeded by (seed, rank, step) (:func:`rank_seed`), so a resumed
