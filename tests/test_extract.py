@@ -128,6 +128,10 @@ def test_extract_errors(tmp_path):
     extract_features(ann, root, tmp_path / "o", splits=["test"], backbone="tiny", image_size=64, progress_stream=None)
     with pytest.raises(ConfigError, match="other settings"):
         extract_features(ann, root, tmp_path / "o", splits=["test"], backbone="tiny", image_size=96, progress_stream=None)
+    for corrupt in ('{"splits": {"test": ', "[1, 2]", '{"splits": 3}'):  # a torn or foreign features.json: one line
+        (tmp_path / "o" / "features.json").write_text(corrupt)
+        with pytest.raises(DataError, match=r"o/features.json: .*delete it to extract again"):
+            extract_features(ann, root, tmp_path / "o", splits=["test"], backbone="tiny", image_size=64, progress_stream=None)
     (root / "im0.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="im0.png"):
         extract_features(ann, root, tmp_path / "o2", splits=["train"], backbone="tiny", image_size=64, progress_stream=None)

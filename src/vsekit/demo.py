@@ -65,7 +65,7 @@ def run_demo(
     Returns:
         ``{"results": {pooling: test metrics}, "table": str, "chance_r1": float, ...}``.
     """
-    say = log or (lambda _m: None)
+    report = log or (lambda _m: None)
     out = Path(out_dir)
     cfgs = {p: apply_overrides(get_preset(f"demo_{p}"), overrides) for p in poolings}
     cores = os.cpu_count() or 1
@@ -74,11 +74,11 @@ def run_demo(
     runs: dict[str, dict[str, Any]] = {}
     if jobs <= 1:
         for pooling, cfg in cfgs.items():
-            say(f"--- {pooling} pooling ---")
+            report(f"--- {pooling} pooling ---")
             runs[pooling] = _train_and_test(pooling, cfg, out, None, log is not None)
     else:
         threads = max(1, cores // jobs)
-        say(f"training {len(cfgs)} models ({', '.join(cfgs)}) in {jobs} processes, {threads} thread(s) each")
+        report(f"training {len(cfgs)} models ({', '.join(cfgs)}) in {jobs} processes, {threads} thread(s) each")
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = {p: pool.submit(_train_and_test, p, cfg, out, threads, log is not None) for p, cfg in cfgs.items()}

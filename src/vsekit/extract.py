@@ -118,14 +118,10 @@ def extract_features(
     out.mkdir(parents=True, exist_ok=True)
 
     meta_path = out / META
-    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if meta and {k: meta.get(k) for k in settings} != settings:
-        raise ConfigError(f"{meta_path}: holds features of other settings (backbone/size/dtype); use another folder")
-    meta.update(settings)
-    meta.setdefault("splits", {})
+    meta = _read_meta(meta_path, settings)
     timing: dict[str, Any] = {}
 
-    job = _Job(extractor, image_root, out, batch_size, workers, max_images, progress_stream)
+    job = _SplitExtraction(extractor, image_root, out, batch_size, workers, max_images, progress_stream)
     for split in splits:
         records = data.records(split.split("+"))
         for view in (None, *views):
@@ -146,6 +142,24 @@ def extract_features(
                     meta["splits"][split].setdefault("views", {})[view] = entry
                 atomic_write_json(meta, meta_path)
     return {**meta, "timing": timing}
+
+
+def _read_meta(meta_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``features.json`` of an extraction folder to resume (new: the settings and no splits); one
+    :class:`DataError` line when it is unreadable, one :class:`ConfigError` when it holds other settings."""
+    meta: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{meta_path}: not a readable features.json ({type(e).__name__}); delete it to extract again") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("splits", {}), dict):
+            raise DataError(f"{meta_path}: expected a JSON object with a 'splits' mapping; delete it to extract again")
+    if meta and {k: meta.get(k) for k in settings} != settings:
+        raise ConfigError(f"{meta_path}: holds features of other settings (backbone/size/dtype); use another folder")
+    meta.update(settings)
+    meta.setdefault("splits", {})
+    return meta
 
 
 class FeatureExtractor:
@@ -240,7 +254,7 @@ class FeatureExtractor:
         return [self.rows(x, view).astype(np.float32) for view in views]
 
 
-class _Job:
+class _SplitExtraction:
     """One extraction's fixed settings; :meth:`run` extracts one split (or one view of it), resumably."""
 
     def __init__(self, extractor: FeatureExtractor, image_root: Path, out: Path, batch_size: int, workers: int,

@@ -17,7 +17,7 @@ PRESETS = {"vse_infty_bigru": "vse_infty_region_bigru", "vse_infty_bert": "vse_i
 BERT_OPTIONAL_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
 
 
-def _opt(ckpt: OfficialCheckpoint, name: str, default: Any) -> Any:
+def _official_option(ckpt: OfficialCheckpoint, name: str, default: Any) -> Any:
     """``opt.<name>`` checked against the type of ``default`` (ints accepted for floats)."""
     value = ckpt.opt.get(name)
     if value is None:
@@ -58,33 +58,33 @@ def build_config(ckpt: OfficialCheckpoint, kind: str, name: str) -> TrainConfig:
     fc = _tensor(ckpt.image_state, "fc.weight", 0, 2, src)
     embed_size, img_dim = int(fc.shape[0]), int(fc.shape[1])
     if kind == "vsepp":
-        measure = _opt(ckpt, "measure", "cosine")
+        measure = _official_option(ckpt, "measure", "cosine")
         if measure not in ("cosine", "order"):
             raise CheckpointError(f"{src}: opt.measure: expected 'cosine' or 'order', got {measure!r}")
-        hardest = _opt(ckpt, "max_violation", False)
+        hardest = _official_option(ckpt, "max_violation", False)
         base = {("cosine", True): "vsepp", ("cosine", False): "vse0", ("order", True): "vsepp_order", ("order", False): "vse0_order"}
         cfg = get_preset(base[measure, hardest])
         cfg.model.similarity = measure
-        cfg.model.use_abs = _opt(ckpt, "use_abs", False)
-        cfg.model.image.normalize = not _opt(ckpt, "no_imgnorm", False)
+        cfg.model.use_abs = _official_option(ckpt, "use_abs", False)
+        cfg.model.image.normalize = not _official_option(ckpt, "no_imgnorm", False)
         cfg.model.image.mlp = False
         cfg.loss.negatives = "hardest" if hardest else "sum"
         cfg.loss.warmup_epochs = 0
     else:
         cfg = get_preset(PRESETS[kind])
         cfg.model.image.mlp = any(k.startswith("mlp.") for k in ckpt.image_state)
-        cfg.model.image.normalize = not _opt(ckpt, "no_imgnorm", False)
-        cfg.model.text.normalize = not _opt(ckpt, "no_txtnorm", False)
+        cfg.model.image.normalize = not _official_option(ckpt, "no_imgnorm", False)
+        cfg.model.text.normalize = not _official_option(ckpt, "no_txtnorm", False)
         # The official loop starts with opt.max_violation and switches to hardest negatives for good at
         # epoch vse_mean_warmup_epochs: a warm-up of sums only when the flag was off.
-        warmup = _opt(ckpt, "vse_mean_warmup_epochs", 0)
+        warmup = _official_option(ckpt, "vse_mean_warmup_epochs", 0)
         cfg.loss.negatives = "hardest"
-        cfg.loss.warmup_epochs = 0 if _opt(ckpt, "max_violation", False) else max(warmup, 0)
-        optim = _opt(ckpt, "optim", "adam")
+        cfg.loss.warmup_epochs = 0 if _official_option(ckpt, "max_violation", False) else max(warmup, 0)
+        optim = _official_option(ckpt, "optim", "adam")
         if optim not in ("adam", "sgd"):
             raise CheckpointError(f"{src}: opt.optim: expected 'adam' or 'sgd', got {optim!r}")
         cfg.optim.optimizer = "adamw" if optim == "adam" else "sgd"  # VSE∞'s 'adam' is AdamW
-        data_name = _opt(ckpt, "data_name", "")
+        data_name = _official_option(ckpt, "data_name", "")
         if data_name.startswith("coco"):
             cfg.data.test_split, cfg.eval_protocol = "testall", "coco1k"
         elif data_name.startswith("f30k"):
@@ -96,12 +96,12 @@ def build_config(ckpt: OfficialCheckpoint, kind: str, name: str) -> TrainConfig:
         words = _tensor(ckpt.text_state, "embed.weight", 1, 2, src)
         cfg.model.text.word_dim = int(words.shape[1])
         cfg.model.text.num_layers = _rnn_layers(ckpt.text_state)
-    cfg.loss.margin = _opt(ckpt, "margin", cfg.loss.margin)
-    cfg.optim.lr = _opt(ckpt, "learning_rate", cfg.optim.lr)
-    cfg.optim.lr_decay_epochs = [_opt(ckpt, "lr_update", cfg.optim.lr_decay_epochs[0])]
-    cfg.optim.grad_clip = _opt(ckpt, "grad_clip", cfg.optim.grad_clip)
-    cfg.epochs = _opt(ckpt, "num_epochs", cfg.epochs)
-    cfg.batch_size = _opt(ckpt, "batch_size", cfg.batch_size)
+    cfg.loss.margin = _official_option(ckpt, "margin", cfg.loss.margin)
+    cfg.optim.lr = _official_option(ckpt, "learning_rate", cfg.optim.lr)
+    cfg.optim.lr_decay_epochs = [_official_option(ckpt, "lr_update", cfg.optim.lr_decay_epochs[0])]
+    cfg.optim.grad_clip = _official_option(ckpt, "grad_clip", cfg.optim.grad_clip)
+    cfg.epochs = _official_option(ckpt, "num_epochs", cfg.epochs)
+    cfg.batch_size = _official_option(ckpt, "batch_size", cfg.batch_size)
     return cfg
 
 

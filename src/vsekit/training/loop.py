@@ -97,7 +97,7 @@ class TrainingRun:
     run_dir: Path
     ctx: DistContext
     device: torch.device
-    say: Callable[[str], None]
+    report: Callable[[str], None]
     progress_stream: TextIO | None
     max_steps: int | None
     train_set: Any
@@ -135,7 +135,7 @@ def start_run(
 ) -> TrainingRun:
     """Set up :func:`train` in one process of ``ctx`` (rank 0 of 1 without data parallelism), on ``device``: the
     data, the model, optimizer and the rest, fresh or as the run folder's ``last.pt`` left them."""
-    say = log or (lambda _msg: None)
+    report = log or (lambda _msg: None)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = read_resume_point(run_dir, resume)
     train_set, val_set = load_datasets(cfg, datasets)
@@ -144,7 +144,7 @@ def start_run(
     if ctx.enabled:  # every process needs a sample of every global batch
         shard_sizes(min(cfg.batch_size, len(train_set)), ctx.world_size)
     torch.manual_seed(cfg.seed)
-    model = build_run_model(cfg, ckpt, run_dir, train_set, device, say)
+    model = build_run_model(cfg, ckpt, run_dir, train_set, device, report)
     check_image_kinds(model, cfg, train_set, val_set)
     if ctx.enabled:  # BatchNorm statistics of the global batch, as in one process
         convert_batchnorm(model)
@@ -156,16 +156,16 @@ def start_run(
     state = RunState()
     if ckpt is not None:
         state = restore_training_state(ckpt, model, optimizer, scaler, ema)
-        say(f"resumed from {run_dir / 'last.pt'} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
+        report(f"resumed from {run_dir / 'last.pt'} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
     if ctx.is_main:
         atomic_write_text(dump_yaml(cfg), run_dir / "config.yaml")
         write_metrics(run_dir, state.history)
     collator = Collator(model.tokenizer, model.image_input, train=True)
     if ckpt is None:
-        say(start_line(cfg, train_set, val_set, model, device, ctx.world_size))
+        report(start_line(cfg, train_set, val_set, model, device, ctx.world_size))
     step = TrainingStep(model, cfg, optimizer, scaler, ema, loss_fn, text_ids, ctx)
     return TrainingRun(
-        cfg, run_dir, ctx, device, say, progress_stream, max_steps, train_set, val_set,
+        cfg, run_dir, ctx, device, report, progress_stream, max_steps, train_set, val_set,
         model, optimizer, scaler, ema, loss_fn, collator, step, state,
     )  # fmt: skip
 
@@ -176,7 +176,7 @@ def run_epochs(run: TrainingRun) -> TrainResult:
     while run.state.epoch < run.cfg.epochs:
         trained = train_epoch(run)
         if trained is None:
-            run.say(f"stopped after {run.state.step} steps (max_steps); resume with the same run folder")
+            run.report(f"stopped after {run.state.step} steps (max_steps); resume with the same run folder")
             barrier()  # last.pt is written when any process returns
             restore_batchnorm(run.model)
             return run.result(completed=False)
@@ -251,7 +251,7 @@ def end_epoch(run: TrainingRun, trained: EpochTraining) -> None:
     if main:
         write_metrics(run.run_dir, state.history)
         plot_curves(run.run_dir, state.history)
-    run.say(epoch_line(record, run.cfg.epochs, improved))
+    run.report(epoch_line(record, run.cfg.epochs, improved))
 
 
 def validation_record(run: TrainingRun, trained: EpochTraining) -> dict[str, Any]:

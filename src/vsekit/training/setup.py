@@ -45,7 +45,7 @@ def build_run_model(
     run_dir: Path,
     train_set: Any,
     device: torch.device,
-    say: Callable[[str], None],
+    report: Callable[[str], None],
 ) -> VSEModel:
     """The model of a run, on ``device``, initialised from the global RNG (seed it first).
 
@@ -67,7 +67,7 @@ def build_run_model(
         tokenizer = build_tokenizer(cfg.model.text, train_set.captions(), min_count=cfg.data.vocab_min_count)
         if cfg.model.text.word_vectors:
             word_vectors, found = load_word_vectors(cfg.model.text.word_vectors, tokenizer.idx2word, cfg.model.text.word_dim)
-            say(f"word vectors: {found}/{len(tokenizer)} vocabulary words found in {cfg.model.text.word_vectors}")
+            report(f"word vectors: {found}/{len(tokenizer)} vocabulary words found in {cfg.model.text.word_vectors}")
     model = create_model(cfg.model, tokenizer, word_vectors=word_vectors).to(device)
     if init is not None:
         try:
@@ -75,7 +75,7 @@ def build_run_model(
         except RuntimeError as e:
             detail = " ".join(str(e).split())[:300]
             raise ConfigError(f"init_from: {init['path']}: weights do not match this model ({detail})") from None
-        say(f"initialised from {init['path']}")
+        report(f"initialised from {init['path']}")
     return model
 
 
