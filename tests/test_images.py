@@ -68,6 +68,14 @@ def test_load_image_modes(tmp_path):
     assert load_image(tmp_path / "palette.png").shape == (20, 30, 3)
 
 
+def test_a_decompression_bomb_is_a_one_line_error(tmp_path, monkeypatch):
+    """Pillow refuses images over twice MAX_IMAGE_PIXELS: vsekit extract and search --image get a DataError."""
+    Image.fromarray(_smooth_image(64, 64, 2)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels > 2 × 1,000
+    with pytest.raises(DataError, match=r"bomb.png: refused, the image is too large to decode safely"):
+        load_image(tmp_path / "bomb.png")
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"this is not a jpeg")

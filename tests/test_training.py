@@ -149,6 +149,12 @@ def test_resume_refuses_a_different_config(tmp_path):
     assert [r["epoch"] for r in more.history] == [1, 2]
 
 
+def test_a_run_folder_that_is_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(ConfigError, match="run: the run folder is an existing file"):
+        train(tiny_config("epochs=1"), tmp_path / "run", progress_stream=None)
+
+
 def test_same_image_positives_option_trains(tmp_path):
     cfg = tiny_config("epochs=1", "loss.same_image_positives=true")
     result = train(cfg, tmp_path, progress_stream=None)

@@ -63,7 +63,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: expected an image file, got a folder") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image file") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+    except Image.DecompressionBombError as e:  # a small file that would expand to gigabytes of pixels
+        raise DataError(f"{path}: refused, the image is too large to decode safely ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise DataError(f"{path}: cannot decode the image ({e})") from None
 
 

@@ -16,6 +16,7 @@ from ..config import TrainConfig, dump_yaml
 from ..configure import validate
 from ..data import Collator
 from ..device import resolve_device
+from ..errors import ConfigError
 from ..evaluation import evaluate_model
 from ..io import atomic_write_text
 from ..losses import ContrastiveLoss, caption_text_ids
@@ -136,6 +137,8 @@ def start_run(
     """Set up :func:`train` in one process of ``ctx`` (rank 0 of 1 without data parallelism), on ``device``: the
     data, the model, optimizer and the rest, fresh or as the run folder's ``last.pt`` left them."""
     report = log or (lambda _msg: None)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: the run folder is an existing file; expected a folder (new, or a run to resume)")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = read_resume_point(run_dir, resume)
     train_set, val_set = load_datasets(cfg, datasets)
