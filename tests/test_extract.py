@@ -74,6 +74,12 @@ def test_extract_matches_per_image_reference_and_feeds_training(tmp_path):
     ds = build_dataset(DataConfig(kind="karpathy", path=str(ann), features=str(out)), "test")
     assert ds.num_images == 3 and ds.image(0).shape == (train.shape[1], train.shape[2])
 
+    # a truncated feature file (a copy cut short) is a one-line error naming it, as for precomp folders
+    whole = (out / "test_ims.npy").read_bytes()
+    (out / "test_ims.npy").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"test_ims.npy: not a readable .npy array"):
+        build_dataset(DataConfig(kind="karpathy", path=str(ann), features=str(out)), "test")
+
 
 def test_lite0_extraction_matches_the_unfolded_backbone(tmp_path):
     """The extraction runs EfficientNet-Lite0 in its folded inference form; the stored grids equal the plain

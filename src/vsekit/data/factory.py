@@ -9,6 +9,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .datasets import CaptionDataset
+from .files import load_features_npy
 from .views import view_file
 
 
@@ -50,7 +51,7 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
         feats_path = Path(cfg.features) / f"{split}_ims.npy"
         if not feats_path.is_file():
             raise DataError(f"{feats_path}: feature file not found (expected rows in the JSON's {split!r} image order)")
-        feats = np.load(feats_path, mmap_mode="r")
+        feats = load_features_npy(feats_path)  # a truncated or foreign file is a one-line error
         if feats.ndim != 3 or feats.shape[0] != len(records):
             raise DataError(
                 f"{feats_path}: expected {len(records)}×K×D features for split {split!r}, got shape {feats.shape}"
@@ -89,7 +90,7 @@ def open_feature_views(
         path = Path(features) / view_file(split, view)
         if not path.is_file():
             raise DataError(f"{path}: view file not found ({field}; make it with vsekit extract --views {view})")
-        out[view] = np.load(path, mmap_mode="r")
+        out[view] = load_features_npy(path)
         if out[view].shape != tuple(shape):
             raise DataError(f"{path}: expected the shape of {view_file(split)}, {tuple(shape)}, got {out[view].shape}")
     return out
