@@ -155,6 +155,20 @@ def test_a_run_folder_that_is_a_file_is_a_one_line_error(tmp_path):
         train(tiny_config("epochs=1"), tmp_path / "run", progress_stream=None)
 
 
+def test_a_new_start_removes_what_a_kill_during_a_write_left(tmp_path):
+    """A kill inside atomic_write leaves .last.pt.<random>.tmp (a full-size file per crash): the next start removes it."""
+    train(tiny_config("epochs=1"), tmp_path, progress_stream=None)
+    stale = [tmp_path / ".last.pt.k2j4x9q1.tmp", tmp_path / ".metrics.jsonl.a8b7c6d5.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a checkpoint")
+    kept = tmp_path / ".notes.abc.tmp"  # not a file of the run: left alone
+    kept.write_text("mine")
+    lines = []
+    train(tiny_config("epochs=2"), tmp_path, progress_stream=None, log=lines.append)
+    assert not any(f.exists() for f in stale) and kept.exists()
+    assert any("removed .last.pt.k2j4x9q1.tmp" in line for line in lines), lines
+
+
 def test_same_image_positives_option_trains(tmp_path):
     cfg = tiny_config("epochs=1", "loss.same_image_positives=true")
     result = train(cfg, tmp_path, progress_stream=None)

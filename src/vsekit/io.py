@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
@@ -42,6 +44,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             pass
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_write` left for ``names`` in ``folder`` when its process was killed
+    mid-write (``.last.pt.<random>.tmp``). Call it only where no other process is writing those files.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

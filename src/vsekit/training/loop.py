@@ -18,7 +18,7 @@ from ..data import Collator
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation import evaluate_model
-from ..io import atomic_write_text
+from ..io import atomic_write_text, remove_stale_temporaries
 from ..losses import ContrastiveLoss, caption_text_ids
 from ..models import VSEModel
 from ..progress import Progress
@@ -43,6 +43,10 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     completed: bool = True  # False when stopped early by ``max_steps``
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "curves.png")
+"""The files of a run folder that are written atomically (their temporaries are cleaned when a run starts)."""
 
 
 def train(
@@ -140,6 +144,9 @@ def start_run(
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: the run folder is an existing file; expected a folder (new, or a run to resume)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.rank == 0:  # what a kill during a write left behind (rank 0 alone writes the run folder)
+        for tmp in remove_stale_temporaries(run_dir, RUN_FILES):
+            report(f"removed {tmp.name}, left by an interrupted write")
     ckpt = read_resume_point(run_dir, resume)
     train_set, val_set = load_datasets(cfg, datasets)
     cfg = resolve_for_data(cfg, train_set)
