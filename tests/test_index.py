@@ -8,6 +8,7 @@ import atexit
 import csv
 import functools
 import json
+import re
 import logging
 import os
 import shutil
@@ -556,3 +557,17 @@ def test_feature_models_index_precomputed_features(tmp_path):
         Index.build(tmp_path / "m.pt", trained()["photos"], tmp_path / "idx2", progress=False)
     with pytest.raises(ConfigError, match="reads raw images"):
         Index.build(trained()["run"], tmp_path / "feats", tmp_path / "idx3", progress=False)
+
+    # a NaN row is refused, naming the file and the row, in encode, in training and in evaluation: never indexed
+    bad = feats.copy()
+    bad[4, 1, 0] = np.nan
+    write_precomp(tmp_path / "nan", "test", bad, captions)
+    nan_idx = Index.build(tmp_path / "m.pt", tmp_path / "nan", tmp_path / "idx_nan", progress=False)
+    skipped = json.loads((tmp_path / "idx_nan" / "index.json").read_text())["skipped"]
+    assert [s["path"] for s in skipped] == ["test/4"], skipped
+    assert re.search(r"nan/test_ims.npy: row 4: non-finite feature values", skipped[0]["reason"]), skipped
+    assert nan_idx.stats()["num_images"] == 5 and all(np.isfinite(h.score) for h in nan_idx.search(image=feats[2], k=6))
+    from vsekit.data import PrecompDataset
+
+    with pytest.raises(DataError, match=r"test_ims.npy: row 4: non-finite"):
+        PrecompDataset(tmp_path / "nan", "test").images([0, 4])

@@ -17,7 +17,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vsekit.data.files import check_float_features, check_optional_count, check_split_folder, load_features_npy, read_lines
+from vsekit.data.files import (
+    check_finite_rows,
+    check_float_features,
+    check_optional_count,
+    check_split_folder,
+    load_features_npy,
+    read_lines,
+)
 from vsekit.data.karpathy import ImageRecord, KarpathyJSON, captions_from_records
 from vsekit.errors import DataError
 from vsekit.io import atomic_write, atomic_write_text
@@ -157,9 +164,11 @@ class FeatureCaptionDataset(ListedCaptionDataset):
             rotated). Evaluation averages each image's embeddings over the image and its views.
         draw_views: training augmentation: :meth:`image` returns the plain image or one of its views, drawn
             uniformly with the global torch RNG (so a resumed run draws the same), instead of the plain image.
+        source: what the features were read from (a file), named when a read finds NaN or infinity.
 
     Raises:
-        DataError: if the shapes or counts are inconsistent.
+        DataError: if the shapes or counts are inconsistent (and, when an image is read, if its features are
+            not finite).
     """
 
     def __init__(
@@ -169,6 +178,7 @@ class FeatureCaptionDataset(ListedCaptionDataset):
         captions_per_image: int,
         views: dict[str, np.ndarray] | None = None,
         draw_views: bool = False,
+        source: str = "features",
     ) -> None:
         if not isinstance(captions_per_image, int) or captions_per_image < 1:
             raise DataError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
@@ -210,6 +220,7 @@ class FeatureCaptionDataset(ListedCaptionDataset):
             self.views[name] = arr
         self.draw_views = draw_views and bool(self.views)
         self._features = features
+        self.source = source  # named in errors about what is read (a file, or "features")
         self._captions = captions
         self.num_images = num_images
         self.captions_per_image = captions_per_image
@@ -222,11 +233,11 @@ class FeatureCaptionDataset(ListedCaptionDataset):
             r = int(torch.randint(len(self.views) + 1, ()))
             if r:
                 return self.view_image(list(self.views)[r - 1], i)
-        return np.array(self._features[i], dtype=np.float32)
+        return check_finite_rows(np.array(self._features[i], dtype=np.float32), self.source, i)
 
     def view_image(self, view: str, i: int) -> np.ndarray:
         """Return a float32 copy of image ``i``'s feature set in test-time view ``view``."""
-        return np.array(self.views[view][i], dtype=np.float32)
+        return check_finite_rows(np.array(self.views[view][i], dtype=np.float32), f"{self.source} ({view})", i)
 
     def num_regions(self) -> np.ndarray:
         """Return the number of regions ``K_i`` of every image as an int64 array."""
@@ -329,7 +340,7 @@ class PrecompDataset(ListedCaptionDataset):
         row = ims[i * self.rows_per_image]
         out = np.array(row if ims.ndim == 3 else row[None, :], dtype=np.float32)
         _release_pages(ims, np.array([i * self.rows_per_image]))
-        return out
+        return check_finite_rows(out, str(self.ims_path), i * self.rows_per_image)
 
     def images(self, indices: Sequence[int]) -> list[np.ndarray]:
         """Return the float32 feature sets of several images, in the order given (repeats allowed).
@@ -353,6 +364,7 @@ class PrecompDataset(ListedCaptionDataset):
         rows, order = np.unique(idx * self.rows_per_image, return_inverse=True)
         block = np.asarray(ims[rows], dtype=np.float32)  # one sorted fancy-index read, then float32
         _release_pages(ims, rows)
+        check_finite_rows(block, str(self.ims_path), rows)
         if ims.ndim == 2:
             block = block[:, None, :]
         return [block[r] for r in order.reshape(-1)]

@@ -58,7 +58,8 @@ def build_dataset(cfg: DataConfig, split: str, max_images: int | None = None, ev
             )
         key = "data.eval_views" if evaluation else "data.train_views"
         views = open_feature_views(cfg.features, split, cfg.eval_views if evaluation else cfg.train_views, feats.shape, key)
-        ds = FeatureCaptionDataset(feats, captions_from_records(records, k), k, views=views, draw_views=not evaluation)
+        captions = captions_from_records(records, k)
+        ds = FeatureCaptionDataset(feats, captions, k, views=views, draw_views=not evaluation, source=str(feats_path))
     else:
         raise ConfigError(f"data.kind: unknown kind {cfg.kind!r}")
     if max_images is not None and max_images < ds.num_images:

@@ -28,6 +28,18 @@ def check_split_folder(root: str | os.PathLike, what: str, captions_per_image: A
     return root
 
 
+def check_finite_rows(block: np.ndarray, where: str, rows: Any) -> np.ndarray:
+    """``block`` (features read from ``where``: one K×D set, or a batch of them) as it is, or a :class:`DataError`
+    naming the file and the first ``rows`` entry that holds NaN or infinity. Checked at every read, so the cost
+    follows what a run reads, not the size of the file."""
+    finite = np.isfinite(block)
+    if finite.all():
+        return block
+    first = int(np.argmin(finite.reshape(len(block), -1).all(axis=1))) if np.ndim(rows) else 0
+    row = int(np.asarray(rows).reshape(-1)[first]) if np.ndim(rows) else int(rows)
+    raise DataError(f"{where}: row {row}: non-finite feature values (NaN or infinity)")
+
+
 def check_float_features(arr: np.ndarray, where: str) -> None:
     """Raise a :class:`DataError` naming ``where`` unless ``arr`` holds floating-point values."""
     if not np.issubdtype(arr.dtype, np.floating):

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from vsekit.data.datasets import FeatureCaptionDataset, ListedCaptionDataset
-from vsekit.data.files import check_split_folder, read_lines
+from vsekit.data.files import check_finite_rows, check_split_folder, read_lines
 from vsekit.data.synthetic import (
     SIZES,
     SyntheticConfig,
@@ -189,7 +189,8 @@ class FrameFeatureDataset(ListedCaptionDataset):
         """Return a float32 copy of the frames of video ``i``, shape ``(T_i, D)``."""
         if not 0 <= i < self.num_images:
             raise IndexError(f"video index {i} out of range for {self.num_images} videos")
-        return np.array(self._frames[self._offsets[i] : self._offsets[i + 1]], dtype=np.float32)
+        frames = np.array(self._frames[self._offsets[i] : self._offsets[i + 1]], dtype=np.float32)
+        return check_finite_rows(frames, str(self.frames_path), np.arange(self._offsets[i], self._offsets[i + 1]))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

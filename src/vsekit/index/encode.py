@@ -137,9 +137,20 @@ def encode_images(
                 with torch.inference_mode():
                     outs = [model.forward_image(images.to(device), lengths.to(device)).float().cpu() for images, lengths in per_view]
                 emb = mean_over_views(outs, model.config.image.normalize).numpy()
+                ok_items, emb = _finite_only(ok_items, emb, skipped)
             if progress is not None:
                 progress.update(len(batch))
             yield ok_items, emb, skipped
+
+
+def _finite_only(items: list[ImageItem], emb: np.ndarray, skipped: list[dict[str, str]]) -> tuple[list[ImageItem], np.ndarray]:
+    """The items whose embeddings are finite; the others join ``skipped`` (NaN would rank first or last at random)."""
+    finite = np.isfinite(emb).all(axis=1)
+    for item in (it for it, ok in zip(items, finite) if not ok):
+        where = item.path or item.id
+        log.warning("skipped %s: non-finite embedding", where)
+        skipped.append({"path": where, "reason": "the model gave a non-finite embedding (NaN or infinity)"})
+    return [it for it, ok in zip(items, finite) if ok], emb[finite]
 
 
 def encode_texts(
@@ -159,6 +170,9 @@ def encode_texts(
     for a in range(0, len(items), batch_size):
         batch = list(items[a : a + batch_size])
         emb = model.encode_text([t.caption for t in batch], batch_size=batch_size).numpy()
+        bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+        if bad.size:  # a text has no file to skip: a model that gives NaN for a caption cannot index it
+            raise DataError(f"text {batch[int(bad[0])].id!r}: the model gave a non-finite embedding (NaN or infinity)")
         if progress is not None:
             progress.update(len(batch))
         yield batch, emb

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from vsekit.data.datasets import check_float_features, load_features_npy
+from vsekit.data.files import check_finite_rows, check_float_features, load_features_npy
 
 __all__ = ["Collection", "CollectionBuilder", "FeatureRows", "ImageItem", "TextItem", "text_id"]
 
@@ -120,6 +120,8 @@ class FeatureRows:
         """The float32 K×D features of image ``i`` (in ``view``, or plain)."""
         arr = self.rows if view is None else self.views[view]
         row = np.array(arr[i * self.rows_per_image], dtype=np.float32)
+        where = str(self.ims_path) if view is None else f"{self.ims_path} ({view})"
+        check_finite_rows(row, where, i * self.rows_per_image)
         return row if row.ndim == 2 else row[None, :]
 
 
