@@ -567,6 +567,15 @@ def test_feature_models_index_precomputed_features(tmp_path):
     assert [s["path"] for s in skipped] == ["test/4"], skipped
     assert re.search(r"nan/test_ims.npy: row 4: non-finite feature values", skipped[0]["reason"]), skipped
     assert nan_idx.stats()["num_images"] == 5 and all(np.isfinite(h.score) for h in nan_idx.search(image=feats[2], k=6))
+    with pytest.raises(DataError, match="query: its embedding is not finite"):
+        nan_idx.search(image=bad[4], k=2)
+    # an index written before encode refused them: search names the item instead of ranking NaN at random
+    shard = sorted((tmp_path / "idx").rglob("*.npy"))[0]
+    arr = np.load(shard)
+    arr[1] = np.nan
+    np.save(shard, arr)
+    with pytest.raises(DataError, match=r"has a non-finite embedding; rebuild the index"):
+        Index.load(tmp_path / "idx").search(image=feats[2], k=6)
     from vsekit.data import PrecompDataset
 
     with pytest.raises(DataError, match=r"test_ims.npy: row 4: non-finite"):

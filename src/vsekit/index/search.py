@@ -270,9 +270,15 @@ class Index:
             score, backend = "dot", part.backend
         else:
             score, backend = ("order_query_text" if qmod == "text" else "order_query_image"), part.exact
+        if not np.isfinite(q).all():
+            raise DataError("query: its embedding is not finite (NaN or infinity in the query's features?)")
         want = k + offset + (1 if exclude is not None else 0)
         scores, rows = backend.search(q, want, score)
         cols = part.columns
+        bad = ~np.isfinite(scores) & (rows >= 0)
+        if bad.any():  # an index written before encode refused them: NaN would rank at random
+            first = cols["id"][int(rows[bad][0])]
+            raise DataError(f"{self.path}: item {first!r} has a non-finite embedding; rebuild the index with vsekit encode")
         results = []
         for b in range(len(q)):
             kept = [(float(s), int(r)) for s, r in zip(scores[b], rows[b]) if r >= 0 and (exclude is None or r != exclude[b])]
