@@ -580,3 +580,22 @@ def test_feature_models_index_precomputed_features(tmp_path):
 
     with pytest.raises(DataError, match=r"test_ims.npy: row 4: non-finite"):
         PrecompDataset(tmp_path / "nan", "test").images([0, 4])
+
+
+def test_pending_embeddings_are_kept_by_time_as_well_as_by_count(tmp_path):
+    """A killed update of a few hundred photos keeps what it embedded: flushes come every N items or S seconds."""
+    from vsekit.index.pending import PendingEmbeddings
+
+    emb = np.ones((3, 4), np.float32)
+    by_count = PendingEmbeddings(tmp_path / "a", "sha", 4, every=3, every_seconds=3600)
+    by_count.add("image", ["x", "y"], emb[:2])
+    assert not list((tmp_path / "a").glob("image-*.npz"))  # 2 < 3 items and the hour has not passed
+    by_count.add("image", ["z"], emb[:1])
+    assert len(list((tmp_path / "a").glob("image-*.npz"))) == 1
+    by_time = PendingEmbeddings(tmp_path / "b", "sha", 4, every=10**6, every_seconds=0)
+    by_time.add("image", ["x"], emb[:1])
+    assert len(list((tmp_path / "b").glob("image-*.npz"))) == 1
+    reread = PendingEmbeddings(tmp_path / "b", "sha", 4, every=10**6)
+    assert set(reread.found["image"]) == {"x"}
+    with pytest.raises(ConfigError, match="checkpoint_seconds: expected a number of seconds >= 0"):
+        Index.build(tmp_path / "none.pt", tmp_path, tmp_path / "idx", checkpoint_seconds=-1, progress=False)

@@ -117,6 +117,8 @@ def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     n.add_argument("--views", help="feature sources: test-time views to average each image over, e.g. rot90,hflip, or 'none' "
                    "(default: the checkpoint's data.eval_views)")
     n.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default: 64)")
+    n.add_argument("--save-every-seconds", type=float, default=30.0, metavar="S",
+                   help="keep what was embedded so far every S seconds (default: 30), so a killed run embeds it only once")  # fmt: skip
     n.add_argument("--workers", type=int, default=2, help="threads reading image files (default: 2)")
     n.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
     n.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -291,6 +293,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         args.checkpoint, args.source, args.out, source_kind=args.source_kind, backend=args.backend,
         batch_size=args.batch_size, device=args.device, progress=not args.quiet, image_root=args.image_root,
         split=args.split, search_params=args.search_params, workers=args.workers, features=args.features,
+        checkpoint_seconds=args.save_every_seconds,
         views=None if args.views is None else [] if args.views.strip() == "none" else _comma_list(args.views),
     )  # fmt: skip
     st = idx.stats()

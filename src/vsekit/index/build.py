@@ -90,12 +90,16 @@ class BuildOptions:
     workers: int
     recall_queries: int
     checkpoint_every: int
+    checkpoint_seconds: float
     factory: str | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.factory = parse_backend(self.backend)[1]
         for name in ("batch_size", "shard_size", "workers", "recall_queries", "checkpoint_every"):
             setattr(self, name, positive_int(getattr(self, name), name))
+        seconds = self.checkpoint_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+            raise ConfigError(f"checkpoint_seconds: expected a number of seconds >= 0, got {seconds!r}")
 
 
 def load_model(checkpoint: str | os.PathLike, options: BuildOptions) -> tuple[Any, ModelSource]:
@@ -310,7 +314,7 @@ def build_index(
     out = Path(out_dir).absolute()
     old = open_out_dir(out)
     previous = reusable_parts(out, old, model_source.sha256, dim)
-    pending = PendingEmbeddings(out / PENDING, model_source.sha256, dim, options.checkpoint_every)
+    pending = PendingEmbeddings(out / PENDING, model_source.sha256, dim, options.checkpoint_every, options.checkpoint_seconds)
     new_images, new_texts = items_to_embed(col, previous, pending)
     unreadable, timing = embed_new_items(model, col, (new_images, new_texts), pending, options, stream)
 

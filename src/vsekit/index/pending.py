@@ -30,16 +30,20 @@ class PendingEmbeddings:
         folder: the ``pending/`` folder (created; emptied if it holds another model's embeddings).
         sha: the sha256 of the checkpoint that makes the embeddings.
         dim: the embedding size.
-        every: a modality's new embeddings are flushed every this many items.
+        every: a modality's new embeddings are flushed every this many items...
+        every_seconds: ...or when this many seconds passed since its last flush, whichever comes first (a
+            killed update of a few hundred photos keeps what it embedded).
 
     Attributes:
         arrays: the embeddings read back from the folder, then those flushed, in that order.
         found: ``{modality: {item key: (number of its array in arrays, row)}}`` of every embedding held.
     """
 
-    def __init__(self, folder: Path, sha: str, dim: int, every: int) -> None:
+    def __init__(self, folder: Path, sha: str, dim: int, every: int, every_seconds: float = 30.0) -> None:
         self.folder = folder
         self.every = every
+        self.every_seconds = every_seconds
+        self._last_flush = {m: time.monotonic() for m in MODALITIES}
         self.found: dict[str, dict[str, tuple[int, int]]] = {m: {} for m in MODALITIES}
         self.arrays: list[np.ndarray] = []
         self._buffer: dict[str, tuple[list[str], list[np.ndarray]]] = {m: ([], []) for m in MODALITIES}
@@ -70,11 +74,11 @@ class PendingEmbeddings:
                 self.found[modality][key] = (a, r)
 
     def add(self, modality: str, keys: list[str], emb: np.ndarray) -> None:
-        """Keep new embeddings of items (by key); flushed once ``every`` of them wait."""
+        """Keep new embeddings of items (by key); flushed once ``every`` of them wait or ``every_seconds`` passed."""
         buf_keys, buf_emb = self._buffer[modality]
         buf_keys.extend(keys)
         buf_emb.append(emb)
-        if len(buf_keys) >= self.every:
+        if len(buf_keys) >= self.every or time.monotonic() - self._last_flush[modality] >= self.every_seconds:
             self.flush(modality)
 
     def flush(self, modality: str) -> None:
@@ -91,3 +95,4 @@ class PendingEmbeddings:
         for r, key in enumerate(keys):
             self.found[modality][key] = (a, r)
         self._buffer[modality] = ([], [])
+        self._last_flush[modality] = time.monotonic()

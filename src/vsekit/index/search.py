@@ -132,6 +132,7 @@ class Index:
         workers: int = 2,
         recall_queries: int = 1000,
         checkpoint_every: int = 4096,
+        checkpoint_seconds: float = 30.0,
     ) -> Index:
         """Embed a collection into an index folder, or bring an existing index up to date.
 
@@ -158,7 +159,8 @@ class Index:
             shard_size: most rows per embedding shard file.
             workers: threads reading and resizing image files.
             recall_queries: held-out queries for the recall measurement of an approximate backend.
-            checkpoint_every: new embeddings are flushed to ``pending/`` every this many items.
+            checkpoint_every: new embeddings are flushed to ``pending/`` every this many items, or
+            checkpoint_seconds: every this many seconds, whichever comes first; a killed build keeps them.
 
         Returns:
             The loaded :class:`Index`.
@@ -172,6 +174,7 @@ class Index:
             source_kind=source_kind, backend=backend, batch_size=batch_size, device=device, progress=progress,
             image_root=image_root, split=split, features=features, views=views, search_params=search_params,
             shard_size=shard_size, workers=workers, recall_queries=recall_queries, checkpoint_every=checkpoint_every,
+            checkpoint_seconds=checkpoint_seconds,
         )  # fmt: skip
         return cls._open(*build_index(checkpoint, source, out_dir, options))
 
