@@ -478,6 +478,15 @@ def test_vsekit_serve_with_the_client(scenes, tmp_path):
         assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
         status, body = raw_request(url, "GET", "/api/search?q=" + "x" * 3000)
         assert status == 422 and b"Traceback" not in body
+        # the documented limits before the application: a head up to MAX_REQUEST_HEAD gets JSON errors, a longer
+        # one the HTTP parser's plain 400; neither is a 5xx or a hang
+        status, body = raw_request(url, "GET", "/api/search?q=" + "x" * 60_000)
+        assert status == 422 and json.loads(body)["error"]["code"] == "invalid_request"
+        try:  # the parser answers while the client still sends: the client may see the 400 or the closed connection
+            status, body = raw_request(url, "GET", "/api/search?q=" + "x" * 2**20)
+        except (ConnectionResetError, BrokenPipeError):
+            status, body = 400, b""
+        assert status == 400 and b"Traceback" not in body
         assert client.health()["status"] == "ok"  # still up after all that
     finally:
         stop_server(proc)

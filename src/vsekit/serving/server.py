@@ -23,6 +23,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+MAX_REQUEST_HEAD = 64 * 1024
+"""Bytes of request line and headers that reach the application (JSON errors from there on); a longer head is
+answered by the HTTP parser before vsekit: status 400, ``text/plain``, connection closed."""
+
+
 def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -105,7 +110,10 @@ def serve(
     if not _is_loopback(host):
         emit(f"warning: listening on {host}: anyone who can reach this machine can search the index and read its images")
     sys.stdout.flush()
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+        http="h11", h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+    )  # fmt: skip
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn stops gracefully on Ctrl-C, then raises the signal again
