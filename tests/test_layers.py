@@ -150,3 +150,30 @@ def test_the_checks_see_an_upward_import_inside_a_function(tmp_path):
     edges = imports_of("vsekit.data.m", module, False, {**MODS, "vsekit.data.m": (module, False)})
     assert ("vsekit.training", "train", 2) in edges and ("vsekit.data.datasets", "_hidden", 3) in edges
     assert floor_of("vsekit.training", FLOORS) > floor_of("vsekit.data.m", FLOORS)
+
+
+MAX_FUNCTION_LINES = 80  # a function reads on one screen
+MAX_MODULE_LINES = 450  # a module reads whole ("about 400")
+
+
+def long_functions(path: Path, limit: int) -> list[str]:
+    """``name (lines)`` of every function or method of the file longer than ``limit`` lines, docstring included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        f"{node.name} ({node.end_lineno - node.lineno + 1})"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit
+    ]
+
+
+def test_functions_and_modules_stay_readable():
+    too_long = {name: long_functions(path, MAX_FUNCTION_LINES) for name, (path, _) in MODS.items()}
+    assert not {k: v for k, v in too_long.items() if v}, f"functions over {MAX_FUNCTION_LINES} lines"
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, (path, _) in MODS.items()}
+    assert not {k: n for k, n in sizes.items() if n > MAX_MODULE_LINES}, f"modules over {MAX_MODULE_LINES} lines"
+
+
+def test_the_size_check_sees_a_long_function(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def short():\n    return 1\n\n\ndef long():\n" + "    x = 1\n" * 90)
+    assert long_functions(module, MAX_FUNCTION_LINES) == ["long (91)"]
