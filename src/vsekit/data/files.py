@@ -71,8 +71,9 @@ def load_features_npy(path: Path) -> np.ndarray:
         raise DataError(f"file not found: {path}")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged header fails in many ways (ValueError, tokenize.TokenError, ...)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{path}: not a readable .npy array ({first})") from None
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected a single .npy array")
     if arr.ndim not in (2, 3):

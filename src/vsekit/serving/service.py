@@ -88,7 +88,7 @@ class SearchService:
         if self.index is not None:
             folders += [str(getattr(self.index, name, "") or "") for name in ("path", "root")]
         folders += [str(Path(f).resolve()) for f in folders if f]
-        return [*folders, str(Path.home())]
+        return [f for f in (*folders, str(Path.home())) if Path(f).is_absolute()]  # a relative name is a word too
 
     def require(self) -> Any:
         if self.index is None:
