@@ -26,7 +26,7 @@ import torch
 from .config import TrainConfig, from_dict
 from .text import tokenizer_from_dict
 from .device import resolve_device
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .io import atomic_torch_save
 
 FORMAT = "vsekit-checkpoint"
@@ -78,11 +78,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first_line(e)})") from None
     except Exception as e:  # unpickling refused (e.g. an official checkpoint with a pickled Namespace)
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a vsekit checkpoint ({first}); official checkpoints need conversion") from None
+        raise CheckpointError(f"{path}: not a vsekit checkpoint ({first_line(e)}); official checkpoints need conversion") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vsekit checkpoint (missing format={FORMAT!r})")
     if ckpt.get("version") != VERSION:

@@ -23,3 +23,10 @@ class DataError(VsekitError):
 
 class CheckpointError(VsekitError):
     """A checkpoint is missing, malformed or does not match the model."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when empty), at most ``limit`` characters: what a
+    one-line error quotes of a library's failure."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -47,9 +47,9 @@ import torch
 
 from ..config import TrainConfig
 from ..configure import validate
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, first_line
 from .mapping import bert_mismatch, build_config, load_strictly, map_state
-from .reading import DESCRIPTIONS, KINDS, OfficialCheckpoint, detect_kind, first_line, read_official_checkpoint
+from .reading import DESCRIPTIONS, KINDS, OfficialCheckpoint, detect_kind, read_official_checkpoint
 from .vocab import read_official_vocab
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 KINDS: tuple[str, ...] = ("vse_infty_bigru", "vse_infty_bert", "vsepp")
 """The official layouts :func:`convert_official` understands (``kind="auto"`` detects one)."""
@@ -48,10 +48,6 @@ class OfficialCheckpoint:
 
 # ----------------------------------------------------------------------------------------------
 # reading
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def name_list(names: list[str], n: int = 4, quote: bool = True) -> str:

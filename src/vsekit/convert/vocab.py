@@ -9,8 +9,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, DataError
-from .reading import first_line
+from ..errors import CheckpointError, DataError, first_line
 
 class _PickledVocabulary:
     """Stand-in for VSE++'s ``Vocabulary`` class during unpickling: it only keeps the attribute dict."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.errors import DataError
+from vsekit.errors import DataError, first_line
 
 
 def check_optional_count(value: Any, field: str) -> None:
@@ -72,8 +72,7 @@ def load_features_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a damaged header fails in many ways (ValueError, tokenize.TokenError, ...)
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise DataError(f"{path}: not a readable .npy array ({first})") from None
+        raise DataError(f"{path}: not a readable .npy array ({first_line(e)})") from None
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected a single .npy array")
     if arr.ndim not in (2, 3):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsekit.errors import ConfigError, DataError
+from vsekit.errors import ConfigError, DataError, first_line
 from vsekit.evaluation import mean_over_views
 from vsekit.index.collection import Collection, ImageItem, TextItem
 from vsekit.progress import Progress
@@ -59,11 +59,6 @@ def check_image_input(model: Any, collection: Collection) -> None:
                     f"{ds.ims_path}: features of dimension {ds.feature_dim}, the model expects "
                     f"model.image.img_dim={spec.dim}"
                 )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _load_one(model_input: Any, collection: Collection, item: ImageItem) -> Any:
@@ -110,7 +105,7 @@ def encode_images(
         try:
             return _load_one(spec, collection, item), None
         except Exception as e:  # noqa: BLE001 - any failure to decode one file is reported, never fatal for the batch
-            return None, _first_line(e)
+            return None, first_line(e, 300)
 
     batches = [list(items[a : a + batch_size]) for a in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsekit.errors import DataError
+from vsekit.errors import DataError, first_line
 from vsekit.evaluation import mean_over_views
 
 __all__ = ["MAX_QUERY_PIXELS", "decode_query_image", "embed_query_images", "embed_query_texts"]
@@ -45,8 +45,7 @@ def decode_query_image(image: Any) -> Any:
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure to decode the given bytes is a data error
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise DataError(f"image: not a readable image ({first})") from None
+            raise DataError(f"image: not a readable image ({first_line(e)})") from None
     if isinstance(image, (str, os.PathLike, np.ndarray)) or type(image).__module__.startswith("PIL."):
         return image
     raise DataError(f"image: expected a file path, bytes, a PIL image or an H×W×3 uint8 array, got {type(image).__name__}")
