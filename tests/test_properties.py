@@ -171,3 +171,112 @@ def test_a_corrupted_index_json_opens_or_is_a_vsekit_error(tmp_path, small_index
         Index.load(copy).search(text="a thing", k=2)
     except VsekitError:
         return
+
+
+def image_bytes(fmt: str) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@PROPERTY
+@given(fmt=st.sampled_from(["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"]), cuts=CUTS)
+def test_a_corrupted_image_decodes_or_is_a_data_error_everywhere(tmp_path, fmt, cuts):
+    """Every place that decodes images goes through open_image: files, query bytes, uploads and thumbnails."""
+    from vsekit.data.images import load_image
+    from vsekit.index.queries import decode_query_image
+    from vsekit.serving.errors import ApiError
+    from vsekit.serving.service import decode_image, make_thumbnail
+
+    data = corrupt(image_bytes(fmt), cuts)
+    path = tmp_path / f"photo.{fmt.lower()}"
+    path.write_bytes(data)
+    for decode in (lambda: load_image(path), lambda: decode_query_image(data)):
+        try:
+            pixels = decode()
+        except VsekitError:
+            continue
+        assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+    for serve in (lambda: decode_image(data, path.name, 10**6), lambda: make_thumbnail(path, 8, 10**6)):
+        try:
+            serve()
+        except ApiError as e:
+            assert e.status_code in (413, 415) and str(tmp_path) not in e.detail
+
+
+def table_bytes(kind: str) -> bytes:
+    rows = [("a.jpg", "a red roof"), ("", "a caption alone"), ("b.jpg", "")]
+    if kind == "csv":
+        return ("path,caption\n" + "".join(f"{p},{c}\n" for p, c in rows)).encode()
+    return "".join(json.dumps({"path": p, "caption": c}) + "\n" for p, c in rows).encode()
+
+
+@PROPERTY
+@given(kind=st.sampled_from(["csv", "jsonl"]), cuts=CUTS)
+def test_a_corrupted_csv_or_jsonl_source_reads_or_is_a_data_error(tmp_path, kind, cuts):
+    from vsekit.index.sources import read_table
+
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(image_bytes("JPEG"))
+    path = tmp_path / f"items.{kind}"
+    path.write_bytes(corrupt(table_bytes(kind), cuts))
+    try:
+        read_table(path, kind)
+    except VsekitError:
+        return
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    import torch
+
+    from tests.conftest import tiny_config
+    from vsekit.checkpoint import save_checkpoint
+    from vsekit.data import build_vocab
+    from vsekit.models import create_model
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("prop_ckpt") / "m.pt"
+    save_checkpoint(path, create_model(cfg.model, build_vocab(["a small thing"], min_count=1)), cfg)
+    return path  # a path, not its bytes: Hypothesis prints the arguments of a failing example
+
+
+@PROPERTY
+@given(cuts=CUTS)
+def test_a_corrupted_checkpoint_loads_or_is_a_checkpoint_error(tmp_path, small_checkpoint, cuts):
+    from vsekit.checkpoint import load
+
+    path = tmp_path / "m.pt"
+    path.write_bytes(corrupt(small_checkpoint.read_bytes(), cuts))
+    try:
+        model = load(path)
+    except VsekitError:
+        return
+    assert model.encode_text(["a small thing"]).shape[0] == 1
+
+
+def test_a_nul_in_a_table_path_is_skipped_with_a_reason(tmp_path):
+    """Found by the CSV/JSONL property: a NUL byte in a path made os functions raise ValueError."""
+    from vsekit.index.sources import read_table
+
+    path = tmp_path / "items.csv"
+    path.write_bytes(b"path,caption\na\0.jpg,a roof\n,a caption alone\n")
+    col = read_table(path, "csv")
+    assert [s["path"] for s in col.skipped if "NUL" in s["reason"]] == ["a\\0.jpg"]
+
+
+def test_a_checkpoint_whose_config_builds_no_model_is_a_checkpoint_error(tmp_path, small_checkpoint):
+    """Found by the checkpoint property: a damaged byte set model.text.num_layers to 0 and torch raised ValueError."""
+    import torch
+
+    from vsekit.checkpoint import load
+
+    ckpt = torch.load(small_checkpoint, weights_only=True)
+    ckpt["config"]["model"]["text"]["num_layers"] = 0
+    torch.save(ckpt, tmp_path / "m.pt")
+    with pytest.raises(VsekitError, match=r"m.pt: stored config is invalid .*num_layers"):
+        load(tmp_path / "m.pt")

@@ -308,7 +308,7 @@ def test_uploads_are_bounded_and_must_be_images(scenes, client):
         big = io.BytesIO()
         Image.new("RGB", (33, 32)).save(big, format="PNG")
         assert len(big.getvalue()) < len(red)
-        assert_error(small.post("/api/search", files={"image": ("wide.png", big.getvalue(), "image/png")}), 413, None, "33x32")
+        assert_error(small.post("/api/search", files={"image": ("wide.png", big.getvalue(), "image/png")}), 413, None, "33×32")
     for name, data in [("x.png", b"hello, not an image"), ("x.png", red[: len(red) // 2]), ("empty.png", b""),
                        ("x.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>")]:  # fmt: skip
         assert_error(client.post("/api/search", files={"image": (name, data, "image/png")}), 415, "unsupported_media_type")

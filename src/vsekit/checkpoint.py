@@ -93,9 +93,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_checkpoint(ckpt: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig stored in a checkpoint dict."""
+    """The TrainConfig stored in a checkpoint dict, checked as a config file would be (a damaged or hand-edited
+    checkpoint can hold values that no training run writes, such as ``num_layers=0``)."""
+    from .configure import validate
+
     try:
-        return from_dict(TrainConfig, ckpt["config"])
+        cfg = from_dict(TrainConfig, ckpt["config"])
+        validate(cfg, require_data=False)
+        return cfg
     except ConfigError as e:
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: stored config is invalid ({e})") from None
 
@@ -106,7 +111,10 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
 
     cfg = config_from_checkpoint(ckpt)
     tokenizer = tokenizer_from_dict(ckpt["vocab"], source=ckpt.get("path", "checkpoint"))
-    model = create_model(cfg.model, tokenizer)
+    try:
+        model = create_model(cfg.model, tokenizer)
+    except (ValueError, TypeError, RuntimeError) as e:  # values that validation does not know of
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: stored config builds no model ({first_line(e)})") from None
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

@@ -1,5 +1,6 @@
 """Raw images: reading files, the VSE∞ train/test transforms, and a dataset of image files.
 
+* :func:`open_image`: the one place images are decoded (files or bytes; every failure a ``DataError``).
 * :func:`load_image`: any image file -> H×W×3 uint8 RGB array.
 * :class:`PixelInput`: the ``input_spec()`` of raw-image encoders. It batches images into normalised
   B×3×S×S tensors. Training (VSE∞ ``RawImageDataset``): a random crop whose sides are the same
@@ -17,6 +18,7 @@ the image resized to 256; vsekit uses the VSE∞ transforms above for every raw-
 
 from __future__ import annotations
 
+import io
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,13 +33,69 @@ from torch import Tensor
 
 from vsekit.data.datasets import ListedCaptionDataset
 from vsekit.data.karpathy import KarpathyJSON, captions_from_records
-from vsekit.errors import ConfigError, DataError
+from vsekit.errors import ConfigError, DataError, first_line
 
-__all__ = ["Crop", "KarpathyImageDataset", "PixelInput", "as_pixels", "load_image"]
+__all__ = ["Crop", "ImageTooLargeError", "KarpathyImageDataset", "PixelInput", "as_pixels", "load_image", "open_image"]
+
+
+class ImageTooLargeError(DataError):
+    """An image has more pixels than the caller allows (read from its header, before anything is decoded)."""
+
+
+def open_image(
+    source: str | os.PathLike | bytes, *, name: str | None = None, max_pixels: int | None = None, thumbnail: int = 0
+) -> Any:
+    """Decode an image file or encoded bytes as an RGB PIL image: the one place vsekit decodes images.
+
+    Args:
+        source: a file path, or the bytes of an encoded image (an upload, a query).
+        name: how messages name the image (default: the path, or ``image`` for bytes).
+        max_pixels: refuse images whose width × height is larger, checked from the header before decoding
+            (a small file can expand to gigabytes of pixels). Without it, Pillow's own decompression-bomb
+            limit still applies.
+        thumbnail: when positive, decode at a reduced scale where the format allows (JPEG), apply the EXIF
+            orientation and shrink to fit a ``thumbnail`` × ``thumbnail`` box.
+
+    Returns:
+        An RGB ``PIL.Image.Image``, fully decoded.
+
+    Raises:
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
+        DataError: every other failure (a missing file, a folder, not an image, truncated or corrupt data,
+            a decompression bomb), as one line naming ``name``.
+    """
+    try:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        raise ConfigError("reading image files needs Pillow: pip install pillow") from None
+    encoded = isinstance(source, (bytes, bytearray, memoryview))
+    label = name if name is not None else ("image" if encoded else str(source))
+    try:
+        with Image.open(io.BytesIO(bytes(source)) if encoded else source) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLargeError(f"{label}: {im.width}×{im.height} pixels is too large (at most {max_pixels:,})")
+            if thumbnail > 0:
+                im.draft("RGB", (thumbnail, thumbnail))  # JPEG: decode at a reduced scale
+                rgb = ImageOps.exif_transpose(im).convert("RGB")
+                rgb.thumbnail((thumbnail, thumbnail))
+                return rgb
+            return im.convert("RGB")
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {label}") from None
+    except IsADirectoryError:
+        raise DataError(f"{label}: expected an image file, got a folder") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{label}: not a readable image file") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{label}: refused, the image is too large to decode safely ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt data fails in many ways inside Pillow's decoders
+        raise DataError(f"{label}: cannot decode the image ({first_line(e)})") from None
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an H×W×3 uint8 RGB array.
+    """Read an image file as an H×W×3 uint8 RGB array (see :func:`open_image`).
 
     Grayscale and palette images are expanded to RGB; an alpha channel is dropped (not composited).
 
@@ -50,23 +108,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         DataError: naming the file if it is missing or not a readable image.
     """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
-        raise ConfigError("reading image files needs Pillow: pip install pillow") from None
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: expected an image file, got a folder") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable image file") from None
-    except Image.DecompressionBombError as e:  # a small file that would expand to gigabytes of pixels
-        raise DataError(f"{path}: refused, the image is too large to decode safely ({e})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
-        raise DataError(f"{path}: cannot decode the image ({e})") from None
+    return np.array(open_image(path), dtype=np.uint8)
 
 
 def as_pixels(item: Any, index: int = 0) -> np.ndarray:

@@ -150,6 +150,9 @@ class CollectionBuilder:
     def relative(self, given: str, base: Path) -> str | None:
         """The POSIX path of ``given`` (relative to ``base``, or absolute) relative to the root, or None
         (reported) if it leaves the root, is a symlink to outside it, or is not a file."""
+        if "\0" in given:  # no file system allows it; os functions raise ValueError
+            self.skip(given.replace("\0", "\\0"), "a file name cannot hold a NUL character")
+            return None
         p = Path(given)
         full = p if p.is_absolute() else base / p
         try:

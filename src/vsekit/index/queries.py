@@ -3,7 +3,6 @@ features, feature arrays, and images turned into features (and views) the way th
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsekit.errors import DataError, first_line
+from vsekit.data.images import open_image
+from vsekit.errors import DataError
 from vsekit.evaluation import mean_over_views
 
 __all__ = ["MAX_QUERY_PIXELS", "decode_query_image", "embed_query_images", "embed_query_texts"]
@@ -32,20 +32,7 @@ def decode_query_image(image: Any) -> Any:
     """A query image as the model input accepts it: bytes decoded (size-checked first), paths, PIL images
     and arrays as they are."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(bytes(image))) as im:
-                if im.width * im.height > MAX_QUERY_PIXELS:  # checked before decoding: a small file can
-                    raise DataError(  # expand to gigabytes of pixels
-                        f"image: {im.width}×{im.height} pixels is too large for a query image "
-                        f"(at most {MAX_QUERY_PIXELS:,} pixels)"
-                    )
-                return np.array(im.convert("RGB"), dtype=np.uint8)
-        except DataError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure to decode the given bytes is a data error
-            raise DataError(f"image: not a readable image ({first_line(e)})") from None
+        return np.array(open_image(image, name="image", max_pixels=MAX_QUERY_PIXELS), dtype=np.uint8)
     if isinstance(image, (str, os.PathLike, np.ndarray)) or type(image).__module__.startswith("PIL."):
         return image
     raise DataError(f"image: expected a file path, bytes, a PIL image or an H×W×3 uint8 array, got {type(image).__name__}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from vsekit.data.images import ImageTooLargeError, open_image
 from vsekit.errors import DataError, VsekitError
 
 from .errors import ApiError, shorten
@@ -204,45 +205,25 @@ class SearchService:
 
 def decode_image(data: bytes, filename: str, max_pixels: int) -> Any:
     """An uploaded file as an RGB PIL image; 415 when it is not an image, 413 when it has too many pixels."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    name = shorten(filename or "upload", 60)
+    name = f"image {shorten(filename or 'upload', 60)}"
     if not data:
-        raise ApiError(415, f"image: the upload {name} is empty")
-    unreadable = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+        raise ApiError(415, f"{name}: the upload is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                if width * height > max_pixels:
-                    raise ApiError(413, f"image: {name} is {width}x{height} pixels, more than the limit of {max_pixels}")
-                probe.verify()
-            image = Image.open(io.BytesIO(data))
-            image.load()
-            return image.convert("RGB")
-    except ApiError:
-        raise
-    except (*unreadable, Image.DecompressionBombWarning):
-        raise ApiError(415, f"image: the upload {name} is not an image that Pillow can read") from None
+        return open_image(data, name=name, max_pixels=max_pixels)
+    except ImageTooLargeError as e:
+        raise ApiError(413, str(e)) from None
+    except DataError as e:
+        raise ApiError(415, str(e)) from None
 
 
 def make_thumbnail(path: Path, size: int, max_pixels: int) -> bytes:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+    """A JPEG thumbnail of an indexed photo (messages name the file, never its folder)."""
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > max_pixels:
-                raise ApiError(413, f"{path.name}: {image.width}x{image.height} pixels, too large to thumbnail")
-            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            image.thumbnail((size, size))
-            out = io.BytesIO()
-            image.save(out, format="JPEG", quality=85)
-            return out.getvalue()
-    except ApiError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise ApiError(415, f"{path.name}: not an image that Pillow can read") from None
+        image = open_image(path, name=path.name, max_pixels=max_pixels, thumbnail=size)
+    except ImageTooLargeError as e:
+        raise ApiError(413, str(e)) from None
+    except DataError as e:
+        raise ApiError(415, str(e)) from None
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
