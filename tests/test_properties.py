@@ -280,3 +280,24 @@ def test_a_checkpoint_whose_config_builds_no_model_is_a_checkpoint_error(tmp_pat
     torch.save(ckpt, tmp_path / "m.pt")
     with pytest.raises(VsekitError, match=r"m.pt: stored config is invalid .*num_layers"):
         load(tmp_path / "m.pt")
+
+
+def test_every_array_reader_goes_through_open_npy(tmp_path):
+    """The video loader and ``vsekit eval --sims`` read arrays through open_npy too: the damaged header that raised
+    tokenize.TokenError is a one-line error there as well (the video loader's own copy caught only ValueError)."""
+    import subprocess
+    import sys
+
+    from vsekit.data.video import FrameFeatureDataset
+
+    damaged = corrupt(npy_bytes(), [(5162, 0)])
+    (tmp_path / "test_frames.npy").write_bytes(damaged)
+    np.save(tmp_path / "test_offsets.npy", np.array([0, 1, 2]))
+    (tmp_path / "test_caps.txt").write_text("a\nb\n")
+    with pytest.raises(VsekitError, match="test_frames.npy: not a readable .npy array"):
+        FrameFeatureDataset(tmp_path, "test", captions_per_image=1)
+    (tmp_path / "sims.npy").write_bytes(damaged)
+    run = subprocess.run([sys.executable, "-m", "vsekit", "eval", "--sims", str(tmp_path / "sims.npy")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and "sims.npy: not a readable .npy array" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -209,18 +209,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .data.files import open_npy
     from .evaluation import ensemble_sims, evaluate_protocol, evaluate_sims, format_metrics_table
     from .io import atomic_write_json
 
     if args.sims:
         mats = []
         for path in args.sims:
-            if not Path(path).is_file():
-                raise DataError(f"{path}: similarity file not found")
-            try:
-                mats.append(np.load(path, mmap_mode="r"))
-            except ValueError as exc:
-                raise DataError(f"{path}: not a .npy array ({exc})") from None
+            mats.append(open_npy(path, "a similarity matrix"))
         sims = ensemble_sims(mats) if len(mats) > 1 else np.asarray(mats[0])
         k = args.captions_per_image
         title = f"{len(mats)} similarity matri{'ces (averaged)' if len(mats) > 1 else 'x'}"

@@ -65,16 +65,31 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
-def load_features_npy(path: Path) -> np.ndarray:
-    """Memory-map an ``.npy`` file of floating-point features, shape ``(N, K, D)`` or ``(N, D)``."""
+def open_npy(path: str | Path, what: str = "") -> np.ndarray:
+    """Memory-map one ``.npy`` array (read-only, no pickles): the one place vsekit opens a user's arrays.
+
+    Args:
+        path: the file.
+        what: what the file holds, for the message when it is missing (e.g. ``"video frames"``).
+
+    Raises:
+        DataError: one line naming the file when it is missing, damaged, truncated or not a single array.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"file not found: {path}")
+        raise DataError(f"file not found: {path}" + (f" ({what})" if what else ""))
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a damaged header fails in many ways (ValueError, tokenize.TokenError, ...)
         raise DataError(f"{path}: not a readable .npy array ({first_line(e)})") from None
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected a single .npy array")
+    return arr
+
+
+def load_features_npy(path: Path) -> np.ndarray:
+    """Memory-map an ``.npy`` file of floating-point features, shape ``(N, K, D)`` or ``(N, D)``."""
+    arr = open_npy(path)
     if arr.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 3-D (images, regions, dim) or 2-D (images, dim) array, "
                         f"got shape {arr.shape}")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from vsekit.data.datasets import FeatureCaptionDataset, ListedCaptionDataset
-from vsekit.data.files import check_finite_rows, check_split_folder, read_lines
+from vsekit.data.files import check_finite_rows, check_split_folder, open_npy, read_lines
 from vsekit.data.synthetic import (
     SIZES,
     SyntheticConfig,
@@ -64,19 +64,6 @@ __all__ = [
 
 def _frame_paths(root: Path, split: str) -> tuple[Path, Path, Path]:
     return root / f"{split}_frames.npy", root / f"{split}_offsets.npy", root / f"{split}_caps.txt"
-
-
-def _load_array(path: Path, what: str) -> np.ndarray:
-    """Memory-map one ``.npy`` array, turning every failure into a one-line :class:`DataError`."""
-    if not path.is_file():
-        raise DataError(f"file not found: {path} ({what})")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({' '.join(str(e).split())})") from None
-    if not isinstance(arr, np.ndarray):
-        raise DataError(f"{path}: expected a single .npy array")
-    return arr
 
 
 def _check_offsets(offsets: np.ndarray, num_frames: int, path: Path, frames_path: Path) -> np.ndarray:
@@ -142,7 +129,7 @@ class FrameFeatureDataset(ListedCaptionDataset):
         self.frames_path, self.offsets_path, self.caps_path = _frame_paths(root, split)
         frames = self._load_frames()
         offsets = _check_offsets(
-            _load_array(self.offsets_path, "video offsets into the frames"), frames.shape[0], self.offsets_path,
+            open_npy(self.offsets_path, "video offsets into the frames"), frames.shape[0], self.offsets_path,
             self.frames_path,
         )
         captions = read_lines(self.caps_path)
@@ -167,7 +154,7 @@ class FrameFeatureDataset(ListedCaptionDataset):
         self.feature_dim = int(frames.shape[1])
 
     def _load_frames(self) -> np.ndarray:
-        frames = _load_array(self.frames_path, "all frame features, videos concatenated")
+        frames = open_npy(self.frames_path, "all frame features, videos concatenated")
         if frames.ndim != 2:
             raise DataError(f"{self.frames_path}: expected a 2-D (total frames, dim) array, got shape {frames.shape}")
         if not np.issubdtype(frames.dtype, np.floating):
