@@ -327,6 +327,9 @@ def test_malformed_requests_are_clear_4xx(scenes, client):
     assert_error(client.get("/api/nothing"), 404, "not_found")
     assert_error(client.delete("/api/search"), 405, "method_not_allowed")
     assert_error(client.get("/api/items/no-such-item"), 404, "not_found")
+    put = client.put("/api/search", content=b"x")  # found by Schemathesis: was 415, then Allow: GET
+    assert_error(put, 405, "method_not_allowed")
+    assert put.headers["allow"] == "GET, POST"
     assert client.get("/api/health").status_code == 200
 
 

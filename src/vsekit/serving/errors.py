@@ -11,6 +11,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.routing import Match
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigError(f"vsekit serve needs the 'serve' extra ({exc.name} is missing): pip install 'vsekit[serve]'") from None
 
@@ -65,6 +66,16 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: the methods of every route at the request's path (Starlette names only those
+    of the first such route, so ``PUT /api/search`` answered ``Allow: GET`` although POST is served there too)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI, service: Any) -> None:
     """Answer HTTP errors, invalid requests and internal errors as JSON errors, counting them in ``service.errors``."""
 
@@ -77,6 +88,7 @@ def install_error_handlers(app: FastAPI, service: Any) -> None:
             message = f"no such endpoint: {request.url.path[:200]}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path[:200]}"
+            exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
         elif exc.status_code == 400 and message == "There was an error parsing the body":
             message = "malformed request body (expected multipart/form-data with an 'image' file)"
         message = without_paths(message, service.private_paths())  # no server-side path leaves the service

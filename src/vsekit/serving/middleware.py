@@ -120,7 +120,7 @@ class UploadLimit:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if scope["path"] == "/api/search":
+        if scope["path"] == "/api/search" and scope["method"] == "POST":  # other methods: 405 from the router
             ctype = headers.get("content-type", "")
             if not ctype.lower().startswith("multipart/form-data"):
                 msg = f"POST /api/search takes multipart/form-data with an 'image' file, got {ctype or 'no content type'!r}; search by text with GET /api/search?q=..."

@@ -23,6 +23,11 @@ from .errors import ApiError, shorten
 from .schemas import HealthResponse, ItemResponse, SearchResponse, ServiceLimits, StatsResponse
 from .service import IMAGE_MEDIA_TYPES, SearchService, decode_image, make_thumbnail
 
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+"""What an item id may hold, in the schema: anything but control characters (Unicode category Cc)."""
+TEXT_PATTERN = r"\S"
+"""A query text holds at least one character that is not white space."""
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The web page's files (``index.html``, ``app.js``, ``style.css``, ``docs.html``, ``docs.js``)."""
 
@@ -35,14 +40,18 @@ def add_search_routes(app: FastAPI, service: SearchService, limits: ServiceLimit
 
     @app.get("/api/search", response_model=SearchResponse, tags=["search"])
     def search(
-        q: Annotated[str | None, Query(max_length=limits.max_query_chars, description="query text")] = None,
-        item: Annotated[str | None, Query(max_length=limits.max_id_chars, description="id of an indexed item to search with")] = None,
+        q: Annotated[str | None, Query(max_length=limits.max_query_chars, pattern=TEXT_PATTERN, description="query text")] = None,
+        item: Annotated[
+            str | None,
+            Query(max_length=limits.max_id_chars, pattern=ID_PATTERN, description="id of an indexed item to search with"),
+        ] = None,
         k: K = 10,
         offset: Offset = 0,
         target: Target = "image",
     ) -> SearchResponse:
         """Search by text (``q``) or with an indexed item (``item``): the ``k`` best ``target`` items
-        after ``offset``."""
+        after ``offset``. Give exactly one of ``q`` and ``item`` (a rule OpenAPI parameters cannot state; 422
+        otherwise)."""
         if (q is None) == (item is None):
             raise ApiError(422, "give exactly one of q (query text) or item (an item id)")
         if q is not None:
@@ -69,7 +78,10 @@ def add_search_routes(app: FastAPI, service: SearchService, limits: ServiceLimit
 
 def add_item_routes(app: FastAPI, service: SearchService, limits: ServiceLimits) -> None:
     """``/api/items/{id}`` (metadata), ``.../image`` (the file) and ``.../thumbnail`` (a cached JPEG)."""
-    ItemId = Annotated[str, PathParam(description="the item's id (URL-encoded; may contain '/')")]
+    ItemId = Annotated[
+        str,
+        PathParam(max_length=limits.max_id_chars, pattern=ID_PATTERN, description="the item's id (URL-encoded; may contain '/')"),
+    ]
 
     @app.get(
         "/api/items/{item_id:path}/thumbnail", tags=["items"], response_class=Response,
