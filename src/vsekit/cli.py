@@ -89,6 +89,8 @@ def _add_extract(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     x.add_argument("--max-images", type=int, help="stop after this many images per split (resumable)")
+    x.add_argument("--save-every-seconds", type=float, default=5.0, metavar="S",
+                   help="save progress every S seconds (default 5; 0: after every batch): a killed run loses at most that")
     x.add_argument("--views", default="", help="also store these test-time views of every image for data.eval_views: "
                    "rot90, rot180, rot270, hflip, vflip, transpose, antitranspose (comma-separated)")  # fmt: skip
     x.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -265,6 +267,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         args.annotations, args.images, args.out, splits=splits, backbone=args.backbone, image_size=args.image_size,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, max_images=args.max_images,
         progress_stream=None if args.quiet else sys.stderr, views=_comma_list(args.views),
+        save_every=args.save_every_seconds,
     )  # fmt: skip
     for split, t in result["timing"].items():
         rate = f", {t['images_per_second']:.1f} images/s" if "images_per_second" in t else f" ({t.get('skipped', '')})"

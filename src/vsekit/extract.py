@@ -80,6 +80,7 @@ def extract_features(
     progress_stream: TextIO | None = sys.stderr,
     max_images: int | None = None,
     views: Sequence[str] = (),
+    save_every: float = SAVE_EVERY,
 ) -> dict[str, Any]:
     """Extract backbone grid features for the images of a Karpathy-style JSON.
 
@@ -98,6 +99,8 @@ def extract_features(
         max_images: stop after this many images per split (for a quick look; the split stays partial).
         views: also extract these :data:`VIEWS` of every image of each split (``{split}_ims.{view}.npy``), once
             the split itself is complete; recorded under the split's ``views`` in ``features.json``.
+        save_every: seconds between progress saves (0: after every batch); a killed extraction loses at most
+            this much work.
 
     Returns:
         The metadata written to ``features.json`` plus ``timing`` (seconds and images/s per split, and per
@@ -107,6 +110,8 @@ def extract_features(
 
     if batch_size < 1:
         raise ConfigError("batch_size: expected a positive integer")
+    if not save_every >= 0:  # also refuses NaN
+        raise ConfigError(f"save_every: expected a number of seconds >= 0, got {save_every!r}")
     check_views(views, "views")
     image_root = Path(images)
     if not image_root.is_dir():
@@ -121,7 +126,7 @@ def extract_features(
     meta = _read_meta(meta_path, settings)
     timing: dict[str, Any] = {}
 
-    job = _SplitExtraction(extractor, image_root, out, batch_size, workers, max_images, progress_stream)
+    job = _SplitExtraction(extractor, image_root, out, batch_size, workers, max_images, progress_stream, save_every)
     for split in splits:
         records = data.records(split.split("+"))
         for view in (None, *views):
@@ -258,10 +263,10 @@ class _SplitExtraction:
     """One extraction's fixed settings; :meth:`run` extracts one split (or one view of it), resumably."""
 
     def __init__(self, extractor: FeatureExtractor, image_root: Path, out: Path, batch_size: int, workers: int,
-                 max_images: int | None, progress_stream: TextIO | None) -> None:  # fmt: skip
+                 max_images: int | None, progress_stream: TextIO | None, save_every: float) -> None:  # fmt: skip
         self.extractor, self.image_root, self.out = extractor, image_root, out
         self.batch_size, self.workers = batch_size, workers
-        self.max_images, self.progress_stream = max_images, progress_stream
+        self.max_images, self.progress_stream, self.save_every = max_images, progress_stream, save_every
 
     def run(self, split: str, records: list, view: str | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Extract ``records`` into ``{split}_ims[.{view}].npy``. Returns the split's ``features.json`` entry
@@ -307,8 +312,8 @@ class _SplitExtraction:
                 arr[done:end] = rows
                 done = end
                 now = time.perf_counter()
-                if now - saved >= SAVE_EVERY or done == stop:
-                    # rows reach the disk before the count that promises them; every SAVE_EVERY seconds
+                if now - saved >= self.save_every or done == stop:
+                    # rows reach the disk before the count that promises them; every save_every seconds
                     # rather than every batch (an msync and a JSON file per 16 images)
                     arr.flush()
                     elapsed = earlier_seconds + now - t0  # over resumed calls too

@@ -1,0 +1,157 @@
+"""Chaos: ``vsekit train``, ``extract`` and ``encode`` killed (SIGKILL, no chance to clean up) at seeded random
+moments, several times in a row, then run to the end; what they leave must equal an uninterrupted run's.
+
+Each program first runs uninterrupted once, which gives the reference result and its wall time T. Then the same
+command starts over in a fresh folder and is killed after a delay drawn from ``random.Random(seed)`` between the
+moment the interpreter has imported vsekit (S, measured with ``vsekit --version``) and T, again and again, and
+finally runs to completion. The kills land during work and writes alike (a kill while Python starts is
+harmless and teaches nothing); the test also checks that some of them left partial work behind, so that resuming
+(not only restarting) is what it exercises. Set ``VSEKIT_CHAOS_SEED`` to draw other moments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+SEED = int(os.environ.get("VSEKIT_CHAOS_SEED", "0"))
+KILLS = 5
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}  # one thread: the same float sums every run
+
+
+def vsekit(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "vsekit", *map(str, args), "--quiet"]
+
+
+def run_to_end(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return time.perf_counter() - start
+
+
+def kill_after(cmd: list[str], delay: float) -> bool:
+    """Start ``cmd``, SIGKILL it after ``delay`` seconds; True when it was still running then."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return True
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    return False
+
+
+@pytest.fixture(scope="module")
+def startup_seconds() -> float:
+    """How long the interpreter takes to start and import vsekit's CLI (the median of three)."""
+    return sorted(run_to_end([sys.executable, "-m", "vsekit", "--version"]) for _ in range(3))[1]
+
+
+def chaos(cmd: list[str], reference_seconds: float, startup: float, partial: callable, rng: random.Random) -> list[dict]:
+    """Kill ``cmd`` up to KILLS times at random moments, then run it to the end. Returns what each kill met.
+
+    The first delay is drawn from the work window (S, T) of the uninterrupted run, each later one from a window
+    0.6 times as long, since each rerun has less left to do; once a run finishes before its kill, the rest are
+    moot."""
+    kills = []
+    window = max(reference_seconds - startup, 0.5)
+    for i in range(KILLS):
+        delay = startup + rng.uniform(0.1, 0.9) * window * 0.6**i
+        killed = kill_after(cmd, delay)
+        kills.append({"delay": round(delay, 2), "killed": killed, "partial": killed and partial()})
+        if not killed:
+            break
+    run_to_end(cmd)
+    print(f"{cmd[3]}: uninterrupted {reference_seconds:.1f} s, start-up {startup:.1f} s; kills {kills}")
+    return kills
+
+
+def test_killed_training_resumes_to_the_uninterrupted_weights(tmp_path, startup_seconds):
+    overrides = [*TINY, "epochs=2", "checkpoint_every=2", "data.synthetic.num_train=300"]
+    ref = tmp_path / "ref"
+    seconds = run_to_end(vsekit("train", "--preset", "demo_gpo", "--run-dir", ref, *overrides))
+    run = tmp_path / "chaos"
+    cmd = vsekit("train", "--preset", "demo_gpo", "--run-dir", run, *overrides)
+
+    def partial() -> bool:  # a checkpoint to resume from, and epochs still to run
+        history = run / "metrics.jsonl"
+        epochs = len(history.read_text().splitlines()) if history.is_file() else 0
+        return (run / "last.pt").is_file() and epochs < 2
+
+    kills = chaos(cmd, seconds, startup_seconds, partial, random.Random(SEED))
+    assert any(k["partial"] for k in kills), kills
+    a = torch.load(ref / "last.pt", weights_only=True)
+    b = torch.load(run / "last.pt", weights_only=True)
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), (key, kills)
+    assert not list(run.glob("*.tmp")), "a temporary left beside the run"
+
+
+def photos(root: Path, n: int) -> list[dict]:
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        img = (rng.random((48 + i % 7, 56, 3)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(root / f"im{i:03d}.png")
+        records.append({"filename": f"im{i:03d}.png", "split": "train", "imgid": i,
+                        "sentences": [{"raw": f"picture {i} caption {c}"} for c in range(2)]})  # fmt: skip
+    return records
+
+
+def test_killed_extraction_resumes_to_the_uninterrupted_features(tmp_path, startup_seconds):
+    ann = tmp_path / "dataset.json"
+    ann.write_text(json.dumps({"images": photos(tmp_path / "images", 2000)}))
+    args = ("--splits", "train", "--backbone", "tiny", "--image-size", "192", "--batch-size", "4", "--dtype", "float32",
+            "--save-every-seconds", "0")  # fmt: skip
+    seconds = run_to_end(vsekit("extract", ann, tmp_path / "images", tmp_path / "ref", *args))
+    out = tmp_path / "chaos"
+    cmd = vsekit("extract", ann, tmp_path / "images", out, *args)
+    kills = chaos(cmd, seconds, startup_seconds, lambda: (out / "train.progress.json").is_file(), random.Random(SEED + 1))
+    assert any(k["partial"] for k in kills), kills
+    # batches of 4 split the same way in every run, so a resumed extraction gives the same numbers
+    np.testing.assert_array_equal(np.load(out / "train_ims.npy"), np.load(tmp_path / "ref" / "train_ims.npy"))
+    assert not list(out.glob("*.partial")) and not list(out.glob("*.tmp"))
+
+
+def test_killed_encoding_resumes_to_the_uninterrupted_index(tmp_path, startup_seconds):
+    from tests.conftest import tiny_config
+    from vsekit.checkpoint import save_checkpoint
+    from vsekit.data import build_vocab
+    from vsekit.index import Index
+    from vsekit.models import create_model
+
+    photos(tmp_path / "photos", 3000)
+    cfg = tiny_config("model.image.backbone=tiny", "model.image.image_size=160", preset="vse_infty_grid_bigru")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.pt", create_model(cfg.model, build_vocab(["a picture"], min_count=1)), cfg)
+    args = ("--batch-size", "8", "--save-every-seconds", "0", "--workers", "1")
+    seconds = run_to_end(vsekit("encode", tmp_path / "m.pt", tmp_path / "photos", "--out", tmp_path / "ref", *args))
+    out = tmp_path / "chaos"
+    cmd = vsekit("encode", tmp_path / "m.pt", tmp_path / "photos", "--out", out, *args)
+    kills = chaos(cmd, seconds, startup_seconds, lambda: (out / "pending").is_dir(), random.Random(SEED + 2))
+    assert any(k["partial"] for k in kills), kills
+    ref, got = Index.load(tmp_path / "ref"), Index.load(out)
+    assert got.stats()["num_images"] == ref.stats()["num_images"] == 3000
+    for i in range(3000):
+        np.testing.assert_allclose(got.embedding(f"im{i:03d}.png"), ref.embedding(f"im{i:03d}.png"), rtol=1e-5, atol=1e-6)
+    a, b = ref.search(text="a picture", k=50), got.search(text="a picture", k=50)
+    assert [h.id for h in a] == [h.id for h in b]
+    assert not (out / "pending").exists()
