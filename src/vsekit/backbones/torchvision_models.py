@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 from .registry import IMAGENET_MEAN, IMAGENET_STD, Backbone, read_weights, register_backbone
 
@@ -40,7 +40,7 @@ class TorchvisionBackbone(Backbone):
         except ImportError:
             raise ConfigError(f"backbone {arch!r} needs torchvision (optional extra): {_TORCHVISION_EXTRA}") from None
         except Exception as e:  # noqa: BLE001 - e.g. a torchvision built for another torch version
-            first = (str(e).splitlines() or [""])[0][:150]
+            first = first_line(e, 150)
             raise ConfigError(
                 f"backbone {arch!r}: torchvision is installed but does not import ({type(e).__name__}: {first}); "
                 "install the torchvision release matching your torch"

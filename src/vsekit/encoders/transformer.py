@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TextEncoderConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..pooling import create_pooling
 from .common import MLP, compact, fc_and_mlp_first, valid_mask
 from .registry import TextInputs, check_pooling, register_text_encoder
@@ -156,9 +156,8 @@ class TransformerTextEncoder(nn.Module):
                 try:
                     bert = transformers.AutoModel.from_pretrained(tokenizer.pretrained_path, local_files_only=True)
                 except (OSError, ValueError) as e:
-                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                     where = f"model.text.transformer_path: {tokenizer.pretrained_path}"
-                    raise ConfigError(f"{where}: cannot load the weights ({first})") from None
+                    raise ConfigError(f"{where}: cannot load the weights ({first_line(e)})") from None
             else:
                 config = transformers.AutoConfig.for_model(**tokenizer.model_config)
                 bert = transformers.AutoModel.from_config(config)

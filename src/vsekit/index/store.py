@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from vsekit.errors import CheckpointError, ConfigError, DataError
+from vsekit.errors import CheckpointError, ConfigError, DataError, first_line
 from vsekit.index.backends import ExactBackend, FaissBackend, parse_backend
 from vsekit.io import atomic_write, atomic_write_json
 
@@ -101,7 +101,7 @@ def _read_metadata(path: Path) -> dict[str, list[Any]]:
     except FileNotFoundError:
         raise DataError(f"index metadata not found: {path}") from None
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: metadata lacks the columns {missing}")

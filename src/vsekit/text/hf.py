@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vsekit.errors import ConfigError
+from vsekit.errors import ConfigError, first_line
 
 HF_FORMAT = "vsekit-hf-tokenizer-1"
 
@@ -202,8 +202,7 @@ class HFTokenizer:
                 config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
                 tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ConfigError(f"{where}: not a readable Hugging Face model folder ({first})") from None
+            raise ConfigError(f"{where}: not a readable Hugging Face model folder ({first_line(e)})") from None
         model_config = json.loads(config.to_json_string(use_diff=False))
         return cls(tokenizer, max_length, model_config, pretrained_path=str(folder), source=where)
 
@@ -249,7 +248,7 @@ class HFTokenizer:
                 with quiet_transformers():
                     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp, local_files_only=True)
             except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-                raise ValueError((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from None
+                raise ValueError(first_line(e)) from None
         try:
             return cls(tokenizer, max_length, dict(model_config), pretrained_path=None, source="stored tokenizer")
         except ConfigError as e:
