@@ -475,3 +475,18 @@ def test_feature_index_takes_image_files_as_queries(tmp_path):
         FeatureExtractor.from_metadata({**meta, "preprocessing": {**meta["preprocessing"], "mean": [0, 0, 0]}}, "f.json")
     with pytest.raises(ConfigError, match="f.json: backbone 'nope'"):
         FeatureExtractor.from_metadata({**meta, "backbone": "nope"}, "f.json")
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(tmp_path):
+    """Found by tests/test_chaos.py: a kill while writing a progress file left ``.train.progress.json.<random>.tmp``."""
+    from vsekit.extract import extract_features
+
+    ann, root = _karpathy(tmp_path, n_train=3, n_test=1)
+    out = tmp_path / "feats"
+    out.mkdir()
+    stale = [out / ".train.progress.json.k1l2d.tmp", out / ".features.json.x9y8z.tmp"]
+    for f in stale:
+        f.write_text("{")
+    (out / ".notes.txt.abc.tmp").write_text("not ours")
+    extract_features(ann, root, out, splits=["train"], backbone="tiny", image_size=32, progress_stream=None)
+    assert not any(f.exists() for f in stale) and (out / ".notes.txt.abc.tmp").exists()

@@ -95,11 +95,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def config_from_checkpoint(ckpt: dict[str, Any]) -> TrainConfig:
     """The TrainConfig stored in a checkpoint dict, checked as a config file would be (a damaged or hand-edited
     checkpoint can hold values that no training run writes, such as ``num_layers=0``)."""
-    from .configure import validate
+    from .configure import validate_model
 
     try:
         cfg = from_dict(TrainConfig, ckpt["config"])
-        validate(cfg, require_data=False)
+        validate_model(cfg)
         return cfg
     except ConfigError as e:
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: stored config is invalid ({e})") from None

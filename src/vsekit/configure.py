@@ -79,6 +79,17 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     _check_data(cfg, require_data)
 
 
+def validate_model(cfg: TrainConfig) -> None:
+    """The checks of :func:`validate` that a stored model depends on (encoder options, value ranges, finite numbers),
+    without those of the data and training settings: what loading a checkpoint runs, since a damaged or hand-edited
+    checkpoint can hold values that no training run writes, while its data fields may name another machine's
+    folders."""
+    check_encoder_config("image", cfg.model.image, False)
+    check_encoder_config("text", cfg.model.text, False)
+    _check_finite(cfg)
+    _check_values(cfg)
+
+
 def _field(cfg: TrainConfig, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):

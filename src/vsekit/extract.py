@@ -36,7 +36,7 @@ import torch
 from .data.views import VIEWS, check_views, view_file
 from .device import resolve_device
 from .errors import ConfigError, DataError
-from .io import atomic_write_json
+from .io import atomic_write_json, remove_stale_temporaries
 from .progress import Progress
 
 META = "features.json"
@@ -108,22 +108,16 @@ def extract_features(
     """
     from .data.karpathy import KarpathyJSON
 
-    if batch_size < 1:
-        raise ConfigError("batch_size: expected a positive integer")
-    if not save_every >= 0:  # also refuses NaN
-        raise ConfigError(f"save_every: expected a number of seconds >= 0, got {save_every!r}")
-    check_views(views, "views")
-    image_root = Path(images)
-    if not image_root.is_dir():
-        raise DataError(f"{image_root}: image folder not found")
+    image_root = _check_arguments(images, batch_size, save_every, views)
     data = KarpathyJSON(annotations)
     extractor = FeatureExtractor(backbone, image_size, dtype, device)
-    settings = extractor.settings
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
+    # a run killed while writing features.json or a progress file left its temporary beside it
+    progress = [f"{split}{'' if v is None else '.' + v}.progress.json" for split in splits for v in (None, *views)]
+    remove_stale_temporaries(out, [META, *progress])
     meta_path = out / META
-    meta = _read_meta(meta_path, settings)
+    meta = _read_meta(meta_path, extractor.settings)
     timing: dict[str, Any] = {}
 
     job = _SplitExtraction(extractor, image_root, out, batch_size, workers, max_images, progress_stream, save_every)
@@ -147,6 +141,19 @@ def extract_features(
                     meta["splits"][split].setdefault("views", {})[view] = entry
                 atomic_write_json(meta, meta_path)
     return {**meta, "timing": timing}
+
+
+def _check_arguments(images: str | os.PathLike, batch_size: int, save_every: float, views: Sequence[str]) -> Path:
+    """The image folder, once the settings of an extraction are checked."""
+    if batch_size < 1:
+        raise ConfigError("batch_size: expected a positive integer")
+    if not save_every >= 0:  # also refuses NaN
+        raise ConfigError(f"save_every: expected a number of seconds >= 0, got {save_every!r}")
+    check_views(views, "views")
+    image_root = Path(images)
+    if not image_root.is_dir():
+        raise DataError(f"{image_root}: image folder not found")
+    return image_root
 
 
 def _read_meta(meta_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
