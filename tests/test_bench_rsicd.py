@@ -161,3 +161,49 @@ def test_scene_label_oracle_by_hand(tmp_path):
     assert 20 <= m["t2i_r1"] <= 80 and m["t2i_r5"] == 100.0
     ann.write_text(json.dumps({"images": [{"filename": "0.jpg", "split": "test", "sentences": [{"raw": "x"}] * 5}]}))
     assert mod.scene_label_oracle(ann) is None  # no labels: no row
+
+
+def test_papers_runner_pooled_features_give_the_same_model(tmp_path):
+    """``rsicd_papers.py --pooled``: the 1-cell mean copy of the grids embeds every image as the full grid does, for
+    each of its global-vector presets (fc of the mean equals the mean of fc)."""
+    import torch
+
+    from vsekit.config import apply_overrides
+    from vsekit.data import build_vocab
+    from vsekit.models import create_model
+    from vsekit.presets import get_preset
+
+    bench = _load("rsicd_papers.py")
+    src = tmp_path / "feats"
+    src.mkdir()
+    grids = np.random.default_rng(0).standard_normal((6, 49, 32)).astype(np.float16)
+    np.save(src / "test_ims.npy", grids)
+    (src / "features.json").write_text(json.dumps({"splits": {"test": {"images": 6, "grid": 49, "channels": 32}}}))
+    pooled = bench.pool_features(src, tmp_path / "pooled")
+    one = np.load(pooled / "test_ims.npy")
+    assert one.shape == (6, 1, 32) and json.loads((pooled / "features.json").read_text())["splits"]["test"]["grid"] == 1
+    for preset in sorted({row[1] for row in bench.ROWS}):
+        cfg = apply_overrides(get_preset(preset), ["model.image.img_dim=32", "model.embed_size=64", "model.text.word_vectors=null"])
+        torch.manual_seed(0)
+        model = create_model(cfg.model, build_vocab(["a b"], min_count=1)).eval()
+        full = model.encode_image(grids.astype(np.float32))
+        mean = model.encode_image(one.astype(np.float32))
+        torch.testing.assert_close(full, mean, rtol=2e-3, atol=2e-3, msg=preset)
+
+
+def test_papers_runner_reports_finished_rows(tmp_path):
+    bench = _load("rsicd_papers.py")
+    runs = tmp_path / "runs"
+    (runs / "vse0").mkdir(parents=True)
+    history = [{"epoch": e, "val_rsum": 60.0 + e, "train_seconds": 100.0, "val_seconds": 5.0} for e in (1, 2, 3)]
+    (runs / "vse0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    recalls = dict(zip(bench.RECALLS, [4.0, 12.0, 22.0, 3.0, 15.0, 28.0]))
+    (runs / "vse0.test.json").write_text(json.dumps({**recalls, "rsum": 84.0}))
+    rows = bench.collect(runs)
+    assert [r["name"] for r in rows] == ["vse0"] and rows[0]["test_mr"] == 14.0 and rows[0]["best_epoch"] == 3
+    assert rows[0]["val_mr"] == 63.0 / 6 and rows[0]["seconds"] == 315.0
+    text = bench.table(rows)
+    assert "| vse0 | 4.00 | 12.00 | 22.00 | 3.00 | 15.00 | 28.00 | **14.00** | 10.50 (3/3) | 5.2 min |" in text
+    assert "10.43" in text  # the published VSE++ row
+    bench.plot(rows, tmp_path / "val.png")
+    assert (tmp_path / "val.png").stat().st_size > 1000
