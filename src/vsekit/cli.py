@@ -286,6 +286,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
+    from .distributed import env_rank
     from .index import Index
 
     idx = Index.build(
@@ -296,7 +297,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         views=None if args.views is None else [] if args.views.strip() == "none" else _comma_list(args.views),
     )  # fmt: skip
     st = idx.stats()
-    print(f"{st['num_images']} images and {st['num_texts']} texts indexed in {idx.path}/ (backend {st['backend']})")
+    if env_rank() == 0:  # under torchrun, one line for the whole build
+        print(f"{st['num_images']} images and {st['num_texts']} texts indexed in {idx.path}/ (backend {st['backend']})")
     return 0
 
 

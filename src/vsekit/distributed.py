@@ -12,6 +12,7 @@ from .training.distributed import (  # noqa: F401 (re-exported)
     barrier,
     broadcast_object,
     env_rank,
+    gather_objects,
     gather_with_grad,
     init_from_env,
     rank_seed,

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from vsekit.device import resolve_device
+from vsekit.distributed import DistContext, barrier, broadcast_object, gather_objects, init_from_env, shutdown
 from vsekit.errors import ConfigError, DataError
 from vsekit.index.backends import FaissBackend, import_faiss, measure_recall, parse_backend
 from vsekit.index.collection import Collection, ImageItem, TextItem, detect_source_kind, read_collection
@@ -49,7 +50,7 @@ from vsekit.progress import Progress
 
 __all__ = [
     "BuildOptions", "build_index", "embed_new_items", "items_to_embed", "load_model", "measure_recalls", "new_columns",
-    "positive_int", "read_source", "reusable_parts", "stored_embeddings", "write_generation",
+    "open_pending", "positive_int", "rank_share", "read_source", "reusable_parts", "stored_embeddings", "write_generation",
 ]  # fmt: skip
 
 log = logging.getLogger("vsekit.index")
@@ -102,8 +103,8 @@ class BuildOptions:
             raise ConfigError(f"checkpoint_seconds: expected a number of seconds >= 0, got {seconds!r}")
 
 
-def load_model(checkpoint: str | os.PathLike, options: BuildOptions) -> tuple[Any, ModelSource]:
-    """The model of a checkpoint, in eval mode on the build's device, and where it comes from.
+def load_model(checkpoint: str | os.PathLike, options: BuildOptions, device: Any = None) -> tuple[Any, ModelSource]:
+    """The model of a checkpoint, in eval mode on ``device`` (default: the build's), and where it comes from.
 
     Raises:
         ConfigError: for a FAISS backend with a model that does not score by cosine.
@@ -113,7 +114,7 @@ def load_model(checkpoint: str | os.PathLike, options: BuildOptions) -> tuple[An
     ckpt = read_checkpoint(checkpoint)
     path = Path(ckpt["path"]).resolve()
     sha = sha256_file(path)
-    model = model_from_checkpoint(ckpt).to(resolve_device(options.device)).eval()
+    model = model_from_checkpoint(ckpt).to(device if device is not None else resolve_device(options.device)).eval()
     stored = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
     data_cfg = stored.get("data") if isinstance(stored.get("data"), dict) else {}
     source = ModelSource(path, sha, str(checkpoint), str(stored.get("name", "")), data_cfg.get("eval_views"))
@@ -293,11 +294,33 @@ def measure_recalls(out: Path, parts: dict[str, dict[str, Any]], dim: int, optio
             entry["recall"] = measure_recall(shards, other_shards, fb, dim, options.recall_queries)
 
 
+def rank_share(items: Sequence[Any], ctx: DistContext) -> list[Any]:
+    """This process's contiguous share of ``items`` (shares differ by at most one item)."""
+    n = len(items)
+    return list(items[n * ctx.rank // ctx.world_size : n * (ctx.rank + 1) // ctx.world_size])
+
+
+def open_pending(out: Path, sha: str, dim: int, options: BuildOptions, ctx: DistContext) -> PendingEmbeddings:
+    """The ``pending/`` folder of this build: rank 0 opens it first (it may start it again for another model),
+    then the other ranks read what it holds."""
+    def make() -> PendingEmbeddings:
+        return PendingEmbeddings(out / PENDING, sha, dim, options.checkpoint_every, options.checkpoint_seconds)
+
+    pending = make() if ctx.is_main else None
+    barrier()
+    return pending if pending is not None else make()
+
+
 def build_index(
     checkpoint: str | os.PathLike, source: str | os.PathLike, out_dir: str | os.PathLike, options: BuildOptions
 ) -> tuple[Path, dict[str, Any], Any]:
     """Embed a collection into an index folder, or bring the index there up to date (see the module docstring
     and :meth:`vsekit.index.Index.build`).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process embeds its contiguous share of the new items on its own
+    device (``cuda:LOCAL_RANK``, or the CPU) into ``pending/``; once all are done, rank 0 writes the new
+    generation from the pending embeddings and commits ``index.json``. A killed multi-process build resumes as a
+    single-process one does, with any number of processes.
 
     Returns:
         The index folder (absolute), its committed index.json and the model.
@@ -306,34 +329,51 @@ def build_index(
     require_pyarrow()
     if options.factory is not None:
         import_faiss()
-    stream = sys.stderr if options.progress else None
-    model, model_source = load_model(checkpoint, options)
+    ctx, device, started = init_from_env(resolve_device(options.device))
+    try:
+        return _build(checkpoint, source, Path(out_dir).absolute(), options, (ctx, device), start)
+    finally:
+        shutdown(started)
+
+
+def _build(
+    checkpoint: str | os.PathLike, source: str | os.PathLike, out: Path, options: BuildOptions,
+    placement: tuple[DistContext, Any], start: float,
+) -> tuple[Path, dict[str, Any], Any]:  # fmt: skip
+    ctx, device = placement
+    stream = sys.stderr if options.progress and ctx.is_main else None
+    model, model_source = load_model(checkpoint, options, device)
     dim = int(model.config.embed_size)
     col = read_source(source, options, model, model_source.eval_views)
-
-    out = Path(out_dir).absolute()
-    old = open_out_dir(out)
+    old = broadcast_object(open_out_dir(out) if ctx.is_main else None)
     previous = reusable_parts(out, old, model_source.sha256, dim)
-    pending = PendingEmbeddings(out / PENDING, model_source.sha256, dim, options.checkpoint_every, options.checkpoint_seconds)
+    pending = open_pending(out, model_source.sha256, dim, options, ctx)
     new_images, new_texts = items_to_embed(col, previous, pending)
-    unreadable, timing = embed_new_items(model, col, (new_images, new_texts), pending, options, stream)
-
-    embeddings = stored_embeddings(previous, pending)
-    columns = new_columns(col, embeddings[1])
-    generation, parts = write_generation(out, old, previous, columns, embeddings, dim, options)
-    del embeddings
-    measure_recalls(out, parts, dim, options)
-    timing["seconds"] = round(time.perf_counter() - start, 3)
-    encoded = {"images": len(new_images) - len({b["path"] for b in unreadable}), "texts": len(new_texts)}
-    meta = {
-        "format": FORMAT, "version": VERSION, "generation": generation,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(model, model_source), "collection": collection_summary(col, options.image_root, options.split, options.features),
-        "backend": options.backend, "search_params": options.search_params, "dim": dim, "dtype": "float32",
-        "parts": parts, **item_counts(previous, columns, encoded), "skipped": col.skipped + unreadable, "timing": timing,
-    }  # fmt: skip
-    commit_index(out, meta)
-    if stream is not None:
-        print(summary_line(out, meta), file=stream)
-    log.info("index %s built in %.1fs: %s", out, timing["seconds"], timing)
-    return out, meta, model
+    share = (rank_share(new_images, ctx), rank_share(new_texts, ctx))
+    unreadable, timing = embed_new_items(model, col, share, pending, options, stream)
+    unreadable = [bad for part in gather_objects(unreadable) for bad in part]
+    barrier()  # every process's embeddings are in pending/
+    meta = None
+    if ctx.is_main:
+        if ctx.enabled:  # read back what the other processes embedded
+            pending = PendingEmbeddings(out / PENDING, model_source.sha256, dim, options.checkpoint_every)
+        timing["processes"] = ctx.world_size
+        embeddings = stored_embeddings(previous, pending)
+        columns = new_columns(col, embeddings[1])
+        generation, parts = write_generation(out, old, previous, columns, embeddings, dim, options)
+        del embeddings
+        measure_recalls(out, parts, dim, options)
+        timing["seconds"] = round(time.perf_counter() - start, 3)
+        encoded = {"images": len(new_images) - len({b["path"] for b in unreadable}), "texts": len(new_texts)}
+        meta = {
+            "format": FORMAT, "version": VERSION, "generation": generation,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model_summary(model, model_source), "collection": collection_summary(col, options.image_root, options.split, options.features),
+            "backend": options.backend, "search_params": options.search_params, "dim": dim, "dtype": "float32",
+            "parts": parts, **item_counts(previous, columns, encoded), "skipped": col.skipped + unreadable, "timing": timing,
+        }  # fmt: skip
+        commit_index(out, meta)
+        if stream is not None:
+            print(summary_line(out, meta), file=stream)
+        log.info("index %s built in %.1fs: %s", out, timing["seconds"], timing)
+    return out, broadcast_object(meta), model
