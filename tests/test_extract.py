@@ -389,8 +389,10 @@ def test_encode_karpathy_with_features_indexes_the_evaluated_embeddings(tmp_path
         Index.build(tmp_path / "m.pt", longer, tmp_path / "bad", features=feats, image_root=root, progress=False)
     with pytest.raises(ConfigError, match="features: only applies to Karpathy JSON sources"):
         Index.build(tmp_path / "m.pt", feats, tmp_path / "bad", features=feats, progress=False)
-    with pytest.raises(ConfigError, match="views: only for precomputed features"):
-        Index.build(tmp_path / "m.pt", ann, tmp_path / "bad", views=["rot90"], progress=False)
+    # without --features, this feature model turns the JSON's photos into features with the extractor of its
+    # data.features folder, and views apply to them too
+    photos = Index.build(tmp_path / "m.pt", ann, tmp_path / "photos", image_root=root, views=["rot90"], progress=False)
+    assert photos.stats()["views"] == ["rot90"] and photos.meta["collection"]["extractor"]["backbone"] == "tiny"
 
 
 def test_feature_index_takes_image_files_as_queries(tmp_path):
@@ -490,3 +492,58 @@ def test_a_rerun_removes_the_temporaries_a_killed_run_left(tmp_path):
     (out / ".notes.txt.abc.tmp").write_text("not ours")
     extract_features(ann, root, out, splits=["train"], backbone="tiny", image_size=32, progress_stream=None)
     assert not any(f.exists() for f in stale) and (out / ".notes.txt.abc.tmp").exists()
+
+
+def test_a_feature_model_indexes_photos_with_its_recorded_extractor(tmp_path):
+    """`vsekit encode MODEL PHOTOS` for a model trained on `vsekit extract` features: training records the extractor
+    in the checkpoint, and the index of the photos equals the one of the extracted features (same backbone,
+    preprocessing, float16 rounding and views), with the photo files' size and mtime."""
+    import shutil
+
+    from .conftest import tiny_config
+    from vsekit.checkpoint import read_checkpoint
+    from vsekit.extract import extract_features
+    from vsekit.index import Index
+    from vsekit.training import train
+
+    ann, root = _karpathy(tmp_path, n_train=8, n_test=6)
+    feats = tmp_path / "f"
+    extract_features(ann, root, feats, splits=["train", "test"], views=["rot180"], backbone="tiny", image_size=64,
+                     batch_size=4, progress_stream=None)  # fmt: skip
+    dim = int(np.load(feats / "test_ims.npy", mmap_mode="r").shape[2])
+    cfg = tiny_config(f"model.image.img_dim={dim}", "data.kind=karpathy", f"data.path={ann}", f"data.features={feats}",
+                      "data.val_split=test", "data.test_split=test", "data.eval_views=[rot180]", "data.vocab_min_count=1",
+                      "data.val_max_images=null", "epochs=1", "batch_size=4")  # fmt: skip
+    train(cfg, tmp_path / "run", progress_stream=None)
+    recorded = read_checkpoint(tmp_path / "run" / "best.pt")["extractor"]
+    assert recorded["backbone"] == "tiny" and recorded["image_size"] == 64 and recorded["dtype"] == "float16"
+
+    from_features = Index.build(tmp_path / "run", ann, tmp_path / "a", features=feats, image_root=root, split="test",
+                                progress=False)  # fmt: skip
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8, 14):  # the test images, as a plain folder
+        shutil.copy2(root / f"im{i}.png", photos / f"im{i}.png")
+    from_photos = Index.build(tmp_path / "run", photos, tmp_path / "b", progress=False, batch_size=4)
+    assert from_photos.meta["collection"]["extractor"] == recorded and from_photos.stats()["views"] == ["rot180"]
+    for i in range(8, 14):
+        name = f"im{i}.png"
+        np.testing.assert_allclose(from_photos.embedding(name), from_features.embedding(name), atol=2e-3)
+        item = from_photos.item(name)
+        assert item["size"] == (photos / name).stat().st_size and item["mtime"] == (photos / name).stat().st_mtime_ns
+    assert from_photos.search(image=photos / "im9.png", k=1)[0].id == "im9.png"
+    again = Index.build(tmp_path / "run", photos, tmp_path / "b", progress=False)  # nothing new
+    assert again.meta["encoded"]["images"] == 0
+    plain = Index.build(tmp_path / "run", photos, tmp_path / "b", progress=False, views=[])  # other views: embedded again
+    assert plain.meta["encoded"]["images"] == 6 and plain.stats()["views"] == []
+
+    # the command line, and a feature model that records no extractor: one line saying so
+    r = subprocess.run([sys.executable, "-m", "vsekit", "encode", str(tmp_path / "run"), str(photos), "--out",
+                        str(tmp_path / "c"), "--quiet"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0 and "6 images" in r.stdout, r.stderr
+    bare = read_checkpoint(tmp_path / "run" / "best.pt")
+    bare.pop("extractor")
+    bare["config"]["data"]["features"] = str(tmp_path / "elsewhere")
+    torch.save(bare, tmp_path / "bare.pt")
+    with pytest.raises(ConfigError, match="does not record how they were made"):
+        Index.build(tmp_path / "bare.pt", photos, tmp_path / "d", progress=False)

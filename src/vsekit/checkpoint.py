@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, from_dict
+from .data.files import read_extractor_settings
 from .text import tokenizer_from_dict
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
@@ -90,6 +91,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def recorded_extractor(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """How a feature model's training features were made (``vsekit extract``'s backbone, image size, dtype and
+    preprocessing), so that photos can be turned into the same features: recorded in the checkpoint by training,
+    or, for a checkpoint written before vsekit recorded it, read from the ``features.json`` of its
+    ``data.features`` folder where that folder is on this machine. None otherwise."""
+    recorded = ckpt.get("extractor")
+    if isinstance(recorded, dict):
+        return recorded
+    data = ckpt.get("config", {}).get("data") if isinstance(ckpt.get("config"), dict) else None
+    return read_extractor_settings(data.get("features")) if isinstance(data, dict) else None
 
 
 def config_from_checkpoint(ckpt: dict[str, Any]) -> TrainConfig:

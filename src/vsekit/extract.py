@@ -33,17 +33,18 @@ from typing import Any, Sequence, TextIO
 import numpy as np
 import torch
 
+from .data.files import FEATURES_FORMAT, FEATURES_META
 from .data.views import VIEWS, check_views, view_file
 from .device import resolve_device
 from .errors import ConfigError, DataError
 from .io import atomic_write_json, remove_stale_temporaries
 from .progress import Progress
 
-META = "features.json"
+META = FEATURES_META
 SAVE_EVERY = 5.0
 """Seconds between progress saves (rows flushed, then the count of finished images): a killed
 extraction loses at most this much work."""
-FORMAT = "vsekit-features-1"
+FORMAT = FEATURES_FORMAT
 
 def _image_path(root: Path, record: Any) -> Path:
     return root / record.filepath / record.filename if record.filepath else root / record.filename

@@ -3,6 +3,7 @@ with the checks every reader shares (one line naming the file or field)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,24 @@ def load_features_npy(path: Path) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[-1] == 0 or (arr.ndim == 3 and arr.shape[1] == 0):
         raise DataError(f"{path}: expected a non-empty array, got shape {arr.shape}")
     return arr
+
+
+FEATURES_META = "features.json"
+"""The metadata file that ``vsekit extract`` writes beside the features it extracts."""
+FEATURES_FORMAT = "vsekit-features-1"
+EXTRACTOR_KEYS = ("format", "backbone", "image_size", "dtype", "preprocessing")
+"""What makes features reproducible: the entries of ``features.json`` that a model records as its extractor."""
+
+
+def read_extractor_settings(folder: str | Path | None) -> dict[str, Any] | None:
+    """The extractor settings (:data:`EXTRACTOR_KEYS`) of a ``vsekit extract`` folder's ``features.json``; None when
+    ``folder`` is None or holds no readable vsekit feature metadata (features from elsewhere)."""
+    if folder is None or not (Path(folder) / FEATURES_META).is_file():
+        return None
+    try:
+        meta = json.loads((Path(folder) / FEATURES_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FEATURES_FORMAT:
+        return None
+    return {k: meta.get(k) for k in EXTRACTOR_KEYS}

@@ -12,6 +12,7 @@ of a build that was killed; a part whose rows did not change keeps its files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -50,7 +51,7 @@ from vsekit.progress import Progress
 
 __all__ = [
     "BuildOptions", "build_index", "embed_new_items", "items_to_embed", "load_model", "measure_recalls", "new_columns",
-    "open_pending", "positive_int", "rank_share", "read_source", "reusable_parts", "stored_embeddings", "write_generation",
+    "open_pending", "photo_extractor", "photo_extractor_settings", "positive_int", "rank_share", "read_source", "reusable_parts", "stored_embeddings", "write_generation",
 ]  # fmt: skip
 
 log = logging.getLogger("vsekit.index")
@@ -109,7 +110,7 @@ def load_model(checkpoint: str | os.PathLike, options: BuildOptions, device: Any
     Raises:
         ConfigError: for a FAISS backend with a model that does not score by cosine.
     """
-    from vsekit.checkpoint import model_from_checkpoint, read_checkpoint
+    from vsekit.checkpoint import model_from_checkpoint, read_checkpoint, recorded_extractor
 
     ckpt = read_checkpoint(checkpoint)
     path = Path(ckpt["path"]).resolve()
@@ -117,7 +118,8 @@ def load_model(checkpoint: str | os.PathLike, options: BuildOptions, device: Any
     model = model_from_checkpoint(ckpt).to(device if device is not None else resolve_device(options.device)).eval()
     stored = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
     data_cfg = stored.get("data") if isinstance(stored.get("data"), dict) else {}
-    source = ModelSource(path, sha, str(checkpoint), str(stored.get("name", "")), data_cfg.get("eval_views"))
+    extractor = recorded_extractor(ckpt) if model.image_input.kind == "features" else None
+    source = ModelSource(path, sha, str(checkpoint), str(stored.get("name", "")), data_cfg.get("eval_views"), extractor)
     if options.factory is not None and model.config.similarity != "cosine":
         raise ConfigError(
             f"backend: FAISS indexes score by inner product; this model uses model.similarity="
@@ -126,20 +128,28 @@ def load_model(checkpoint: str | os.PathLike, options: BuildOptions, device: Any
     return model, source
 
 
-def read_source(source: str | os.PathLike, options: BuildOptions, model: Any, eval_views: Any) -> Collection:
+def read_source(
+    source: str | os.PathLike, options: BuildOptions, model: Any, eval_views: Any, extractor: dict[str, Any] | None = None
+) -> Collection:
     """The collection to index, checked against what the model reads. Unless ``options.views`` says, a
-    feature source is embedded over the views evaluation averaged over (``eval_views``)."""
+    feature source is embedded over the views evaluation averaged over (``eval_views``), and so are the photos
+    that a feature model turns into features with its recorded ``extractor`` (their keys then name the views, so
+    that another choice of views embeds them again)."""
+    src = Path(source).absolute()
+    kind = options.source_kind
+    feature_source = options.features is not None or (kind if kind != "auto" else detect_source_kind(src)) == "precomp"
     views = options.views
-    if views is None:  # the views evaluation averaged over, where the source has features to take them from
-        src = Path(source).absolute()
-        kind = options.source_kind
-        feature_source = options.features is not None or (kind if kind != "auto" else detect_source_kind(src)) == "precomp"
-        views = list(eval_views or []) if feature_source else []
+    if views is None:  # the views evaluation averaged over, where features are read or made
+        views = list(eval_views or []) if feature_source or extractor is not None else []
+    photo_views = tuple(views) if extractor is not None and not feature_source else ()
     col = read_collection(
         source, options.source_kind, image_root=options.image_root, split=options.split, features=options.features,
-        views=tuple(views),
+        views=() if photo_views else tuple(views),
     )  # fmt: skip
-    check_image_input(model, col)
+    if photo_views:
+        col.views = photo_views
+        col.images = [dataclasses.replace(it, key=f"{it.key}|views={','.join(photo_views)}") for it in col.images]
+    check_image_input(model, col, extractor is not None)
     return col
 
 
@@ -178,8 +188,10 @@ def embed_new_items(
     pending: PendingEmbeddings,
     options: BuildOptions,
     stream: TextIO | None,
+    extractor: Any = None,
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """Embed the new images and texts into ``pending``, with a progress bar each.
+    """Embed the new images and texts into ``pending``, with a progress bar each (``extractor``: what turns photos
+    into a feature model's features, see :func:`vsekit.index.encode.encode_images`).
 
     Returns:
         The ``{"path", "reason"}`` of the images that could not be read, and the timing of the build so far.
@@ -189,7 +201,7 @@ def embed_new_items(
     timing: dict[str, Any] = {"device": str(model.device), "batch_size": options.batch_size}
     if images:
         bar = Progress(len(images), "encode images", unit="images", stream=stream)
-        for items, emb, bad in encode_images(model, col, images, options.batch_size, options.workers, bar):
+        for items, emb, bad in encode_images(model, col, images, options.batch_size, options.workers, bar, extractor):
             pending.add("image", [it.key for it in items], emb)
             skipped.extend(bad)
         pending.flush("image")
@@ -294,6 +306,23 @@ def measure_recalls(out: Path, parts: dict[str, dict[str, Any]], dim: int, optio
             entry["recall"] = measure_recall(shards, other_shards, fb, dim, options.recall_queries)
 
 
+def photo_extractor_settings(model: Any, source: ModelSource, options: BuildOptions) -> dict[str, Any] | None:
+    """The recorded extractor settings when this build may turn photos into the features a feature model reads (no
+    ``--features`` folder given), else None."""
+    if model.image_input.kind != "features" or options.features is not None:
+        return None
+    return source.extractor
+
+
+def photo_extractor(col: Collection, source: ModelSource, device: Any) -> Any:
+    """The :class:`vsekit.extract.FeatureExtractor` of a feature model for a collection of image files, or None."""
+    if col.features or source.extractor is None or not col.images:
+        return None
+    from vsekit.extract import FeatureExtractor
+
+    return FeatureExtractor.from_metadata(source.extractor, f"{source.given} (its recorded extractor)", device=str(device))
+
+
 def rank_share(items: Sequence[Any], ctx: DistContext) -> list[Any]:
     """This process's contiguous share of ``items`` (shares differ by at most one item)."""
     n = len(items)
@@ -344,13 +373,14 @@ def _build(
     stream = sys.stderr if options.progress and ctx.is_main else None
     model, model_source = load_model(checkpoint, options, device)
     dim = int(model.config.embed_size)
-    col = read_source(source, options, model, model_source.eval_views)
+    col = read_source(source, options, model, model_source.eval_views, photo_extractor_settings(model, model_source, options))
     old = broadcast_object(open_out_dir(out) if ctx.is_main else None)
     previous = reusable_parts(out, old, model_source.sha256, dim)
     pending = open_pending(out, model_source.sha256, dim, options, ctx)
     new_images, new_texts = items_to_embed(col, previous, pending)
     share = (rank_share(new_images, ctx), rank_share(new_texts, ctx))
-    unreadable, timing = embed_new_items(model, col, share, pending, options, stream)
+    extractor = photo_extractor(col, model_source, device) if share[0] else None
+    unreadable, timing = embed_new_items(model, col, share, pending, options, stream, extractor)
     unreadable = [bad for part in gather_objects(unreadable) for bad in part]
     barrier()  # every process's embeddings are in pending/
     meta = None
@@ -368,7 +398,8 @@ def _build(
         meta = {
             "format": FORMAT, "version": VERSION, "generation": generation,
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": model_summary(model, model_source), "collection": collection_summary(col, options.image_root, options.split, options.features),
+            "model": model_summary(model, model_source),
+            "collection": collection_summary(col, options.image_root, options.split, options.features, model_source.extractor),
             "backend": options.backend, "search_params": options.search_params, "dim": dim, "dtype": "float32",
             "parts": parts, **item_counts(previous, columns, encoded), "skipped": col.skipped + unreadable, "timing": timing,
         }  # fmt: skip

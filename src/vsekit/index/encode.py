@@ -29,8 +29,9 @@ __all__ = ["check_image_input", "encode_images", "encode_texts"]
 log = logging.getLogger(__name__)
 
 
-def check_image_input(model: Any, collection: Collection) -> None:
-    """Check that the model can read the collection's images.
+def check_image_input(model: Any, collection: Collection, photos_to_features: bool = False) -> None:
+    """Check that the model can read the collection's images (``photos_to_features``: a feature model that can
+    turn image files into its features, with the extractor recorded with it).
 
     Raises:
         ConfigError: if a raw-image model meets precomputed features or a feature model meets image files.
@@ -47,11 +48,14 @@ def check_image_input(model: Any, collection: Collection) -> None:
         )
     if spec.kind == "features":
         if not collection.features:
+            if photos_to_features:
+                return
             raise ConfigError(
                 f"{collection.source}: this model reads precomputed features (model.image.kind="
-                f"{model.config.image.kind}), not image files; encode a precomputed-features folder "
-                "({split}_ims.npy + {split}_caps.txt), or a Karpathy JSON with the features 'vsekit extract' "
-                "wrote for it (--features DIR), or use a raw-image model"
+                f"{model.config.image.kind}) and does not record how they were made (it was not trained on "
+                "'vsekit extract' features, or its checkpoint predates the record and its data.features folder "
+                "is not here); encode a precomputed-features folder ({split}_ims.npy + {split}_caps.txt), or a "
+                "Karpathy JSON with its features (--features DIR), or use a raw-image model"
             )
         for ds in collection.features.values():
             if ds.feature_dim != spec.dim:
@@ -62,16 +66,29 @@ def check_image_input(model: Any, collection: Collection) -> None:
 
 
 def _load_one(model_input: Any, collection: Collection, item: ImageItem) -> Any:
-    """The network input of one image: an S×3×S tensor row (pixels), or K×D arrays (features) of the
-    image and of each of the collection's views."""
+    """The network input of one image: an S×3×S tensor row (pixels), K×D arrays (features) of the image and of
+    each of the collection's views, or, for a feature model over image files, the decoded H×W×3 photo (its
+    extractor makes the features batch by batch)."""
     if item.feature is not None:
         split, i = item.feature
         rows = collection.features[split]
         return [rows.image(i)] + [rows.image(i, view) for view in collection.views]
     from vsekit.data.images import load_image
 
-    pixels, _ = model_input.collate([load_image(collection.root / str(item.path))], train=False)
+    photo = load_image(collection.root / str(item.path))
+    if model_input.kind == "features":
+        return photo
+    pixels, _ = model_input.collate([photo], train=False)
     return pixels[0]
+
+
+def _per_view_inputs(spec: Any, inputs: list[Any], extractor: Any, views: Sequence[str]) -> list[tuple[Any, Any]]:
+    """The (batch, lengths) of a batch's loaded items, for the image itself and then each view."""
+    if spec.kind == "pixels":
+        return [(torch.stack(inputs), torch.ones(len(inputs), dtype=torch.int64))]
+    if extractor is not None:  # photos: the features vsekit extract would store, for the image and each view
+        return [spec.collate(list(grids), train=False) for grids in extractor(inputs, (None, *views))]
+    return [spec.collate([x[v] for x in inputs], train=False) for v in range(len(inputs[0]))]
 
 
 def encode_images(
@@ -81,6 +98,7 @@ def encode_images(
     batch_size: int = 64,
     workers: int = 2,
     progress: Progress | None = None,
+    extractor: Any = None,
 ) -> Iterator[tuple[list[ImageItem], np.ndarray, list[dict[str, str]]]]:
     """Embed image items batch by batch.
 
@@ -93,6 +111,8 @@ def encode_images(
         batch_size: images per forward pass.
         workers: threads reading and resizing image files.
         progress: advanced by the items of every batch (skipped ones included).
+        extractor: for a feature model over image files, the :class:`vsekit.extract.FeatureExtractor` its
+            features were made with: each photo gets the features (and views) that ``vsekit extract`` would store.
 
     Yields:
         ``(items, embeddings, skipped)`` per batch: the items embedded, their len×E float32 embeddings, and
@@ -125,10 +145,7 @@ def encode_images(
                     skipped.append({"path": where, "reason": err})
             emb = np.zeros((0, model.config.embed_size), np.float32)
             if inputs:
-                if spec.kind == "pixels":
-                    per_view = [(torch.stack(inputs), torch.ones(len(inputs), dtype=torch.int64))]
-                else:  # the plain features, then each view
-                    per_view = [spec.collate([x[v] for x in inputs], train=False) for v in range(len(inputs[0]))]
+                per_view = _per_view_inputs(spec, inputs, extractor, collection.views)
                 with torch.inference_mode():
                     outs = [model.forward_image(images.to(device), lengths.to(device)).float().cpu() for images, lengths in per_view]
                 emb = mean_over_views(outs, model.config.image.normalize).numpy()

@@ -3,13 +3,13 @@ reused and removed) and the line it prints when it is done."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vsekit.data.files import read_extractor_settings
 from vsekit.index.collection import Collection
 from vsekit.index.store import MODALITIES, IndexPart
 
@@ -28,6 +28,8 @@ class ModelSource:
         given: the checkpoint as the caller gave it (a file or a run folder).
         run_name: the ``name`` of its training config.
         eval_views: the ``data.eval_views`` of its training config (the views evaluation averaged over).
+        extractor: for a feature model, how its training features were made (see
+            :func:`vsekit.checkpoint.recorded_extractor`), or None.
     """
 
     path: Path
@@ -35,6 +37,7 @@ class ModelSource:
     given: str
     run_name: str
     eval_views: Any
+    extractor: dict[str, Any] | None = None
 
 
 def model_summary(model: Any, source: ModelSource) -> dict[str, Any]:
@@ -63,20 +66,8 @@ def extractor_settings(kind: str, source: Path, features: str | os.PathLike | No
     """What made a feature collection's features (the ``features.json`` that ``vsekit extract`` writes next to
     them: backbone, image size, dtype, preprocessing), so that query images get the same features; None for
     other collections and for feature folders without it."""
-    from vsekit.extract import FORMAT as FEATURES_FORMAT
-    from vsekit.extract import META as FEATURES_META
-
     folder = Path(features) if features is not None else source if kind == "precomp" else None
-    if folder is None or not (folder / FEATURES_META).is_file():
-        return None
-    try:
-        meta = json.loads((folder / FEATURES_META).read_text())
-    except (OSError, ValueError):
-        log.warning("%s: unreadable; query images cannot be turned into features", folder / FEATURES_META)
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != FEATURES_FORMAT:
-        return None
-    return {k: meta.get(k) for k in ("format", "backbone", "image_size", "dtype", "preprocessing")}
+    return read_extractor_settings(folder)
 
 
 def collection_summary(
@@ -84,8 +75,11 @@ def collection_summary(
     image_root: str | os.PathLike | None,
     split: str | None,
     features: str | os.PathLike | None,
+    photo_extractor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``collection`` entry of index.json: the source, its kind and the options it was read with."""
+    """The ``collection`` entry of index.json: the source, its kind and the options it was read with, and the
+    extractor of its features (that of a features folder, or ``photo_extractor`` for image files that a feature
+    model's recorded extractor turned into features)."""
     return {
         "root": str(col.root),
         "source": str(col.source),
@@ -94,7 +88,7 @@ def collection_summary(
         "split": split,
         "features": None if features is None else str(Path(features).absolute()),
         "views": list(col.views),
-        "extractor": extractor_settings(col.kind, col.source, features),
+        "extractor": extractor_settings(col.kind, col.source, features) if col.features else photo_extractor,
     }
 
 

@@ -14,6 +14,7 @@ import torch
 
 from ..checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, to_dict
+from ..data.files import read_extractor_settings
 from ..errors import ConfigError
 from ..models import VSEModel
 from .ema import WeightEMA, weights_to_score
@@ -115,6 +116,13 @@ def restore_training_state(
     return state
 
 
+def _extractor_entry(cfg: TrainConfig) -> dict[str, Any]:
+    """``{"extractor": settings}`` when the run trains on ``vsekit extract`` features: the checkpoint then knows how
+    to turn photos into its features (``vsekit encode MODEL PHOTOS``), wherever it goes."""
+    settings = read_extractor_settings(cfg.data.features) if cfg.data.features else None
+    return {"extractor": settings} if settings is not None else {}
+
+
 def save_last(
     run_dir: Path,
     model: VSEModel,
@@ -131,7 +139,7 @@ def save_last(
         best_epoch=state.best_epoch, optimizer=optimizer.state_dict(),
         scaler=scaler.state_dict() if scaler.is_enabled() else {}, rng=rng_state(),
         history=json.dumps(state.history), epoch_loss=state.epoch_loss,
-        **({"ema": ema.state_dict()} if ema is not None else {}),
+        **({"ema": ema.state_dict()} if ema is not None else {}), **_extractor_entry(cfg),
     )  # fmt: skip
 
 
@@ -141,6 +149,7 @@ def save_best(run_dir: Path, model: VSEModel, cfg: TrainConfig, state: RunState,
         save_checkpoint(
             run_dir / "best.pt", model, cfg,
             epoch=state.best_epoch, step=state.step, best_rsum=state.best_rsum, best_epoch=state.best_epoch,
+            **_extractor_entry(cfg),
         )  # fmt: skip
 
 
