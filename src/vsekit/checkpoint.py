@@ -29,6 +29,7 @@ from .text import tokenizer_from_dict
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
 from .io import atomic_torch_save
+from .pretrained import find_model_folder, load_partial_state, packaged_tokenizer, read_model_folder
 
 FORMAT = "vsekit-checkpoint"
 VERSION = 1
@@ -66,6 +67,9 @@ def _on_cpu(obj: Any) -> Any:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a vsekit checkpoint file into its dict (tensors on the CPU)."""
+    folder = find_model_folder(path)
+    if folder is not None:  # a model folder, or the name of a ready model
+        return read_model_folder(folder)
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -123,11 +127,17 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
     from .models import create_model
 
     cfg = config_from_checkpoint(ckpt)
-    tokenizer = tokenizer_from_dict(ckpt["vocab"], source=ckpt.get("path", "checkpoint"))
+    if ckpt.get("packaged"):  # a model folder without its frozen transformer: built from the package, weights included
+        tokenizer = packaged_tokenizer(cfg.model.text)
+    else:
+        tokenizer = tokenizer_from_dict(ckpt["vocab"], source=ckpt.get("path", "checkpoint"))
     try:
         model = create_model(cfg.model, tokenizer)
     except (ValueError, TypeError, RuntimeError) as e:  # values that validation does not know of
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: stored config builds no model ({first_line(e)})") from None
+    if ckpt.get("packaged"):  # a model folder: the packaged parts came with the model's construction
+        load_partial_state(model, ckpt["model"], ckpt["packaged"], ckpt.get("path", "checkpoint"))
+        return model
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

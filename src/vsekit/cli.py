@@ -61,7 +61,7 @@ def _add_train(new_command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _add_eval(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     e = new_command("eval", help="evaluate a checkpoint, or saved similarity matrices")
-    e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder")
+    e.add_argument("checkpoint", nargs="?", help="checkpoint file, run folder, model folder or ready model name (vsekit models)")
     e.add_argument("--split", help="split to evaluate (default: the config's test split)")
     e.add_argument("--data-path", help="data folder/file (default: the one in the checkpoint's config)")
     e.add_argument("--features", help="feature folder for Karpathy-JSON data")
@@ -107,7 +107,7 @@ def _add_convert(new_command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     n = new_command("encode", help="embed a collection (images folder, Karpathy JSON, CSV/JSONL, features) into a search index")
-    n.add_argument("checkpoint", help="checkpoint file or run folder")
+    n.add_argument("checkpoint", help="checkpoint file, run folder, model folder or ready model name (vsekit models)")
     n.add_argument("source", help="folder of images, Karpathy JSON, CSV/JSONL with path and/or caption columns, or a precomputed-features folder")
     n.add_argument("--out", required=True, help="index folder (an index already there is updated: only new items are embedded)")
     n.add_argument("--backend", default="exact", help="exact (default) or faiss:<factory string>, e.g. faiss:IVF256,Flat or faiss:HNSW32")
@@ -158,6 +158,14 @@ def _add_serve(new_command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _add_presets_and_config(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     new_command("presets", help="list the config presets")
+    new_command("models", help="list the ready models (use a name wherever a checkpoint is taken)")
+    x = new_command("export", help="write a checkpoint as a model folder to ship (safetensors, packaged parts left out)")
+    x.add_argument("checkpoint", help="checkpoint file or run folder")
+    x.add_argument("out", help="the model folder to write")
+    x.add_argument("--description", default="", help="one line for 'vsekit models'")
+    x.add_argument("--metrics", metavar="JSON", help="test metrics to list, e.g. the file 'vsekit eval --json' wrote")
+    x.add_argument("--card", metavar="FILE", help="the model card (Markdown) to ship as README.md")
+    x.add_argument("--half", action="store_true", help="store float16 weights (check the metrics with vsekit eval)")
     c = new_command("config", help="print the resolved config of a preset/file with overrides")
     c.add_argument("preset", nargs="?", help="preset name")
     c.add_argument("--config", help="config file")
@@ -332,6 +340,35 @@ def _cmd_presets(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(_args: argparse.Namespace) -> int:
+    from .pretrained import list_pretrained
+
+    for m in list_pretrained() or [{"name": "(none installed)", "reads": "", "description": "", "metrics": {}}]:
+        metrics = " ".join(f"{k} {v:.2f}" for k, v in m["metrics"].items())
+        print(f"{m['name']:<16} reads {m['reads']:<8} {metrics:<16} {m['description']}".rstrip())
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoint import model_from_checkpoint, read_checkpoint
+    from .data.files import read_lines
+    from .pretrained import write_model_folder
+
+    ckpt = read_checkpoint(args.checkpoint)
+    model_from_checkpoint(ckpt)  # refuse what would not load
+    metrics = {}
+    if args.metrics:
+        raw = json.loads("\n".join(read_lines(Path(args.metrics))) or "{}")
+        keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+        metrics = {"test_mR": sum(raw[k] for k in keys) / 6} if all(k in raw for k in keys) else {}
+    card = "\n".join(read_lines(Path(args.card))) + "\n" if args.card else ""
+    out = write_model_folder(ckpt, args.out, description=args.description, metrics=metrics, card=card, half=args.half)
+    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}); load it with vsekit.load({str(out)!r})")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from .config import dump_yaml
     from .configure import load_config
@@ -364,6 +401,8 @@ COMMANDS = {
     "extract": _cmd_extract,
     "convert": _cmd_convert,
     "presets": _cmd_presets,
+    "models": _cmd_models,
+    "export": _cmd_export,
     "config": _cmd_config,
     "encode": _cmd_encode,
     "search": _cmd_search,
