@@ -66,13 +66,13 @@ def startup_seconds() -> float:
 def chaos(cmd: list[str], reference_seconds: float, startup: float, partial: callable, rng: random.Random) -> list[dict]:
     """Kill ``cmd`` up to KILLS times at random moments, then run it to the end. Returns what each kill met.
 
-    The first delay is drawn from the work window (S, T) of the uninterrupted run, each later one from a window
-    0.6 times as long, since each rerun has less left to do; once a run finishes before its kill, the rest are
-    moot."""
+    The first delay is drawn from the first 10-60% of the work window (S, T) of the uninterrupted run (a kill in its
+    last part may meet only the final evaluation and drawing), each later one from a window 0.6 times as long, since
+    each rerun has less left to do; once a run finishes before its kill, the rest are moot."""
     kills = []
     window = max(reference_seconds - startup, 0.5)
     for i in range(KILLS):
-        delay = startup + rng.uniform(0.1, 0.9) * window * 0.6**i
+        delay = startup + rng.uniform(0.1, 0.6) * window * 0.6**i  # not the last 40%: the run's end (final files)
         killed = kill_after(cmd, delay)
         kills.append({"delay": round(delay, 2), "killed": killed, "partial": killed and partial()})
         if not killed:
