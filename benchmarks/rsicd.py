@@ -3,7 +3,7 @@ published results.
 
     python benchmarks/rsicd.py ../shared/datasets/rsicd                   # the default recipes (not minilm_ft)
     python benchmarks/rsicd.py ../shared/datasets/rsicd --recipes gpo_bigru,mean_bigru --epochs 2
-    python benchmarks/rsicd.py ../shared/datasets/rsicd --epochs 3 --kmax 2,5,10 --seeds 0,1,2   # this README's run
+    python benchmarks/rsicd.py ../shared/datasets/rsicd --epochs 3 --kmax 2,5,10 --seeds 0,1,2   # the run of docs/results/rsicd.md
 
 For each recipe: train on ``train`` with model selection on ``val`` only, then evaluate ``test`` once with
 the selected checkpoint. ``kmax_bigru`` trains one run per image K of ``--kmax`` and evaluates only the K

@@ -15,7 +15,7 @@ positive and every in-batch negative at a temperature ``tau``::
 
 It weighs each negative by how close it is (between 'sum' and 'hardest') and needs no margin. It is not in
 the three papers; it is here because on small, repetitive caption sets (RSICD) it learns markedly better
-than either hinge (see the README's RSICD results).
+than either hinge (see docs/results/rsicd.md).
 
 Both directions are :func:`query_hinge` / :func:`query_softmax` (one query per row against candidate columns).
 :func:`sharded_triplet_hinge_loss` is one process's share of the loss of a global batch in data-parallel
