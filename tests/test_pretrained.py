@@ -82,8 +82,9 @@ def test_ready_models_load_by_name_and_are_listed(frozen_minilm_checkpoint, tmp_
     feats = np.random.default_rng(1).standard_normal((4, 5, 16)).astype(np.float32)
     write_precomp(tmp_path / "feats", "test", feats, [f"a roof number {i}" for i in range(20)])
     idx = Index.build("tiny-minilm", tmp_path / "feats", tmp_path / "idx", progress=False)
-    assert idx.stats()["num_images"] == 4 and idx.meta["model"]["checkpoint"].endswith("weights.safetensors")
+    assert idx.stats()["num_images"] == 4 and idx.meta["model"]["checkpoint"].endswith("tiny-minilm")
     np.testing.assert_allclose(idx.embedding("test/2"), model.encode_image(feats[2:3])[0].numpy(), atol=1e-5)
+    assert Index.load(tmp_path / "idx").search(text="a roof number 2", k=1)  # reopened: the model read back by name
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         vsekit.load("no-such-model")
 

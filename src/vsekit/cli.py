@@ -363,7 +363,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raw = json.loads("\n".join(read_lines(Path(args.metrics))) or "{}")
         keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
         metrics = {"test_mR": sum(raw[k] for k in keys) / 6} if all(k in raw for k in keys) else {}
-    card = "\n".join(read_lines(Path(args.card))) + "\n" if args.card else ""
+    card = ""
+    if args.card:
+        try:
+            card = Path(args.card).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"--card {args.card}: not a readable UTF-8 text file ({type(e).__name__})") from None
     out = write_model_folder(ckpt, args.out, description=args.description, metrics=metrics, card=card, half=args.half)
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}); load it with vsekit.load({str(out)!r})")
     return 0

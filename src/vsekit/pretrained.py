@@ -2,7 +2,7 @@
 
 A model folder holds what a checkpoint holds for inference, without the parts that install from PyPI:
 
-* ``model.json``: the format, the training config, the tokenizer, the recorded feature extractor (a model trained
+* ``model.json``: the format, the training config (without the training machine's data folders), the tokenizer, the recorded feature extractor (a model trained
   on ``vsekit extract`` features), which state-dict prefixes come from packages (``packaged``), the dtype of the
   stored weights, and a description and test metrics for listings;
 * ``weights.safetensors``: every other weight (float32, or float16 where that keeps the model's results);
@@ -114,8 +114,12 @@ def write_model_folder(
             continue
         value = value.detach().cpu().contiguous()
         weights[key] = value.half() if half and value.is_floating_point() else value
+    config = json.loads(json.dumps(ckpt["config"]))  # a copy without the training machine's folders
+    for key in ("path", "features", "images"):
+        config.get("data", {})[key] = None
+    config["init_from"] = None
     manifest = {
-        "format": FORMAT, "description": description, "metrics": metrics or {}, "config": ckpt["config"],
+        "format": FORMAT, "description": description, "metrics": metrics or {}, "config": config,
         "vocab": None if skip else _to_json(ckpt["vocab"]),  # a packaged transformer's tokenizer comes with it
         "extractor": ckpt.get("extractor"), "packaged": skip,
         "dtype": "float16" if half else "float32",
@@ -140,8 +144,8 @@ def find_model_folder(given: str | Path) -> Path | None:
 
 
 def read_model_folder(folder: Path) -> dict[str, Any]:
-    """A model folder as a checkpoint dict (``model`` without the packaged parts; ``packaged`` names them, and
-    ``path`` is the weights file).
+    """A model folder as a checkpoint dict (``model`` without the packaged parts; ``packaged`` names them; ``path``
+    is the folder, which reads back the same, and ``weights_path`` its weights file).
 
     Raises:
         CheckpointError: one line naming the folder when a file is missing or unreadable.
@@ -160,7 +164,7 @@ def read_model_folder(folder: Path) -> dict[str, Any]:
         "format": "vsekit-checkpoint", "version": 1, "config": manifest.get("config"), "vocab": _from_json(manifest.get("vocab")),
         "model": {k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
         "extractor": manifest.get("extractor"), "packaged": list(manifest.get("packaged") or []),
-        "path": str(folder / WEIGHTS), "description": manifest.get("description", ""),
+        "path": str(folder), "weights_path": str(folder / WEIGHTS), "description": manifest.get("description", ""),
         "metrics": manifest.get("metrics", {}),
     }  # fmt: skip
 

@@ -114,7 +114,7 @@ def load_model(checkpoint: str | os.PathLike, options: BuildOptions, device: Any
 
     ckpt = read_checkpoint(checkpoint)
     path = Path(ckpt["path"]).resolve()
-    sha = sha256_file(path)
+    sha = sha256_file(Path(ckpt.get("weights_path", path)))  # a model folder: its weights file
     model = model_from_checkpoint(ckpt).to(device if device is not None else resolve_device(options.device)).eval()
     stored = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
     data_cfg = stored.get("data") if isinstance(stored.get("data"), dict) else {}

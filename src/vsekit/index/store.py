@@ -40,6 +40,7 @@ import numpy as np
 from vsekit.errors import CheckpointError, ConfigError, DataError, first_line
 from vsekit.index.backends import ExactBackend, FaissBackend, parse_backend
 from vsekit.io import atomic_write, atomic_write_json
+from vsekit.pretrained import find_model_folder
 
 __all__ = [
     "COLUMNS", "FORMAT", "MODALITIES", "PENDING", "VERSION", "IndexPart", "commit_index", "index_checkpoint",
@@ -181,22 +182,25 @@ def read_index_json(folder: Path) -> dict[str, Any]:
 
 
 def index_checkpoint(folder: Path, meta: dict[str, Any], checkpoint: str | os.PathLike | None = None) -> Path:
-    """The checkpoint file of an index: ``checkpoint`` (a file or a run folder) if given, else the one its
-    index.json names, checked to be the file the index was built with (same SHA-256).
+    """The checkpoint of an index: ``checkpoint`` (a file, a run folder, a model folder or a ready model's name) if
+    given, else the one its index.json names, checked to be what the index was built with (same SHA-256 of the
+    checkpoint file, or of a model folder's weights).
 
     Raises:
         CheckpointError: if the checkpoint is missing or is another file.
     """
-    ckpt = Path(checkpoint) if checkpoint is not None else Path(meta["model"]["checkpoint"])
-    if ckpt.is_dir():
+    given = checkpoint if checkpoint is not None else meta["model"]["checkpoint"]
+    ckpt = weights = Path(given)
+    if ckpt.is_dir() or find_model_folder(given) is not None:  # a run folder, a model folder or a ready model's name
         from vsekit.checkpoint import read_checkpoint
 
-        ckpt = Path(read_checkpoint(ckpt)["path"])
-    if not ckpt.is_file():
+        found = read_checkpoint(given)
+        ckpt, weights = Path(found["path"]), Path(found.get("weights_path", found["path"]))
+    if not weights.is_file():
         raise CheckpointError(
             f"{ckpt}: the checkpoint of index {folder} is not there (pass checkpoint= / --checkpoint with its new place)"
         )
-    sha = sha256_file(ckpt)
+    sha = sha256_file(weights)
     if sha != meta["model"]["sha256"]:
         raise CheckpointError(
             f"{ckpt}: not the checkpoint index {folder} was built with (sha256 {sha[:12]}… != "
