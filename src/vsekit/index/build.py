@@ -51,7 +51,7 @@ from vsekit.progress import Progress
 
 __all__ = [
     "BuildOptions", "build_index", "embed_new_items", "items_to_embed", "load_model", "measure_recalls", "new_columns",
-    "open_pending", "photo_extractor", "photo_extractor_settings", "positive_int", "rank_share", "read_source", "reusable_parts", "stored_embeddings", "write_generation",
+    "open_pending", "photo_extractor", "photo_extractor_settings", "positive_int", "rank_share", "read_pending", "read_source", "reusable_parts", "stored_embeddings", "write_generation",
 ]  # fmt: skip
 
 log = logging.getLogger("vsekit.index")
@@ -332,12 +332,14 @@ def rank_share(items: Sequence[Any], ctx: DistContext) -> list[Any]:
 def open_pending(out: Path, sha: str, dim: int, options: BuildOptions, ctx: DistContext) -> PendingEmbeddings:
     """The ``pending/`` folder of this build: rank 0 opens it first (it may start it again for another model),
     then the other ranks read what it holds."""
-    def make() -> PendingEmbeddings:
-        return PendingEmbeddings(out / PENDING, sha, dim, options.checkpoint_every, options.checkpoint_seconds)
-
-    pending = make() if ctx.is_main else None
+    pending = read_pending(out, sha, dim, options) if ctx.is_main else None
     barrier()
-    return pending if pending is not None else make()
+    return pending if pending is not None else read_pending(out, sha, dim, options)
+
+
+def read_pending(out: Path, sha: str, dim: int, options: BuildOptions) -> PendingEmbeddings:
+    """The ``pending/`` folder of ``out`` with every chunk it holds (see :class:`PendingEmbeddings`)."""
+    return PendingEmbeddings(out / PENDING, sha, dim, options.checkpoint_every, options.checkpoint_seconds)
 
 
 def build_index(
@@ -386,7 +388,7 @@ def _build(
     meta = None
     if ctx.is_main:
         if ctx.enabled:  # read back what the other processes embedded
-            pending = PendingEmbeddings(out / PENDING, model_source.sha256, dim, options.checkpoint_every)
+            pending = read_pending(out, model_source.sha256, dim, options)
         timing["processes"] = ctx.world_size
         embeddings = stored_embeddings(previous, pending)
         columns = new_columns(col, embeddings[1])
