@@ -1,19 +1,4 @@
-"""The ``vsekit`` command line: a thin layer over the Python API.
-
-    vsekit demo                                   train on built-in data, compare GPO / mean / max
-    vsekit train --preset demo_gpo epochs=3       train (config file and/or preset, KEY=VALUE overrides)
-    vsekit eval runs/demo_gpo --split test        evaluate a checkpoint (or run folder)
-    vsekit eval --sims a.npy b.npy --folds 5      evaluate (an ensemble of) saved similarity matrices
-    vsekit extract data.json images/ features/     store backbone grid features of a dataset (resumable)
-    vsekit convert best.pth out.pt --vocab v.json import an official VSE∞ / VSE++ checkpoint
-    vsekit encode runs/x photos/ --out photos.idx embed a folder / Karpathy JSON / CSV into a search index
-    vsekit search photos.idx --text "a red car"   search an index (text/image/item -> image/text)
-    vsekit serve photos.idx --port 8000           serve a search page and HTTP API over an index
-    vsekit presets                                list the presets
-    vsekit config vse_infty_region_bigru          print a preset's resolved config
-
-User mistakes print ``error: <one line>`` and exit with status 2.
-"""
+"""The commands that train, evaluate and ship models: demo, train, eval, extract, convert, presets, models, export, config."""
 
 from __future__ import annotations
 
@@ -22,21 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import DataError, VsekitError
-
-
-def _comma_list(text: str) -> list[str]:
-    """The non-empty items of a comma-separated option ("a, b,," -> ["a", "b"])."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vsekit", description="Visual-semantic embedding: train, evaluate, demo.")
-    p.add_argument("--version", action="version", version=f"vsekit {_version()}")
-    sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_eval, _add_extract, _add_convert, _add_encode, _add_search, _add_serve, _add_presets_and_config):
-        add(sub.add_parser)
-    return p
+from ..errors import DataError
+from .common import comma_list
 
 
 def _add_demo(new_command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -105,57 +77,6 @@ def _add_convert(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     v.add_argument("--kind", default="auto", metavar="KIND", help="auto (default), vse_infty_bigru, vse_infty_bert or vsepp")
 
 
-def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
-    n = new_command("encode", help="embed a collection (images folder, Karpathy JSON, CSV/JSONL, features) into a search index")
-    n.add_argument("checkpoint", help="checkpoint file, run folder, model folder or ready model name (vsekit models)")
-    n.add_argument("source", help="folder of images, Karpathy JSON, CSV/JSONL with path and/or caption columns, or a precomputed-features folder")
-    n.add_argument("--out", required=True, help="index folder (an index already there is updated: only new items are embedded)")
-    n.add_argument("--backend", default="exact", help="exact (default) or faiss:<factory string>, e.g. faiss:IVF256,Flat or faiss:HNSW32")
-    n.add_argument("--search-params", help="FAISS search parameters (default nprobe=16 for IVF, efSearch=64 for HNSW)")
-    n.add_argument("--source-kind", default="auto", help="auto (default), folder, karpathy, csv, jsonl or precomp")
-    n.add_argument("--image-root", help="Karpathy JSON: the image folder (default: the JSON's folder)")
-    n.add_argument("--split", help="Karpathy JSON / precomp: only these splits, e.g. test or train+val (default: all)")
-    n.add_argument("--features", metavar="DIR", help="Karpathy JSON, for a model that reads features: the folder 'vsekit extract' wrote them to")
-    n.add_argument("--views", help="feature sources: test-time views to average each image over, e.g. rot90,hflip, or 'none' "
-                   "(default: the checkpoint's data.eval_views)")
-    n.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default: 64)")
-    n.add_argument("--save-every-seconds", type=float, default=30.0, metavar="S",
-                   help="keep what was embedded so far every S seconds (default: 30), so a killed run embeds it only once")  # fmt: skip
-    n.add_argument("--workers", type=int, default=2, help="threads reading image files (default: 2)")
-    n.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
-    n.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_search(new_command: Callable[..., argparse.ArgumentParser]) -> None:
-    q = new_command("search", help="search an index built by 'vsekit encode'")
-    q.add_argument("index", help="index folder")
-    what = q.add_mutually_exclusive_group(required=True)
-    what.add_argument("--text", help="query sentence")
-    what.add_argument("--image", help="query image file")
-    what.add_argument("--item", help="id of an indexed item (search with this result)")
-    q.add_argument("--target", default="image", choices=["image", "text"], help="what to return (default: image)")
-    q.add_argument("-k", type=int, default=10, help="results (default: 10)")
-    q.add_argument("--offset", type=int, default=0, help="results to skip (pagination)")
-    q.add_argument("--json", action="store_true", help="print the hits as JSON")
-    q.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
-    q.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
-
-
-def _add_serve(new_command: Callable[..., argparse.ArgumentParser]) -> None:
-    s = new_command("serve", help="serve a search page and an HTTP API over an index (needs the 'serve' extra)")
-    s.add_argument("index", help="index folder (built by 'vsekit encode')")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    s.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
-    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser pages from this origin (e.g. http://localhost:3000) to call the API; repeatable")  # fmt: skip
-    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests for this host name (a reverse proxy's, or *.example.org); IP addresses and "
-                   "localhost always work, other names get a 400 so that no web page can rebind its name to this server; repeatable")  # fmt: skip
-    s.add_argument("--max-k", type=int, default=100, help="most results per page a request may ask (default: 100)")
-    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded query image in MiB (default: 10)")
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
-
-
 def _add_presets_and_config(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     new_command("presets", help="list the config presets")
     new_command("models", help="list the ready models (use a name wherever a checkpoint is taken)")
@@ -172,19 +93,10 @@ def _add_presets_and_config(new_command: Callable[..., argparse.ArgumentParser])
     c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("vsekit")
-    except Exception:
-        return "unknown"
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
-    poolings = tuple(_comma_list(args.poolings))
+    poolings = tuple(comma_list(args.poolings))
     summary = run_demo(args.out, poolings, args.overrides, log=None if args.quiet else print, jobs=args.jobs)
     print()
     print(summary["table"])
@@ -198,9 +110,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .configure import load_config
-    from .training import train
-    from .training.distributed import env_rank
+    from ..configure import load_config
+    from ..training import train
+    from ..training.distributed import env_rank
 
     cfg = load_config(args.config, args.preset, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
@@ -219,9 +131,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .data.files import open_npy
-    from .evaluation import ensemble_sims, evaluate_protocol, evaluate_sims, format_metrics_table
-    from .io import atomic_write_json
+    from ..data.files import open_npy
+    from ..evaluation import ensemble_sims, evaluate_protocol, evaluate_sims, format_metrics_table
+    from ..io import atomic_write_json
 
     if args.sims:
         mats = []
@@ -233,11 +145,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         if not args.checkpoint:
             raise DataError("eval: give a checkpoint (file or run folder) or --sims FILES")
-        from .checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
-        from .configure import validate
-        from .data.factory import build_dataset
-        from .evaluation.retrieval import similarity_matrix
-        from .device import resolve_device
+        from ..checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
+        from ..configure import validate
+        from ..data.factory import build_dataset
+        from ..evaluation.retrieval import similarity_matrix
+        from ..device import resolve_device
 
         ckpt = read_checkpoint(args.checkpoint)
         cfg = config_from_checkpoint(ckpt)
@@ -248,14 +160,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.images:
             cfg.data.images = args.images
         if args.eval_views is not None:
-            cfg.data.eval_views = _comma_list(args.eval_views)
+            cfg.data.eval_views = comma_list(args.eval_views)
             validate(cfg, require_data=False)
         split = args.split or cfg.data.test_split
         model = model_from_checkpoint(ckpt).to(resolve_device(args.device)).eval()
         dataset = build_dataset(cfg.data, split, evaluation=True)
         sims = similarity_matrix(model, dataset, cfg.eval_batch_size)
         if args.save_sims:
-            from .io import atomic_write
+            from ..io import atomic_write
 
             atomic_write(args.save_sims, lambda f: np.save(f, sims))
         k = dataset.captions_per_image
@@ -268,13 +180,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from .extract import extract_features
+    from ..extract import extract_features
 
-    splits = _comma_list(args.splits)
+    splits = comma_list(args.splits)
     result = extract_features(
         args.annotations, args.images, args.out, splits=splits, backbone=args.backbone, image_size=args.image_size,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, max_images=args.max_images,
-        progress_stream=None if args.quiet else sys.stderr, views=_comma_list(args.views),
+        progress_stream=None if args.quiet else sys.stderr, views=comma_list(args.views),
         save_every=args.save_every_seconds,
     )  # fmt: skip
     for split, t in result["timing"].items():
@@ -286,52 +198,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_official
+    from ..convert import convert_official
 
     path = convert_official(args.checkpoint, args.output, vocab=args.vocab, bert_path=args.bert, kind=args.kind)
     print(f"wrote {path}; use it with vsekit.load or 'vsekit eval {path} --data-path DIR'")
     return 0
 
 
-def _cmd_encode(args: argparse.Namespace) -> int:
-    from .distributed import env_rank
-    from .index import Index
-
-    idx = Index.build(
-        args.checkpoint, args.source, args.out, source_kind=args.source_kind, backend=args.backend,
-        batch_size=args.batch_size, device=args.device, progress=not args.quiet, image_root=args.image_root,
-        split=args.split, search_params=args.search_params, workers=args.workers, features=args.features,
-        checkpoint_seconds=args.save_every_seconds,
-        views=None if args.views is None else [] if args.views.strip() == "none" else _comma_list(args.views),
-    )  # fmt: skip
-    st = idx.stats()
-    if env_rank() == 0:  # under torchrun, one line for the whole build
-        print(f"{st['num_images']} images and {st['num_texts']} texts indexed in {idx.path}/ (backend {st['backend']})")
-    return 0
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    import json
-
-    from .index import Index
-
-    idx = Index.load(args.index, device=args.device, checkpoint=args.checkpoint)
-    hits = idx.search(text=args.text, image=args.image, item=args.item, k=args.k, offset=args.offset, target=args.target)
-    if args.json:
-        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
-        return 0
-    if not hits:
-        print("no results")
-        return 0
-    width = min(60, max(len("id"), *(len(h.id) for h in hits)))
-    print(f"{'rank':>4}  {'score':>7}  {'id':<{width}}  caption")
-    for h in hits:
-        print(f"{h.rank:>4}  {h.score:>7.4f}  {h.id:<{width}}  {h.caption or ''}")
-    return 0
-
-
 def _cmd_presets(_args: argparse.Namespace) -> int:
-    from .presets import list_presets
+    from ..presets import list_presets
 
     presets = list_presets()
     width = max(len(n) for n in presets)
@@ -341,7 +216,7 @@ def _cmd_presets(_args: argparse.Namespace) -> int:
 
 
 def _cmd_models(_args: argparse.Namespace) -> int:
-    from .pretrained import list_pretrained
+    from ..pretrained import list_pretrained
 
     for m in list_pretrained() or [{"name": "(none installed)", "reads": "", "description": "", "metrics": {}}]:
         metrics = " ".join(f"{k} {v:.2f}" for k, v in m["metrics"].items())
@@ -352,9 +227,9 @@ def _cmd_models(_args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from .checkpoint import model_from_checkpoint, read_checkpoint
-    from .data.files import read_lines
-    from .pretrained import write_model_folder
+    from ..checkpoint import model_from_checkpoint, read_checkpoint
+    from ..data.files import read_lines
+    from ..pretrained import write_model_folder
 
     ckpt = read_checkpoint(args.checkpoint)
     model_from_checkpoint(ckpt)  # refuse what would not load
@@ -375,29 +250,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from .config import dump_yaml
-    from .configure import load_config
+    from ..config import dump_yaml
+    from ..configure import load_config
 
     print(dump_yaml(load_config(args.config, args.preset, args.overrides, require_data=False)), end="")
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-
-    try:
-        from .serving.server import serve
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"vsekit serve needs the 'serve' extra ({exc.name} is missing): pip install 'vsekit[serve]'") from None
-    if not args.max_upload_mb > 0:
-        raise ConfigError(f"--max-upload-mb: expected a positive size, got {args.max_upload_mb}")
-    serve(
-        args.index, args.host, args.port, cors_origins=args.cors_origin, allowed_hosts=args.allowed_host,
-        device=args.device, max_k=args.max_k,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-    )  # fmt: skip
-    return 0
-
+PARSERS = (_add_demo, _add_train, _add_eval, _add_extract, _add_convert, _add_presets_and_config)
 
 COMMANDS = {
     "demo": _cmd_demo,
@@ -409,31 +269,4 @@ COMMANDS = {
     "models": _cmd_models,
     "export": _cmd_export,
     "config": _cmd_config,
-    "encode": _cmd_encode,
-    "search": _cmd_search,
-    "serve": _cmd_serve,
 }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``vsekit`` command."""
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    # KEY=VALUE overrides may come on either side of the flags (argparse stops collecting a positional
-    # list at the first flag): the ones after it arrive here and join the others
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*(args.overrides or []), *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return COMMANDS[args.command](args)
-    except VsekitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (a training run resumes from its last checkpoint with the same command)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

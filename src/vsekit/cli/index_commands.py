@@ -1,0 +1,118 @@
+"""The commands that index and search collections: encode, search, serve."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from .common import comma_list
+
+
+def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    n = new_command("encode", help="embed a collection (images folder, Karpathy JSON, CSV/JSONL, features) into a search index")
+    n.add_argument("checkpoint", help="checkpoint file, run folder, model folder or ready model name (vsekit models)")
+    n.add_argument("source", help="folder of images, Karpathy JSON, CSV/JSONL with path and/or caption columns, or a precomputed-features folder")
+    n.add_argument("--out", required=True, help="index folder (an index already there is updated: only new items are embedded)")
+    n.add_argument("--backend", default="exact", help="exact (default) or faiss:<factory string>, e.g. faiss:IVF256,Flat or faiss:HNSW32")
+    n.add_argument("--search-params", help="FAISS search parameters (default nprobe=16 for IVF, efSearch=64 for HNSW)")
+    n.add_argument("--source-kind", default="auto", help="auto (default), folder, karpathy, csv, jsonl or precomp")
+    n.add_argument("--image-root", help="Karpathy JSON: the image folder (default: the JSON's folder)")
+    n.add_argument("--split", help="Karpathy JSON / precomp: only these splits, e.g. test or train+val (default: all)")
+    n.add_argument("--features", metavar="DIR", help="Karpathy JSON, for a model that reads features: the folder 'vsekit extract' wrote them to")
+    n.add_argument("--views", help="feature sources: test-time views to average each image over, e.g. rot90,hflip, or 'none' "
+                   "(default: the checkpoint's data.eval_views)")
+    n.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default: 64)")
+    n.add_argument("--save-every-seconds", type=float, default=30.0, metavar="S",
+                   help="keep what was embedded so far every S seconds (default: 30), so a killed run embeds it only once")  # fmt: skip
+    n.add_argument("--workers", type=int, default=2, help="threads reading image files (default: 2)")
+    n.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+    n.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_search(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    q = new_command("search", help="search an index built by 'vsekit encode'")
+    q.add_argument("index", help="index folder")
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="query sentence")
+    what.add_argument("--image", help="query image file")
+    what.add_argument("--item", help="id of an indexed item (search with this result)")
+    q.add_argument("--target", default="image", choices=["image", "text"], help="what to return (default: image)")
+    q.add_argument("-k", type=int, default=10, help="results (default: 10)")
+    q.add_argument("--offset", type=int, default=0, help="results to skip (pagination)")
+    q.add_argument("--json", action="store_true", help="print the hits as JSON")
+    q.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+    q.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
+
+
+def _add_serve(new_command: Callable[..., argparse.ArgumentParser]) -> None:
+    s = new_command("serve", help="serve a search page and an HTTP API over an index (needs the 'serve' extra)")
+    s.add_argument("index", help="index folder (built by 'vsekit encode')")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from this origin (e.g. http://localhost:3000) to call the API; repeatable")  # fmt: skip
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name (a reverse proxy's, or *.example.org); IP addresses and "
+                   "localhost always work, other names get a 400 so that no web page can rebind its name to this server; repeatable")  # fmt: skip
+    s.add_argument("--max-k", type=int, default=100, help="most results per page a request may ask (default: 100)")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded query image in MiB (default: 10)")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from ..distributed import env_rank
+    from ..index import Index
+
+    idx = Index.build(
+        args.checkpoint, args.source, args.out, source_kind=args.source_kind, backend=args.backend,
+        batch_size=args.batch_size, device=args.device, progress=not args.quiet, image_root=args.image_root,
+        split=args.split, search_params=args.search_params, workers=args.workers, features=args.features,
+        checkpoint_seconds=args.save_every_seconds,
+        views=None if args.views is None else [] if args.views.strip() == "none" else comma_list(args.views),
+    )  # fmt: skip
+    st = idx.stats()
+    if env_rank() == 0:  # under torchrun, one line for the whole build
+        print(f"{st['num_images']} images and {st['num_texts']} texts indexed in {idx.path}/ (backend {st['backend']})")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from ..index import Index
+
+    idx = Index.load(args.index, device=args.device, checkpoint=args.checkpoint)
+    hits = idx.search(text=args.text, image=args.image, item=args.item, k=args.k, offset=args.offset, target=args.target)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no results")
+        return 0
+    width = min(60, max(len("id"), *(len(h.id) for h in hits)))
+    print(f"{'rank':>4}  {'score':>7}  {'id':<{width}}  caption")
+    for h in hits:
+        print(f"{h.rank:>4}  {h.score:>7.4f}  {h.id:<{width}}  {h.caption or ''}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+
+    try:
+        from ..serving.server import serve
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"vsekit serve needs the 'serve' extra ({exc.name} is missing): pip install 'vsekit[serve]'") from None
+    if not args.max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb: expected a positive size, got {args.max_upload_mb}")
+    serve(
+        args.index, args.host, args.port, cors_origins=args.cors_origin, allowed_hosts=args.allowed_host,
+        device=args.device, max_k=args.max_k,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+    )  # fmt: skip
+    return 0
+
+
+PARSERS = (_add_encode, _add_search, _add_serve)
+
+COMMANDS = {"encode": _cmd_encode, "search": _cmd_search, "serve": _cmd_serve}
