@@ -75,7 +75,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys):
         (["search", str(out), "--text", "  "], "error: text: expected a non-empty query"),
         (["search", str(out), "--text", "a disc", "--target", "text"], "error: target: index"),
         (["search", str(out), "--image", str(tmp_path / "none.jpg")], "error: image file not found"),
-        (["search", str(tmp_path), "--text", "a disc"], "error: " + str(tmp_path) + ": not a vsekit index"),
+        (["search", str(tmp_path), "--text", "a disc"], "error: model: " + str(tmp_path) + " is not indexed yet"),
         (["encode", str(t["run"]), str(tmp_path / "nothing"), "--out", str(tmp_path / "x")], "error: source not found"),
         (["encode", str(t["run"]), str(t["photos"]), "--out", str(tmp_path / "x"), "--backend", "hnsw"], "error: backend:"),
         (["encode", str(tmp_path), str(t["photos"]), "--out", str(tmp_path / "x")], "error: " + str(tmp_path) + ": folder holds no"),

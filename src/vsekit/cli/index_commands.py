@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from ..errors import ConfigError
+from ..index.queries import read_query_file
 from .common import comma_list
+from .hits import SERVER_ENV, print_hits, search_many
 
 
 def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -30,23 +36,34 @@ def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_search(new_command: Callable[..., argparse.ArgumentParser]) -> None:
-    q = new_command("search", help="search an index built by 'vsekit encode'")
-    q.add_argument("index", help="index folder")
+    q = new_command("search", help="search an index, or a folder of photos (indexed first where needed)")
+    q.add_argument("index", nargs="?", help="index folder, or a folder of photos (indexed into FOLDER/.vsekit/MODEL/ "
+                   "on first use, updated when photos change); not needed with --server")  # fmt: skip
     what = q.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="query sentence")
     what.add_argument("--image", help="query image file")
-    what.add_argument("--item", help="id of an indexed item (search with this result)")
+    what.add_argument("--item", help="id of an indexed item (search with this result; loads no model)")
+    what.add_argument("--queries", metavar="FILE", help="many queries, one a line: a text, or the path of an image file")
     q.add_argument("--target", default="image", choices=["image", "text"], help="what to return (default: image)")
     q.add_argument("-k", type=int, default=10, help="results (default: 10)")
     q.add_argument("--offset", type=int, default=0, help="results to skip (pagination)")
-    q.add_argument("--json", action="store_true", help="print the hits as JSON")
-    q.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+    q.add_argument("--json", action="store_true", help="print the hits as JSON (with --queries: one JSON line a query)")
+    q.add_argument("--server", metavar="URL", help="ask a running 'vsekit serve' instead of opening an index "
+                   f"(default: ${SERVER_ENV} when no index is given)")  # fmt: skip
+    _add_folder_options(q)
     q.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
+
+
+def _add_folder_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--model", help="for a folder of photos: the model to index it with (a ready model from 'vsekit "
+                   "models', a run folder or a checkpoint; default: the one it was indexed with)")  # fmt: skip
+    c.add_argument("--index-dir", metavar="DIR", help="for a folder of photos: where its index lives (default: FOLDER/.vsekit/MODEL)")
+    c.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
 
 
 def _add_serve(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     s = new_command("serve", help="serve a search page and an HTTP API over an index (needs the 'serve' extra)")
-    s.add_argument("index", help="index folder (built by 'vsekit encode')")
+    s.add_argument("index", help="index folder (built by 'vsekit encode'), or a folder of photos (indexed first where needed)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
     s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -56,7 +73,7 @@ def _add_serve(new_command: Callable[..., argparse.ArgumentParser]) -> None:
                    "localhost always work, other names get a 400 so that no web page can rebind its name to this server; repeatable")  # fmt: skip
     s.add_argument("--max-k", type=int, default=100, help="most results per page a request may ask (default: 100)")
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded query image in MiB (default: 10)")
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda, auto, ...")
+    _add_folder_options(s)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -76,37 +93,49 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
-    import json
-
+def open_index(path: str, args: argparse.Namespace, lazy: bool) -> Any:
+    """The index at ``path``, or the index of the photo folder ``path`` (built or updated first)."""
     from ..index import Index
+    from ..index.folders import open_folder
 
-    idx = Index.load(args.index, device=args.device, checkpoint=args.checkpoint)
-    hits = idx.search(text=args.text, image=args.image, item=args.item, k=args.k, offset=args.offset, target=args.target)
-    if args.json:
-        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+    if (Path(path) / "index.json").is_file():
+        if args.model or args.index_dir:
+            raise ConfigError(f"--model/--index-dir: {path} is an index (it has its model); they go with a folder of photos")
+        return Index.load(path, device=args.device, checkpoint=getattr(args, "checkpoint", None), lazy=lazy)
+    return open_folder(path, args.model, index_dir=args.index_dir, device=args.device, lazy=lazy, progress=True)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    server = args.server or (None if args.index else os.environ.get(SERVER_ENV) or None)
+    if server is None and not args.index:
+        raise ConfigError(f"search: give an index or photo folder, or --server URL (or set ${SERVER_ENV})")
+    if server is not None:
+        from ..serving.client import SearchClient
+
+        searcher: Any = SearchClient(server)
+    else:
+        searcher = open_index(args.index, args, lazy=True)  # --item never loads the model
+    options = {"k": args.k, "offset": args.offset, "target": args.target}
+    if args.queries:
+        queries = read_query_file(args.queries)
+        answers = search_many(searcher, queries, **options)
+        for (kind, query), hits in zip(queries, answers):
+            print_hits(hits, args.json, query={"kind": kind, "query": query})
         return 0
-    if not hits:
-        print("no results")
-        return 0
-    width = min(60, max(len("id"), *(len(h.id) for h in hits)))
-    print(f"{'rank':>4}  {'score':>7}  {'id':<{width}}  caption")
-    for h in hits:
-        print(f"{h.rank:>4}  {h.score:>7.4f}  {h.id:<{width}}  {h.caption or ''}")
+    print_hits(searcher.search(text=args.text, image=args.image, item=args.item, **options), args.json)
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-
     try:
         from ..serving.server import serve
     except ModuleNotFoundError as exc:
         raise ConfigError(f"vsekit serve needs the 'serve' extra ({exc.name} is missing): pip install 'vsekit[serve]'") from None
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb: expected a positive size, got {args.max_upload_mb}")
+    index = open_index(args.index, args, lazy=False)  # the model loaded before listening
     serve(
-        args.index, args.host, args.port, cors_origins=args.cors_origin, allowed_hosts=args.allowed_host,
+        index, args.host, args.port, cors_origins=args.cors_origin, allowed_hosts=args.allowed_host,
         device=args.device, max_k=args.max_k,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )  # fmt: skip

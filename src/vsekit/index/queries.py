@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vsekit.data.files import read_lines
 from vsekit.data.images import open_image
 from vsekit.errors import DataError
 from vsekit.evaluation import mean_over_views
+from vsekit.index.sources import IMAGE_EXTENSIONS
 
-__all__ = ["MAX_QUERY_PIXELS", "decode_query_image", "embed_query_images", "embed_query_texts"]
+__all__ = ["MAX_QUERY_PIXELS", "decode_query_image", "embed_query_images", "embed_query_texts", "read_query_file"]
 
 MAX_QUERY_PIXELS = 40_000_000
 """Largest query image given as bytes (width × height), checked from its header before it is decoded."""
@@ -70,3 +73,24 @@ def embed_query_images(
         embs = [model.encode_image(g) for g in grids]
         out[list(pictures)] = mean_over_views(embs, model.config.image.normalize).numpy()
     return out
+
+
+def read_query_file(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The queries of a file, one a line: ``("image", path)`` where the line names an image file (relative to the
+    current folder, or absolute), else ``("text", line)``. Blank lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        DataError: if the file cannot be read as UTF-8 text or holds no query.
+    """
+    source = Path(path)
+    queries = []
+    for line in read_lines(source):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        candidate = Path(line).expanduser()
+        is_image = candidate.suffix.lower() in IMAGE_EXTENSIONS and candidate.is_file()
+        queries.append(("image", str(candidate)) if is_image else ("text", line))
+    if not queries:
+        raise DataError(f"{source}: holds no query (one text or image path a line)")
+    return queries

@@ -28,6 +28,17 @@ from vsekit.index.store import MODALITIES, IndexPart, index_checkpoint, open_par
 __all__ = ["Hit", "Index"]
 
 
+def checked_model(folder: Path, meta: dict[str, Any], model: Any) -> Any:
+    """``model`` if it makes embeddings of the index's size.
+
+    Raises:
+        CheckpointError: if the sizes differ.
+    """
+    if int(model.config.embed_size) != int(meta["dim"]):
+        raise CheckpointError(f"{folder}: the index holds {meta['dim']}-d embeddings, the model makes {model.config.embed_size}-d")
+    return model
+
+
 @dataclass
 class Hit:
     """One search result.
@@ -64,11 +75,15 @@ class Index:
         model: the :class:`vsekit.models.VSEModel` that embeds queries.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], model: Any, parts: dict[str, IndexPart]) -> None:
+    def __init__(
+        self, path: Path, meta: dict[str, Any], model: Any, parts: dict[str, IndexPart], *, load_model: Any = None
+    ) -> None:
         self.path = path
         self.meta = meta
-        self.model = model
         self.root = Path(meta["collection"]["root"])
+        self._model = model
+        self._load_model = load_model  # called once on first use when the index was opened with lazy=True
+        self._model_lock = threading.Lock()
         self._parts = parts
         self._extractor: Any = None  # the feature extractor of query images (feature models), made when first needed
         self._extractor_lock = threading.Lock()
@@ -81,7 +96,14 @@ class Index:
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", *, checkpoint: str | os.PathLike | None = None) -> Index:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        lazy: bool = False,
+    ) -> Index:
         """Open an index folder: embeddings memory-mapped, metadata read, the model loaded once.
 
         Args:
@@ -89,26 +111,36 @@ class Index:
             device: where the model runs (``cpu``, ``cuda``, ``auto``).
             checkpoint: the model's checkpoint if it moved since the build (it must be the same file:
                 its SHA-256 is checked).
+            lazy: find and load the model only when a query needs it (a text or an image): searches by an
+                indexed item, :meth:`item` and :meth:`stats` then never read the checkpoint, which is what
+                keeps ``vsekit search --item`` as fast as opening the files.
 
         Raises:
             DataError: if the folder is not a readable index.
-            CheckpointError: if the checkpoint is missing or is not the one the index was built with.
+            CheckpointError: if the checkpoint is missing or is not the one the index was built with (with
+                ``lazy``, raised by the first query that needs the model).
         """
         folder = Path(path)
         meta = read_index_json(folder)
-        ckpt = index_checkpoint(folder, meta, checkpoint)
-        from vsekit.checkpoint import load as load_model
 
-        return cls._open(folder, meta, load_model(ckpt, device))
+        def load_model() -> Any:
+            from vsekit.checkpoint import load
 
-    @classmethod
-    def _open(cls, folder: Path, meta: dict[str, Any], model: Any) -> Index:
-        if int(model.config.embed_size) != int(meta["dim"]):
-            raise CheckpointError(
-                f"{folder}: the index holds {meta['dim']}-d embeddings, the model makes {model.config.embed_size}-d"
-            )
+            return checked_model(folder, meta, load(index_checkpoint(folder, meta, checkpoint), device))
+
         parts = {m: open_part(folder, meta, m) for m in MODALITIES}
-        return cls(folder, meta, model, parts)
+        if lazy:
+            return cls(folder, meta, None, parts, load_model=load_model)
+        return cls(folder, meta, load_model(), parts)
+
+    @property
+    def model(self) -> Any:
+        """The :class:`vsekit.models.VSEModel` that embeds queries (loaded on first use after ``lazy=True``)."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    self._model = self._load_model()
+        return self._model
 
     # -- building ------------------------------------------------------------------------------------
     @classmethod
@@ -176,7 +208,8 @@ class Index:
             shard_size=shard_size, workers=workers, recall_queries=recall_queries, checkpoint_every=checkpoint_every,
             checkpoint_seconds=checkpoint_seconds,
         )  # fmt: skip
-        return cls._open(*build_index(checkpoint, source, out_dir, options))
+        folder, meta, model = build_index(checkpoint, source, out_dir, options)
+        return cls(folder, meta, checked_model(folder, meta, model), {m: open_part(folder, meta, m) for m in MODALITIES})
 
     # -- items -----------------------------------------------------------------------------------------
     def _locate(self, item_id: str) -> tuple[str, int]:
@@ -269,7 +302,7 @@ class Index:
 
     def _rank(self, q: np.ndarray, qmod: str, k: int, offset: int, target: str, exclude: list[int] | None) -> list[list[Hit]]:
         part = self._parts[target]
-        if qmod == target or self.model.config.similarity == "cosine":
+        if qmod == target or self.meta["model"]["similarity"] == "cosine":
             score, backend = "dot", part.backend
         else:
             score, backend = ("order_query_text" if qmod == "text" else "order_query_image"), part.exact
