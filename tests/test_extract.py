@@ -173,7 +173,7 @@ class _MeanModel:
 def test_views_are_the_symmetries_of_a_square():
     """Hand-written: the 3×3 image 0..8 (row-major) under each view; with the image itself, the eight
     distinct symmetries of a square (rotations counter-clockwise)."""
-    from vsekit.extract import VIEWS
+    from vsekit.data.views import VIEWS
 
     want = {
         "rot90": [[2, 5, 8], [1, 4, 7], [0, 3, 6]],
@@ -534,6 +534,15 @@ def test_a_feature_model_indexes_photos_with_its_recorded_extractor(tmp_path):
     assert from_photos.search(image=photos / "im9.png", k=1)[0].id == "im9.png"
     again = Index.build(tmp_path / "run", photos, tmp_path / "b", progress=False)  # nothing new
     assert again.meta["encoded"]["images"] == 0
+    # the model alone takes the photos too (vsekit.load tells it the recorded extractor and views)
+    import vsekit
+
+    model = vsekit.load(tmp_path / "run")
+    names = [f"im{i}.png" for i in range(8, 14)]
+    direct = model.encode_image([photos / n for n in names], batch_size=2).numpy()
+    np.testing.assert_allclose(direct, np.stack([from_photos.embedding(n) for n in names]), atol=1e-5)
+    with pytest.raises(DataError, match="photos or feature arrays, not both"):
+        model.encode_image([photos / names[0], np.zeros((4, dim), np.float32)])
     plain = Index.build(tmp_path / "run", photos, tmp_path / "b", progress=False, views=[])  # other views: embedded again
     assert plain.meta["encoded"]["images"] == 6 and plain.stats()["views"] == []
 
@@ -547,3 +556,5 @@ def test_a_feature_model_indexes_photos_with_its_recorded_extractor(tmp_path):
     torch.save(bare, tmp_path / "bare.pt")
     with pytest.raises(ConfigError, match="does not record how they were made"):
         Index.build(tmp_path / "bare.pt", photos, tmp_path / "d", progress=False)
+    with pytest.raises(DataError, match="does not know how they were made"):
+        vsekit.load(tmp_path / "bare.pt").encode_image([photos / names[0]])

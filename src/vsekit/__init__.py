@@ -3,6 +3,7 @@
 The public API:
 
 * models: :func:`load` a checkpoint, :class:`VSEModel` (``encode_image``, ``encode_text``, ``similarity``),
+  the similarity functions :func:`cosine_similarity`, :func:`order_similarity` (by name: :data:`SIMILARITIES`),
   :func:`create_model`, :func:`convert_official` (import an official VSE∞ / VSE++ checkpoint);
 * pooling: :class:`GPO`, :func:`create_pooling`, :func:`list_poolings`;
 * losses: :func:`triplet_hinge_loss`, :class:`ContrastiveLoss`;
@@ -19,7 +20,7 @@ from .data import KarpathyJSON, PrecompDataset, Vocabulary, make_synthetic
 from .errors import CheckpointError, ConfigError, DataError, VsekitError
 from .evaluation import PROTOCOLS, ensemble_sims, evaluate_model, evaluate_protocol, evaluate_sims
 from .losses import ContrastiveLoss, triplet_hinge_loss
-from .models import VSEModel, create_model
+from .models import SIMILARITIES, VSEModel, cosine_similarity, create_model, order_similarity
 from .pooling import GPO, create_pooling, list_poolings
 from .presets import get_preset, list_presets
 from .training import train
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GPO",
     "PROTOCOLS",
+    "SIMILARITIES",
     "CheckpointError",
     "ConfigError",
     "ContrastiveLoss",
@@ -40,6 +42,7 @@ __all__ = [
     "Vocabulary",
     "VsekitError",
     "convert_official",
+    "cosine_similarity",
     "create_model",
     "create_pooling",
     "ensemble_sims",
@@ -52,6 +55,7 @@ __all__ = [
     "load",
     "load_config",
     "make_synthetic",
+    "order_similarity",
     "train",
     "triplet_hinge_loss",
 ]

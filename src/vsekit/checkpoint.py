@@ -155,7 +155,11 @@ def load(path: str | Path, device: str | torch.device | None = "cpu") -> Any:
 
     Returns:
         A :class:`vsekit.models.VSEModel` in eval mode with ``encode_image``, ``encode_text`` and
-        ``similarity``.
+        ``similarity``. A model trained on extracted features also embeds photos when the checkpoint records
+        how the features were made (:func:`recorded_extractor`), averaged over its ``data.eval_views``.
     """
-    model = model_from_checkpoint(read_checkpoint(path))
+    ckpt = read_checkpoint(path)
+    model = model_from_checkpoint(ckpt)
+    if model.image_input.kind == "features":  # photos too, through the extractor of its training features
+        model.use_extractor(recorded_extractor(ckpt), views=config_from_checkpoint(ckpt).data.eval_views)
     return model.to(resolve_device(device or "cpu")).eval()

@@ -5,11 +5,15 @@
 >>> t = model.encode_text(["a red car next to a small tree"])  # doctest: +SKIP
 >>> i = model.encode_image([features_of_one_image])           # doctest: +SKIP
 >>> model.similarity(i, t)                                     # doctest: +SKIP
+
+A model trained on extracted features also takes photos when it knows its extractor (``vsekit.load`` tells it
+what the checkpoint records): ``vsekit.load("rsicd-aerial").encode_image(["photo.jpg"])``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -83,6 +87,36 @@ def order_similarity(images: Tensor, texts: Tensor, chunk: int | None = None) ->
 SIMILARITIES = {"cosine": cosine_similarity, "order": order_similarity}
 
 
+def mean_over_views(embeddings: list[Tensor], normalize: bool) -> Tensor:
+    """The test-time view average (``data.eval_views``): the mean of the N×E embeddings of the plain images
+    (first) and of each view, re-normalised when the model normalises its image embeddings. One view
+    (the plain images alone) is returned as is."""
+    if len(embeddings) == 1:
+        return embeddings[0]
+    emb = torch.stack(embeddings).mean(0)
+    return nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+def is_photo(item: Any) -> bool:
+    """Whether an ``encode_image`` item is a photo (a file path, a PIL image, an H×W×3 uint8 array) rather than
+    features."""
+    if isinstance(item, (str, os.PathLike)) or type(item).__module__.startswith("PIL."):
+        return True
+    return isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[-1] == 3
+
+
+def embed_photos(model: VSEModel, extractor: Any, photos: Sequence[Any], views: Sequence[str]) -> Tensor:
+    """Embeddings of photos for a model that reads features: ``extractor`` (a
+    :class:`vsekit.backbones.extractor.FeatureExtractor`) turns them into features for the photos themselves and
+    for each of ``views``, and the embedding is the mean over those (:func:`mean_over_views`)."""
+    grids = extractor(list(photos), (None, *views))
+    return mean_over_views([model.encode_image(g) for g in grids], model.config.image.normalize)
+
+
+PHOTO_BATCH = 16
+"""Photos a feature model's extractor reads at a time in :meth:`VSEModel.encode_image`."""
+
+
 class VSEModel(nn.Module):
     """Image encoder + text encoder mapping into one space.
 
@@ -109,6 +143,28 @@ class VSEModel(nn.Module):
             nn.Linear(config.embed_size, config.instance_classes, bias=False) if config.instance_classes > 0 else None
         )
         self._similarity = SIMILARITIES[config.similarity]
+        self.extractor_settings: dict[str, Any] | None = None
+        self.photo_views: tuple[str, ...] = ()
+        self._extractor: Any = None
+
+    def use_extractor(self, settings: dict[str, Any] | None, views: Sequence[str] = ()) -> None:
+        """Let :meth:`encode_image` take photos although this model reads features: they are turned into
+        features by the extractor that ``settings`` describe (a ``features.json`` of ``vsekit extract``, as the
+        checkpoint records it) and averaged over ``views`` too, as the model was evaluated. Built on first use."""
+        self.extractor_settings = settings
+        self.photo_views = tuple(views)
+        self._extractor = None
+
+    def photo_extractor(self) -> Any:
+        """The :class:`vsekit.backbones.extractor.FeatureExtractor` of :meth:`use_extractor` on this model's
+        device (None when the model reads photos itself or knows no extractor)."""
+        if self.extractor_settings is None or self.image_input.kind != "features":
+            return None
+        if self._extractor is None:
+            from .backbones.extractor import FeatureExtractor
+
+            self._extractor = FeatureExtractor.from_metadata(self.extractor_settings, "the model's recorded extractor", str(self.device))
+        return self._extractor
 
     def frozen_modules(self) -> list[str]:
         """Module paths that never train in this model: what its encoders declare as ``frozen_submodules``
@@ -168,9 +224,11 @@ class VSEModel(nn.Module):
         """Embed images.
 
         Args:
-            images: for feature models an N×K×D array/tensor or a sequence of K_i×D arrays (variable set
-                sizes; one image is ``[array]``); for raw-image models a sequence of H×W×3 uint8 arrays
-                (or PIL images / file paths, see the image encoder).
+            images: for feature models an N×K×D array/tensor, N×D global feature vectors (one per image, as
+                VSE++'s precomputed features), or a sequence of K_i×D arrays (variable set sizes; one image is
+                ``[array]``), or a sequence of photos when the model knows its extractor (:meth:`use_extractor`);
+                for raw-image models a sequence of H×W×3 uint8 arrays (or PIL images / file paths, see the image
+                encoder).
             batch_size: images per forward pass.
 
         Returns:
@@ -179,17 +237,33 @@ class VSEModel(nn.Module):
         spec = self.image_input
         with self._eval_mode():
             if isinstance(images, (np.ndarray, Tensor)):
+                if spec.kind == "features" and images.ndim == 2:
+                    images = images[:, None, :]
                 if spec.kind == "features" and images.ndim != 3:
                     shape = tuple(images.shape)
-                    raise DataError(f"images: expected N×K×D features or a list of K×D arrays, got shape {shape}")
+                    raise DataError(f"images: expected N×K×D or N×D features, or a list of K×D arrays, got shape {shape}")
                 items: Sequence = [images[i] for i in range(images.shape[0])]
             else:
                 items = list(images)
+            if spec.kind == "features" and any(is_photo(x) for x in items):
+                return self._encode_photos(items)
             out = []
             for start in range(0, len(items), batch_size):
                 batch, lengths = spec.collate(items[start : start + batch_size], train=False)
                 out.append(self.forward_image(batch.to(self.device), lengths.to(self.device)).float().cpu())
             return torch.cat(out) if out else torch.empty(0, self.config.embed_size)
+
+    def _encode_photos(self, photos: list[Any]) -> Tensor:
+        if not all(is_photo(x) for x in photos):
+            raise DataError("images: give photos or feature arrays, not both in one call")
+        extractor = self.photo_extractor()
+        if extractor is None:
+            raise DataError(
+                "images: this model reads extracted features and does not know how they were made (a checkpoint "
+                "without a recorded extractor): give K×D feature arrays from 'vsekit extract'"
+            )
+        chunks = [photos[i : i + PHOTO_BATCH] for i in range(0, len(photos), PHOTO_BATCH)]
+        return torch.cat([embed_photos(self, extractor, c, self.photo_views) for c in chunks])
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:

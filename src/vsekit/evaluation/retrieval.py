@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..models import mean_over_views
 from .metrics import evaluate_protocol, evaluate_sims
 
 
@@ -49,16 +50,6 @@ def encode_dataset(
     img = torch.cat(images) if images else torch.empty(0, dim)
     cap = torch.cat(captions) if captions else torch.empty(0, dim)
     return img, cap
-
-
-def mean_over_views(embeddings: list[Tensor], normalize: bool) -> Tensor:
-    """The test-time view average (``data.eval_views``): the mean of the N×E embeddings of the plain images
-    (first) and of each view, re-normalised when the model normalises its image embeddings. One view
-    (the plain images alone) is returned as is."""
-    if len(embeddings) == 1:
-        return embeddings[0]
-    emb = torch.stack(embeddings).mean(0)
-    return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
 
 
 def similarity_matrix(model: Any, dataset: Any, batch_size: int = 256) -> np.ndarray:

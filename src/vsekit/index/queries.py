@@ -14,8 +14,8 @@ import torch
 from vsekit.data.files import read_lines
 from vsekit.data.images import open_image
 from vsekit.errors import DataError
-from vsekit.evaluation import mean_over_views
 from vsekit.index.sources import IMAGE_EXTENSIONS
+from vsekit.models import embed_photos
 
 __all__ = ["MAX_QUERY_PIXELS", "decode_query_image", "embed_query_images", "embed_query_texts", "read_query_file"]
 
@@ -69,9 +69,7 @@ def embed_query_images(
                 "were made (no features.json from 'vsekit extract' beside them, or an index built before vsekit "
                 "recorded it: run its 'vsekit encode' again); give a K×D feature array, or search by item"
             )
-        grids = extractor(list(pictures.values()), (None, *views))
-        embs = [model.encode_image(g) for g in grids]
-        out[list(pictures)] = mean_over_views(embs, model.config.image.normalize).numpy()
+        out[list(pictures)] = embed_photos(model, extractor, list(pictures.values()), views).numpy()
     return out
 
 
