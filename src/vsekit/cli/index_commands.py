@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..index.queries import read_query_file
 from .common import comma_list
 from .hits import SERVER_ENV, print_hits, search_many
 
@@ -117,6 +116,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         searcher = open_index(args.index, args, lazy=True)  # --item never loads the model
     options = {"k": args.k, "offset": args.offset, "target": args.target}
     if args.queries:
+        from ..index.queries import read_query_file
+
         queries = read_query_file(args.queries)
         answers = search_many(searcher, queries, **options)
         for (kind, query), hits in zip(queries, answers):

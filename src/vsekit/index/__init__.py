@@ -17,8 +17,34 @@ searches it (:class:`Index`, :class:`Hit`), with :mod:`~vsekit.index.queries` em
 The CLI commands ``vsekit encode`` and ``vsekit search`` are thin layers over this API.
 """
 
-from vsekit.index.backends import ExactBackend, FaissBackend, recall_at_k
-from vsekit.index.collection import Collection, read_collection
-from vsekit.index.search import Hit, Index
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the API reference; imported on first use below
+    from vsekit.index.backends import ExactBackend, FaissBackend, recall_at_k
+    from vsekit.index.collection import Collection, read_collection
+    from vsekit.index.hits import Hit
+    from vsekit.index.search import Index
 
 __all__ = ["Collection", "ExactBackend", "FaissBackend", "Hit", "Index", "read_collection", "recall_at_k"]
+
+_HOMES = {
+    "ExactBackend": "vsekit.index.backends",
+    "FaissBackend": "vsekit.index.backends",
+    "recall_at_k": "vsekit.index.backends",
+    "Collection": "vsekit.index.collection",
+    "read_collection": "vsekit.index.collection",
+    "Hit": "vsekit.index.hits",
+    "Index": "vsekit.index.search",
+}
+"""Where each name lives: importing the package imports none of them (torch neither), so that
+``vsekit.index.hits`` stays light for the HTTP client."""
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name not in _HOMES:
+        raise AttributeError(f"module 'vsekit.index' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

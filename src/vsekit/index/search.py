@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vsekit.errors import CheckpointError, ConfigError, DataError
+from vsekit.index.hits import Hit
 from vsekit.index.build import BuildOptions, build_index, positive_int
 from vsekit.index.queries import embed_query_images, embed_query_texts
 from vsekit.index.store import MODALITIES, IndexPart, index_checkpoint, open_part, read_index_json
@@ -37,31 +37,6 @@ def checked_model(folder: Path, meta: dict[str, Any], model: Any) -> Any:
     if int(model.config.embed_size) != int(meta["dim"]):
         raise CheckpointError(f"{folder}: the index holds {meta['dim']}-d embeddings, the model makes {model.config.embed_size}-d")
     return model
-
-
-@dataclass
-class Hit:
-    """One search result.
-
-    Attributes:
-        rank: 1-based position in the full ranking (pagination offset included).
-        score: the similarity (cosine for normalised embeddings; ``-||max(0, t - i)||`` for order models).
-        id: the item id.
-        modality: ``"image"`` or ``"text"``.
-        path: the image file relative to the collection root (for a text: its image's file), or None.
-        caption: the text (for an image: its first caption), or None.
-    """
-
-    rank: int
-    score: float
-    id: str
-    modality: str
-    path: str | None
-    caption: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The hit as a JSON-ready dict."""
-        return asdict(self)
 
 
 class Index:

@@ -100,7 +100,7 @@ class SearchClient:
         offset: int = 0,
     ) -> dict[str, Any]:
         """Like :meth:`search`, with the whole answer: ``{"hits": [Hit...], "has_more", "took_ms", "query"}``."""
-        from vsekit.index import Hit
+        from vsekit.index.hits import Hit
 
         if sum(x is not None for x in (text, image, item)) != 1:
             raise DataError("SearchClient.search: give exactly one of text, image or item")
