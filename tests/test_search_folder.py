@@ -157,3 +157,20 @@ def test_search_folder_by_cli_then_through_a_server(tmp_path):
     index = folder / INDEXES / next((folder / INDEXES).iterdir()).name
     wrong = _vsekit("search", str(index), "--model", str(t["run"]), "--text", query)
     assert wrong.returncode == 2 and "is an index (it has its model)" in wrong.stderr
+
+
+def test_commands_that_need_no_model_import_no_torch():
+    """``import vsekit`` imports its public names on first use: the command line, the HTTP client and its hits
+    start without torch (what keeps ``vsekit search --server`` and ``--help`` instant), and the names still work."""
+    code = (
+        "import sys, vsekit, vsekit.cli, vsekit.index\n"
+        "from vsekit.serving import SearchClient\n"
+        "from vsekit.index.hits import Hit\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert callable(vsekit.load) and vsekit.index.Index.load and 'load' in dir(vsekit)\n"
+        "assert vsekit.data.make_synthetic is vsekit.make_synthetic\n"
+        "try:\n    vsekit.nothing\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "module 'vsekit' has no attribute 'nothing'"
