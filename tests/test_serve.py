@@ -87,9 +87,56 @@ def scene_collection(tmp_path_factory: pytest.TempPathFactory, seed: int) -> dic
     return _BUILT["scenes"]
 
 
+LONG_CAPTION = ("a photo of a blue car parked on a long quiet street lined with tall old trees, small houses with red "
+                "roofs and white fences, a bicycle against a wall, and people walking their dogs in the late afternoon sun")  # fmt: skip
+MODEL_FOLDER = "scenes-tiny"
+MODEL_METRICS = {"test_mR": 12.345}
+
+
+def captioned_collection(tmp_path_factory: pytest.TempPathFactory, seed: int) -> dict:
+    """The images of :func:`scene_collection` with three captions each (the blue one's first is
+    :data:`LONG_CAPTION`), indexed with the same model exported as a model folder (:data:`MODEL_FOLDER`, whose
+    manifest records :data:`MODEL_METRICS`). Built once per test session (shared by test_browser.py).
+
+    Returns:
+        ``model_folder``, ``index_dir``, ``index``, ``by_color`` (colour -> image id), ``captions`` (image id ->
+        its three captions) and ``root``.
+    """
+    if "captioned" in _BUILT:
+        return _BUILT["captioned"]
+    from vsekit.checkpoint import read_checkpoint
+    from vsekit.pretrained import write_model_folder
+
+    scenes = scene_collection(tmp_path_factory, seed)
+    base = tmp_path_factory.mktemp("captioned")
+    folder = write_model_folder(read_checkpoint(scenes["checkpoint"]), base / MODEL_FOLDER, description="rendered scenes, tiny",
+                                metrics=MODEL_METRICS)  # fmt: skip
+    captions = {}
+    for color, rel in scenes["by_color"].items():
+        first = LONG_CAPTION if color == "blue" else f"a photo of a {color} car"
+        captions[rel] = [first, f"a small {color} car", f"a {color} car on the road"]
+    source = scenes["root"] / "captions3.jsonl"
+    source.write_text("".join(json.dumps({"path": rel, "captions": caps}) + "\n" for rel, caps in captions.items()))
+    index = Index.build(folder, source, base / "index", progress=False, workers=1)
+    _BUILT["captioned"] = {"model_folder": folder, "index_dir": base / "index", "index": index, "root": scenes["root"],
+                           "by_color": scenes["by_color"], "captions": captions}  # fmt: skip
+    return _BUILT["captioned"]
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory, learning_seed):
     return scene_collection(tmp_path_factory, learning_seed)
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory, learning_seed):
+    return captioned_collection(tmp_path_factory, learning_seed)
+
+
+@pytest.fixture(scope="module")
+def captioned_client(captioned):
+    with TestClient(create_app(captioned["index"]), base_url="http://localhost", raise_server_exceptions=False) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +178,8 @@ def test_text_query_finds_the_described_image_first(scenes, client, measured):
     assert found == NUM_COLORS, {c: r.json()["hits"] for c, r in bodies.items()}
     for color, r in bodies.items():
         assert r.status_code == 200, r.text
-        assert r.json()["query"] == {"kind": "text", "text": f"a {color} car", "item": None, "k": 3, "offset": 0, "target": "image"}
+        assert r.json()["query"] == {"kind": "text", "text": f"a {color} car", "item": None, "k": 3, "offset": 0, "target": "image",
+                                     "group": "none"}
     # ranks, scores and pagination: pages are slices of the full ranking
     full = client.get("/api/search", params={"q": "a red car", "k": NUM_COLORS}).json()
     assert [h["rank"] for h in full["hits"]] == list(range(1, NUM_COLORS + 1)) and not full["has_more"]
@@ -223,6 +271,80 @@ def test_health_stats_openapi_and_page(scenes, client):
     assert docs.status_code == 200 and "/openapi.json" in client.get("/static/docs.js").text
     if "/docs-assets/" in docs.text and __import__("importlib").util.find_spec("swagger_ui_bundle"):
         assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_captions_grouped_by_image(captioned, captioned_client):
+    """group=image: one result per image, in the order of its best caption, with its matching captions; k and
+    offset count images, so that pages are slices of one grouped ranking."""
+    c, n = captioned_client, NUM_COLORS
+    flat = c.get("/api/search", params={"q": "a red car", "target": "text", "k": 3 * n}).json()["hits"]
+    assert len(flat) == 3 * n and all(h["image_id"] == h["id"].rsplit("#", 1)[0] for h in flat)
+    order = list(dict.fromkeys(h["image_id"] for h in flat))
+    r = c.get("/api/search", params={"q": "a red car", "target": "text", "group": "image", "k": n})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"]["group"] == "image" and not body["has_more"]
+    hits = body["hits"]
+    assert [h["image_id"] for h in hits] == order and [h["rank"] for h in hits] == list(range(1, n + 1))
+    for h in hits:  # the whole ranking was read: every caption of every image is listed, best first
+        mine = [f for f in flat if f["image_id"] == h["image_id"]]
+        assert [m["id"] for m in h["captions"]] == [f["id"] for f in mine] and len(mine) == 3
+        assert [m["rank"] for m in h["captions"]] == [flat.index(f) + 1 for f in mine]
+        assert h["id"] == mine[0]["id"] and h["score"] == mine[0]["score"] and h["caption"] == mine[0]["caption"]
+        assert h["modality"] == "text" and h["path"] == h["image_id"] and h["thumbnail_url"].endswith("/thumbnail")
+    assert hits[0]["image_id"] == captioned["by_color"]["red"]
+    # pages of 3 images: slices of the grouped ranking, each image's captions a prefix of its full list
+    pages = [c.get("/api/search", params={"q": "a red car", "target": "text", "group": "image", "k": 3, "offset": o}).json()
+             for o in (0, 3, 6)]  # fmt: skip
+    assert [h["image_id"] for p in pages for h in p["hits"]] == order
+    assert [p["has_more"] for p in pages] == [True, True, False]
+    assert [h["rank"] for p in pages for h in p["hits"]] == list(range(1, n + 1))
+    full = {h["image_id"]: [m["id"] for m in h["captions"]] for h in hits}
+    for h in (h for p in pages for h in p["hits"]):
+        ids = [m["id"] for m in h["captions"]]
+        assert ids and ids == full[h["image_id"]][: len(ids)]
+    # images are one per image already; uploads and item queries group too
+    plain = c.get("/api/search", params={"q": "a red car", "k": 4}).json()
+    same = c.get("/api/search", params={"q": "a red car", "k": 4, "group": "image"}).json()
+    assert [h["id"] for h in same["hits"]] == [h["id"] for h in plain["hits"]] and same["hits"][0]["captions"] is None
+    red = captioned["by_color"]["red"]
+    up = c.post("/api/search", files={"image": ("q.png", (captioned["root"] / red).read_bytes(), "image/png")},
+                data={"k": "2", "target": "text", "group": "image"}).json()  # fmt: skip
+    assert up["query"]["group"] == "image" and up["hits"][0]["image_id"] == red and len({h["image_id"] for h in up["hits"]}) == 2
+    by_item = c.get("/api/search", params={"item": red, "target": "text", "group": "image", "k": n}).json()["hits"]
+    assert len({h["image_id"] for h in by_item}) == len(by_item) == n
+    assert_error(c.get("/api/search", params={"q": "a red car", "target": "text", "group": "caption"}), 422, "invalid_request", "group")
+    assert_error(c.post("/api/search", files={"image": ("q.png", b"x", "image/png")}, data={"group": "x"}), 422, "invalid_request", "group")
+
+
+def test_item_metadata_lists_the_captions_of_its_image(captioned, captioned_client, client, scenes):
+    red = captioned["by_color"]["red"]
+    meta = captioned_client.get(f"/api/items/{red}").json()
+    assert meta["captions"] == [{"id": f"{red}#{i}", "caption": t} for i, t in enumerate(captioned["captions"][red])]
+    assert meta["size"] == (captioned["root"] / red).stat().st_size and meta["image_id"] is None
+    caption = captioned_client.get(f"/api/items/{red}%231").json()
+    assert caption["modality"] == "text" and caption["image_id"] == red and caption["captions"] == meta["captions"]
+    assert [c["caption"] for c in client.get(f"/api/items/{red}").json()["captions"]] == ["a photo of a red car"]
+
+
+def test_stats_name_the_model_and_its_metrics(scenes, client, captioned_client):
+    s = captioned_client.get("/api/stats").json()
+    assert s["model_name"] == MODEL_FOLDER and s["model_source"] == "folder" and s["model"] == MODEL_FOLDER
+    assert s["model_metrics"] == MODEL_METRICS and s["model_description"] == "rendered scenes, tiny"
+    s = client.get("/api/stats").json()  # a run: its training config's name; no test metrics recorded
+    assert s["model_name"] == scenes["index"].meta["model"]["name"] != "" and s["model_source"] == "run"
+    assert s["model_metrics"] == {} and s["model_description"] is None and s["model"] == "best.pt"
+    from vsekit.pretrained import PRETRAINED_ROOT, list_pretrained
+    from vsekit.serving.model_name import describe_model
+
+    ready = {m["name"]: m for m in list_pretrained()}["rsicd-aerial"]
+    for checkpoint in (str(PRETRAINED_ROOT / "rsicd-aerial"), "/another/install/vsekit/pretrained/rsicd-aerial"):
+        d = describe_model({"name": "rsicd_minilm_rot_ema", "given": "rsicd-aerial", "checkpoint": checkpoint})
+        assert d == {"model_name": "rsicd-aerial", "model_source": "ready", "model_description": ready["description"],
+                     "model_metrics": ready["metrics"]}  # fmt: skip
+    assert describe_model({"name": "", "checkpoint": "/gone/runs/photos/best.pt"})["model_name"] == "photos"
+    assert describe_model({"checkpoint": "x" * 5000})["model_name"] is None  # a name too long for the file system
+    assert describe_model(None)["model_name"] is None
 
 
 def test_index_path_is_loaded_once_at_startup(scenes):

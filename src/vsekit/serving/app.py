@@ -2,13 +2,15 @@
 
 Endpoints (JSON, described by the OpenAPI schema at ``/openapi.json`` and the page at ``/docs``):
 
-* ``GET /api/search?q=TEXT`` or ``?item=ID``, with ``k``, ``offset`` (pagination) and ``target``
-  (``image`` or ``text``: which items to rank);
+* ``GET /api/search?q=TEXT`` or ``?item=ID``, with ``k``, ``offset`` (pagination), ``target``
+  (``image`` or ``text``: which items to rank) and ``group`` (``image``: caption results one per image, each
+  with its matching captions; ``k`` and ``offset`` then count images);
 * ``POST /api/search``: the same with an uploaded image (``multipart/form-data``, field ``image``);
-* ``GET /api/items/{id}``: an item's metadata; ``/api/items/{id}/image`` its file and
-  ``/api/items/{id}/thumbnail?size=`` a JPEG thumbnail (kept in a bounded in-memory cache);
-* ``GET /api/health`` and ``GET /api/stats`` (index size, model, backend, query latency percentiles
-  over the last queries, uptime);
+* ``GET /api/items/{id}``: an item's metadata, with the captions of its image; ``/api/items/{id}/image`` its
+  file and ``/api/items/{id}/thumbnail?size=`` a JPEG thumbnail (kept in a bounded in-memory cache);
+* ``GET /api/health`` and ``GET /api/stats`` (index size, model: its file and the name a person knows it by,
+  with its test metrics where its model folder records them; backend, query latency percentiles over the last
+  queries, uptime);
 * ``/``: the search page (plain HTML, CSS and JavaScript from :mod:`vsekit.serving`'s ``static``
   folder; nothing is loaded from elsewhere).
 
@@ -36,8 +38,10 @@ from .middleware import MULTIPART_OVERHEAD, AllowedHosts, SecurityHeaders, Uploa
 from .routes import STATIC_DIR, add_item_routes, add_page_routes, add_search_routes, add_service_routes
 from .schemas import (
     ERROR_RESPONSES,
+    CaptionMatch,
     ErrorResponse,
     HealthResponse,
+    ItemCaption,
     ItemResponse,
     LatencyStats,
     SearchHit,
@@ -49,8 +53,10 @@ from .service import SearchService
 
 __all__ = [
     "STATIC_DIR",
+    "CaptionMatch",
     "ErrorResponse",
     "HealthResponse",
+    "ItemCaption",
     "ItemResponse",
     "LatencyStats",
     "SearchHit",

@@ -28,6 +28,11 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
 TEXT_PATTERN = r"\S"
 """A query text holds at least one character that is not white space."""
 
+GROUP_DESCRIPTION = (
+    "with target=text, 'image' gives one result per image (its best caption, with the image's other matching captions "
+    "in 'captions'), and k and offset count images; image results are one per image already"
+)
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The web page's files (``index.html``, ``app.js``, ``style.css``, ``docs.html``, ``docs.js``)."""
 
@@ -37,6 +42,7 @@ def add_search_routes(app: FastAPI, service: SearchService, limits: ServiceLimit
     K = Annotated[int, Query(ge=1, le=limits.max_k, description=f"results per page, 1 to {limits.max_k}")]
     Offset = Annotated[int, Query(ge=0, le=limits.max_offset, description="results to skip (pagination)")]
     Target = Annotated[Literal["image", "text"], Query(description="rank images or texts")]
+    Group = Annotated[Literal["none", "image"], Query(description=GROUP_DESCRIPTION)]
 
     @app.get("/api/search", response_model=SearchResponse, tags=["search"])
     def search(
@@ -48,6 +54,7 @@ def add_search_routes(app: FastAPI, service: SearchService, limits: ServiceLimit
         k: K = 10,
         offset: Offset = 0,
         target: Target = "image",
+        group: Group = "none",
     ) -> SearchResponse:
         """Search by text (``q``) or with an indexed item (``item``): the ``k`` best ``target`` items
         after ``offset``. Give exactly one of ``q`` and ``item`` (a rule OpenAPI parameters cannot state; 422
@@ -57,9 +64,9 @@ def add_search_routes(app: FastAPI, service: SearchService, limits: ServiceLimit
         if q is not None:
             if not q.strip():
                 raise ApiError(422, "q: the query text is empty")
-            return service.search("text", k, offset, target, text=q)
+            return service.search("text", k, offset, target, group, text=q)
         service.item(item, "item")
-        return service.search("item", k, offset, target, item=item)
+        return service.search("item", k, offset, target, group, item=item)
 
     @app.post("/api/search", response_model=SearchResponse, tags=["search"])
     def search_image(
@@ -67,13 +74,14 @@ def add_search_routes(app: FastAPI, service: SearchService, limits: ServiceLimit
         k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
         offset: Annotated[int, Form(ge=0, le=limits.max_offset)] = 0,
         target: Annotated[Literal["image", "text"], Form()] = "image",
+        group: Annotated[Literal["none", "image"], Form(description=GROUP_DESCRIPTION)] = "none",
     ) -> SearchResponse:
         """Search with an uploaded image (``multipart/form-data``)."""
         data = image.file.read(limits.max_upload_bytes + 1)
         if len(data) > limits.max_upload_bytes:
             raise ApiError(413, f"image: the upload is larger than the limit of {limits.max_upload_bytes} bytes")
         picture = decode_image(data, image.filename or "", limits.max_image_pixels)
-        return service.search("image", k, offset, target, image=picture)
+        return service.search("image", k, offset, target, group, image=picture)
 
 
 def add_item_routes(app: FastAPI, service: SearchService, limits: ServiceLimits) -> None:
@@ -115,8 +123,8 @@ def add_item_routes(app: FastAPI, service: SearchService, limits: ServiceLimits)
     def item(item_id: ItemId) -> ItemResponse:
         """An item's metadata."""
         record = service.item(item_id)
-        record = {k: v for k, v in record.items() if k not in ("thumbnail_url", "image_url")}
-        return ItemResponse(**record, **service.urls(record))
+        record = {k: v for k, v in record.items() if k not in ("thumbnail_url", "image_url", "captions")}
+        return ItemResponse(**record, **service.urls(record), captions=service.captions_of(record))
 
 
 def add_service_routes(app: FastAPI, service: SearchService, limits: ServiceLimits) -> None:
@@ -129,7 +137,8 @@ def add_service_routes(app: FastAPI, service: SearchService, limits: ServiceLimi
 
     @app.get("/api/stats", response_model=StatsResponse, tags=["service"])
     def stats() -> StatsResponse:
-        """Index size, model, backend, query latency percentiles and uptime."""
+        """Index size, model (its file, and the name a person knows it by, with its test metrics where known),
+        backend, query latency percentiles and uptime."""
         index_stats = service.index_stats()
         model = index_stats.get("model")
         model = model.get("checkpoint") if isinstance(model, dict) else model
@@ -137,6 +146,7 @@ def add_service_routes(app: FastAPI, service: SearchService, limits: ServiceLimi
             index={**index_stats, "thumbnail_cache": service.thumbnails.stats()},
             items=service.item_count(),
             model=None if model is None else str(model),
+            **service.model(),
             backend=None if index_stats.get("backend") is None else str(index_stats["backend"]),
             queries=service.queries,
             errors=service.errors,

@@ -61,10 +61,19 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class CaptionMatch(BaseModel):
+    """A caption that matched the query, listed under its image in a grouped result (``group=image``)."""
+
+    id: str = Field(description="the caption's id in the index")
+    caption: str | None = Field(None, description="the text")
+    score: float = Field(description="its similarity to the query")
+    rank: int = Field(description="1-based rank in the ranking of all captions, not grouped")
+
+
 class SearchHit(BaseModel):
     """One result."""
 
-    rank: int = Field(description="1-based rank over the whole ranking (offset included)")
+    rank: int = Field(description="1-based rank over the whole ranking (offset included; with group=image, of the images)")
     score: float = Field(description="similarity to the query (higher is closer)")
     id: str = Field(description="the item's id in the index")
     modality: Literal["image", "text"]
@@ -72,6 +81,12 @@ class SearchHit(BaseModel):
     caption: str | None = Field(None, description="the text, or the first caption of an image, if any")
     thumbnail_url: str | None = Field(None, description="relative URL of a thumbnail, when the item has an image file")
     image_url: str | None = Field(None, description="relative URL of the image file, when the item has one")
+    image_id: str | None = Field(None, description="for a caption: the id of the image it describes, if any")
+    captions: list[CaptionMatch] | None = Field(
+        None,
+        description="with group=image (caption results only): the captions of this result's image that rank before "
+        "the first caption of the next page's first result, best first; the first is the result itself",
+    )
 
 
 class QueryInfo(BaseModel):
@@ -83,6 +98,7 @@ class QueryInfo(BaseModel):
     k: int
     offset: int
     target: Literal["image", "text"]
+    group: Literal["none", "image"] = "none"
 
 
 class SearchResponse(BaseModel):
@@ -92,6 +108,13 @@ class SearchResponse(BaseModel):
     hits: list[SearchHit]
     has_more: bool = Field(description="whether a next page (offset + k) has results")
     took_ms: float = Field(description="time spent on the query in the service, in milliseconds")
+
+
+class ItemCaption(BaseModel):
+    """A caption of an item's image."""
+
+    id: str
+    caption: str | None = None
 
 
 class ItemResponse(BaseModel):
@@ -105,6 +128,11 @@ class ItemResponse(BaseModel):
     caption: str | None = None
     thumbnail_url: str | None = None
     image_url: str | None = None
+    captions: list[ItemCaption] = Field(
+        default_factory=list,
+        description="the captions of the item's image, in index order (for a caption: of its image, itself included; a "
+        "caption of no image: itself)",
+    )
 
 
 class HealthResponse(BaseModel):
@@ -130,7 +158,17 @@ class StatsResponse(BaseModel):
 
     index: dict[str, Any] = Field(description="the index's own statistics (Index.stats())")
     items: int
-    model: str | None = Field(None, description="the checkpoint the index was built with")
+    model: str | None = Field(None, description="the checkpoint the index was built with (its file or folder name)")
+    model_name: str | None = Field(
+        None, description="the model by the name a person knows it by: a ready model's or model folder's name, or the run's name"
+    )
+    model_source: Literal["ready", "folder", "run"] | None = Field(
+        None, description="what model_name names: a ready model of vsekit, a model folder, or a training run"
+    )
+    model_description: str | None = Field(None, description="the model folder's one-line description, if any")
+    model_metrics: dict[str, float] = Field(
+        default_factory=dict, description="the model's test metrics where its model folder records them (e.g. test_mR)"
+    )
     backend: str | None = Field(None, description="the search backend")
     queries: int = Field(description="search requests answered since start")
     errors: int = Field(description="requests answered with a 4xx/5xx error since start")

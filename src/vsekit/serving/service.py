@@ -15,7 +15,8 @@ from vsekit.data.images import ImageTooLargeError, open_image
 from vsekit.errors import DataError, VsekitError
 
 from .errors import ApiError, shorten
-from .schemas import LatencyStats, QueryInfo, SearchHit, SearchResponse, ServiceLimits
+from .model_name import describe_model
+from .schemas import CaptionMatch, LatencyStats, QueryInfo, SearchHit, SearchResponse, ServiceLimits
 
 log = logging.getLogger("vsekit.serving.app")
 
@@ -23,6 +24,8 @@ IMAGE_MEDIA_TYPES = {
     ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif", ".webp": "image/webp",
     ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
 }  # fmt: skip
+MAX_CAPTIONS = 10_000
+"""Most captions of one image that an item's metadata lists."""
 
 
 class ThumbnailCache:
@@ -73,6 +76,7 @@ class SearchService:
         self.started = time.monotonic()
         self.thumbnails = ThumbnailCache(limits.thumbnail_cache_bytes)
         self._stats: dict[str, Any] | None = None
+        self._model: dict[str, Any] | None = None
 
     def load(self) -> None:
         if self.index is None:
@@ -174,33 +178,102 @@ class SearchService:
             return {"thumbnail_url": None, "image_url": None}
         image_id = record["id"]
         if record.get("modality") == "text":
-            image_id = record.get("image_id")
-            if image_id is None:
-                image_id = self.require().item(record["id"]).get("image_id")
+            image_id = record["image_id"] if "image_id" in record else self.require().item(record["id"]).get("image_id")
             if not image_id:
                 return {"thumbnail_url": None, "image_url": None}
         base = "/api/items/" + quote(image_id, safe="/")
         return {"thumbnail_url": base + "/thumbnail", "image_url": base + "/image"}
 
-    def search(self, kind: str, k: int, offset: int, target: str, **query: Any) -> SearchResponse:
-        """One page of results: the index searched under the model's lock, timed, as the API answers it."""
+    def ranked(self, query: dict[str, Any], k: int, offset: int, target: str) -> tuple[list[Any], float]:
+        """The index's hits for ``query`` and the seconds they took, under the model's lock (timed inside: the
+        query's own work, not the wait for a busy model); a refused query is a 400."""
         index = self.require()
         try:
-            with self.lock:  # timed inside: the query's own work, not the wait for a busy model
+            with self.lock:
                 t0 = time.perf_counter()
-                hits = index.search(**query, k=k + 1, offset=offset, target=target)
-                took = time.perf_counter() - t0
+                hits = index.search(**query, k=k, offset=offset, target=target)
+                return hits, time.perf_counter() - t0
         except VsekitError as exc:
             raise ApiError(400, str(exc)) from None
+
+    def hit(self, d: dict[str, Any], **extra: Any) -> SearchHit:
+        """A hit as the API answers it: a caption with the id of its image, both with their image's URLs."""
+        if d.get("modality") == "text" and "image_id" not in d:
+            d = {**d, "image_id": self.require().item(d["id"]).get("image_id")}
+        return SearchHit(**d, **extra, **self.urls(d))
+
+    def search(self, kind: str, k: int, offset: int, target: str, group: str = "none", **query: Any) -> SearchResponse:
+        """One page of results, as the API answers it. ``group="image"`` with caption results: one result per image
+        (see :meth:`grouped_captions`)."""
+        info = QueryInfo(kind=kind, text=query.get("text"), item=query.get("item"), k=k, offset=offset, target=target, group=group)
+        if group == "image" and target == "text":
+            hits, has_more, took = self.grouped_captions(query, k, offset)
+        else:
+            found, took = self.ranked(query, k + 1, offset, target)
+            hits, has_more = [self.hit(h.to_dict()) for h in found[:k]], len(found) > k
         self.record(took)
-        out = []
-        for hit in hits[:k]:
-            d = hit.to_dict()
-            out.append(SearchHit(**d, **self.urls(d)))
-        info = QueryInfo(kind=kind, text=query.get("text"), item=query.get("item"), k=k, offset=offset, target=target)
-        return SearchResponse(query=info, hits=out, has_more=len(hits) > k, took_ms=round(took * 1000.0, 3))
+        return SearchResponse(query=info, hits=hits, has_more=has_more, took_ms=round(took * 1000.0, 3))
 
+    def grouped_captions(self, query: dict[str, Any], k: int, offset: int) -> tuple[list[SearchHit], bool, float]:
+        """Caption results grouped by image: the ``k`` images after ``offset`` in the order of their best caption
+        (a caption of no image is a group of its own), each with its captions that rank before the first caption
+        of the next page's first image. The caption ranking is read deeper until ``offset + k + 1`` groups are
+        found or it ends, so that pages are slices of one grouped ranking."""
+        want = offset + k + 1  # this page's groups and the next page's first, which only tells has_more
+        total = max(1, int(self.index_stats().get("num_texts", 0)))
+        depth, took = min(total, max(64, 4 * want)), 0.0
+        while True:
+            found, seconds = self.ranked(query, depth, 0, "text")
+            took += seconds
+            groups = self.group_by_image(found, want)
+            if len(groups) >= want or len(found) < depth or depth >= total:
+                break
+            depth = min(total, 4 * depth)
+        page = []
+        for n, members in enumerate(groups[offset : offset + k]):
+            best, image_id = members[0]
+            matches = [CaptionMatch(id=h.id, caption=h.caption, score=h.score, rank=h.rank) for h, _ in members]
+            page.append(self.hit({**best.to_dict(), "rank": offset + n + 1, "image_id": image_id}, captions=matches))
+        return page, len(groups) > offset + k, took
 
+    def group_by_image(self, hits: list[Any], want: int) -> list[list[tuple[Any, str | None]]]:
+        """Caption hits (best first) as groups of ``(hit, image id)`` by image, in order of their first member, up to
+        the ``want``-th group, which is left empty: the captions after its first are not read."""
+        index = self.require()
+        groups: dict[tuple[str, str], list[tuple[Any, str | None]]] = {}
+        for h in hits:
+            image_id = index.item(h.id).get("image_id")
+            key = ("image", image_id) if image_id else ("text", h.id)
+            if key not in groups:
+                groups[key] = []
+                if len(groups) == want:
+                    break
+            groups[key].append((h, image_id))
+        return list(groups.values())
+
+    def captions_of(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The captions of an item's image, in index order (ids ``{image id}#{n}``, see
+        :mod:`vsekit.index.collection`); a caption of no image has itself."""
+        image_id = record["id"] if record.get("modality") == "image" else record.get("image_id")
+        if not image_id:
+            return [{"id": record["id"], "caption": record.get("caption")}] if record.get("modality") == "text" else []
+        index, out = self.require(), []
+        for n in range(MAX_CAPTIONS):
+            try:
+                caption = index.item(f"{image_id}#{n}")
+            except (KeyError, DataError):
+                break
+            if caption.get("modality") != "text" or caption.get("image_id") != image_id:
+                break
+            out.append({"id": caption["id"], "caption": caption.get("caption")})
+        return out
+
+    def model(self) -> dict[str, Any]:
+        """The model the index was built with, by name (:func:`~vsekit.serving.model_name.describe_model`)."""
+        if self._model is None:
+            meta = getattr(self.require(), "meta", None)
+            self._model = describe_model(meta.get("model") if isinstance(meta, dict) else None)
+        return self._model
 
 
 def decode_image(data: bytes, filename: str, max_pixels: int) -> Any:
