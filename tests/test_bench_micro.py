@@ -58,3 +58,19 @@ def test_micro_benchmark_runs_as_a_script(tmp_path, script, args, check):
     assert proc.returncode in (0, 1), proc.stderr  # 1: a speed target missed on this machine, not an error
     assert len(proc.stdout.splitlines()) >= 4  # the printed table
     assert check(json.loads(out.read_text()))
+
+
+@pytest.mark.slow
+def test_search_benchmark_runs_as_a_script(tmp_path):
+    """bench_cli_search.py on a 200-caption index, one round: every row is there and the ratios are computed."""
+    pytest.importorskip("fastapi", reason="the benchmark starts vsekit serve")
+    pytest.importorskip("transformers", reason="rsicd-aerial's text encoder is MiniLM-L6")
+    out = tmp_path / "result.json"
+    args = ["--items", "200", "--repeats", "1", "--server-queries", "5", "--file-queries", "20", "--work", str(tmp_path / "w")]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cli_search.py"), *args, "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert len(result["cold_seconds_median"]) == 5 and result["item_over_import_torch"] > 0
+    assert result["warm_server_ms"]["queries"] == 5 and result["queries_file"]["queries"] == 20
+    assert "--item / import torch" in proc.stdout

@@ -101,6 +101,9 @@ def test_every_preset_builds_trains_a_step_and_round_trips(name, bert, tmp_path)
     items = image_items(cfg)
     torch.testing.assert_close(loaded.encode_image(items), model.encode_image(items), atol=1e-6, rtol=0)
     torch.testing.assert_close(loaded.encode_text(CAPTIONS), model.encode_text(CAPTIONS), atol=1e-6, rtol=0)
+    # a caption's embedding does not depend on the captions batched with it (encode_text batches by length)
+    alone = torch.cat([loaded.encode_text([c]) for c in CAPTIONS])
+    torch.testing.assert_close(loaded.encode_text(CAPTIONS, batch_size=2), alone, atol=2e-5, rtol=0)
 
 
 def test_the_presets_cover_every_encoder_kind_and_negative_mining():

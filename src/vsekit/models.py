@@ -267,16 +267,23 @@ class VSEModel(nn.Module):
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
-        """Embed sentences. Returns len(texts)×E float32 embeddings on the CPU."""
+        """Embed sentences. Returns len(texts)×E float32 embeddings on the CPU, in the order given.
+
+        Sentences run in batches of similar token counts (sorted by length), which spares a transformer most of
+        the padding. Each sentence's embedding
+        does not depend on the others in its batch (``tests/test_registry_sweep.py`` checks it for every preset).
+        """
         if isinstance(texts, str):
             raise DataError("texts: expected a list of strings, got a single string (wrap it in a list)")
+        ids = [self.tokenizer.encode(t) for t in texts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches of similar lengths: little padding
+        out = torch.empty(len(ids), self.config.embed_size)
         with self._eval_mode():
-            out = []
-            for start in range(0, len(texts), batch_size):
-                ids = [self.tokenizer.encode(t) for t in texts[start : start + batch_size]]
-                tokens, lengths = collate_captions(ids, self.tokenizer.pad_id)
-                out.append(self.forward_text(tokens.to(self.device), lengths.to(self.device)).float().cpu())
-            return torch.cat(out) if out else torch.empty(0, self.config.embed_size)
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                tokens, lengths = collate_captions([ids[i] for i in rows], self.tokenizer.pad_id)
+                out[rows] = self.forward_text(tokens.to(self.device), lengths.to(self.device)).float().cpu()
+        return out
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
