@@ -7,8 +7,12 @@
     vsekit extract data.json images/ features/     store backbone grid features of a dataset (resumable)
     vsekit convert best.pth out.pt --vocab v.json import an official VSE∞ / VSE++ checkpoint
     vsekit encode runs/x photos/ --out photos.idx embed a folder / Karpathy JSON / CSV into a search index
-    vsekit search photos.idx --text "a red car"   search an index (text/image/item -> image/text)
-    vsekit serve photos.idx --port 8000           serve a search page and HTTP API over an index
+    vsekit search photos.idx --text "a red car"   search an index (text/image/item/--queries FILE -> image/text)
+    vsekit search photos/ --model rsicd-aerial ... search a folder of photos (indexed into photos/.vsekit/ first)
+    vsekit search --server URL --text "a red car" ask a running 'vsekit serve' (also $VSEKIT_SERVER)
+    vsekit serve photos.idx --port 8000           serve a search page and HTTP API over an index (or a folder)
+    vsekit models                                 list the ready models (their names go wherever a checkpoint does)
+    vsekit export runs/x out/                     write a run's model as a folder to ship (safetensors, card)
     vsekit presets                                list the presets
     vsekit config vse_infty_region_bigru          print a preset's resolved config
 
