@@ -18,7 +18,9 @@ back to the host every step; the current one accumulates it on the device).
 Each code version runs in its own worker process (``PYTHONPATH`` = its ``src``), both built from
 the same seed and batch. After ``--warmup`` steps each, the workers are stepped alternately, one
 step at a time, so that load changes on a shared machine hit both alike; the result is the median
-step time of each and their ratio. ``--compile`` adds the current code with ``compile=true``. With ``--profile`` the current code's step is also profiled
+step time of each and their ratio. Beside each step time the table gives its matrix-product floor
+(``matmul_floor.py``): the step's matrix products recorded and each run alone on this machine, so the part of
+the step that is not matrix arithmetic shows as ``step/floor``. ``--compile`` adds the current code with ``compile=true``. With ``--profile`` the current code's step is also profiled
 (``torch.profiler``, top operators by self time).
 """
 
@@ -50,7 +52,10 @@ def _worker(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     from vsekit import training
     from vsekit.data.collate import Batch
-    from vsekit.text.vocab import Vocabulary
+    try:
+        from vsekit.text.vocab import Vocabulary
+    except ModuleNotFoundError:  # the core release kept the vocabulary under vsekit.data
+        from vsekit.data.vocab import Vocabulary
     from vsekit.losses import ContrastiveLoss
     from vsekit.models import create_model
     from vsekit.presets import get_preset
@@ -116,6 +121,11 @@ def _worker(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         if line.strip() == "syncs":
             print(json.dumps(_sync_report(step)), flush=True)
+            continue
+        if line.strip() == "floor":  # the step's matrix products, each timed alone
+            from matmul_floor import record_matmuls, time_matmuls
+
+            print(json.dumps(time_matmuls(record_matmuls(step), args.device)), flush=True)
             continue
         if line.strip() != "step":
             break
@@ -216,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.steps):
             for name, proc in procs.items():
                 samples[name].append(_step(proc))
+        floors = {}
+        for name, proc in procs.items():  # every version's matrix-product floor, measured in its own process
+            proc.stdin.write("floor\n")
+            proc.stdin.flush()
+            floors[name] = json.loads(proc.stdout.readline())
         syncs = {}
         if args.device.startswith("cuda"):  # host-device syncs in one step of each version, by source line
             for name, proc in procs.items():
@@ -230,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     median = {name: statistics.median(v) for name, v in samples.items()}
     base = median["core (b6d18c0)"]
     print(f"training step on {args.device}, batch {args.batch}, {args.threads} thread(s), median of {args.steps} interleaved steps")
-    print(f"{'code':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'speedup':>8}")
+    print(f"{'code':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'speedup':>8} {'matmul floor s':>15} {'GFLOP':>6} {'GFLOP/s':>8} {'step/floor':>11}")
     for name, v in samples.items():
-        print(f"{name:<20} {median[name]:>9.3f} {min(v):>7.3f} {max(v):>7.3f} {base / median[name]:>7.2f}x")
+        f = floors[name]
+        print(f"{name:<20} {median[name]:>9.3f} {min(v):>7.3f} {max(v):>7.3f} {base / median[name]:>7.2f}x "
+              f"{f['seconds']:>15.3f} {f['gflop']:>6.1f} {f['gflop_per_second']:>8.1f} {median[name] / f['seconds']:>10.2f}x")
     speedup = base / median["current"]
     print(f"target >= {TARGET_SPEEDUP}x: {'met' if speedup >= TARGET_SPEEDUP else 'NOT met'} ({speedup:.2f}x)")
     for name, sites in syncs.items():
@@ -252,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "step_seconds": samples,
         "median_seconds": median,
+        "matmul_floor": floors,
+        "step_over_floor": {name: median[name] / floors[name]["seconds"] for name in median},
         "speedup_vs_core": {name: base / m for name, m in median.items()},
         "target_speedup": TARGET_SPEEDUP,
         "target_met": speedup >= TARGET_SPEEDUP,

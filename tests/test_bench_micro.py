@@ -74,3 +74,19 @@ def test_search_benchmark_runs_as_a_script(tmp_path):
     assert len(result["cold_seconds_median"]) == 5 and result["item_over_import_torch"] > 0
     assert result["warm_server_ms"]["queries"] == 5 and result["queries_file"]["queries"] == 20
     assert "--item / import torch" in proc.stdout
+
+
+def test_matmul_floor_counts_a_linear_layers_products_by_hand():
+    """nn.Linear(4 -> 3) on 5 rows, forward and backward: addmm 5×4·4×3, then the input's gradient 5×3·3×4 and the
+    weight's 3×5·5×4: three products of 2·5·4·3 = 120 FLOPs each."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("matmul_floor", REPO / "benchmarks" / "matmul_floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4, requires_grad=True)
+    calls = floor.record_matmuls(lambda: layer(x).sum().backward())
+    assert sum(calls.values()) == 3 and sorted(floor.flops(c) for c in calls) == [120, 120, 120]
+    timed = floor.time_matmuls(calls, repeats=2)
+    assert timed["gflop"] == pytest.approx(360e-9) and timed["products"] == 3 and timed["seconds"] > 0
