@@ -534,6 +534,9 @@ def test_a_feature_model_indexes_photos_with_its_recorded_extractor(tmp_path):
     assert from_photos.search(image=photos / "im9.png", k=1)[0].id == "im9.png"
     again = Index.build(tmp_path / "run", photos, tmp_path / "b", progress=False)  # nothing new
     assert again.meta["encoded"]["images"] == 0
+    from vsekit.index.folders import folder_is_indexed
+
+    assert folder_is_indexed(photos, tmp_path / "b", tmp_path / "run")  # its keys carry the views: compared by file
     # the model alone takes the photos too (vsekit.load tells it the recorded extractor and views)
     import vsekit
 

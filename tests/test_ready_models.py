@@ -65,8 +65,10 @@ def test_a_folder_of_unseen_aerial_photos_is_searched_as_the_readme_says(rsicd, 
 
     first = vsekit("search", str(folder), "--model", "rsicd-aerial", "--text", records[0].captions[0], "-k", "5", "--json")
     assert "images/s" in first.stderr and (folder / ".vsekit" / "rsicd-aerial" / "index.json").is_file()
-    by_image = json.loads(vsekit("search", str(folder), "--image", str(folder / records[3].filename), "-k", "1", "--json").stdout)
+    by_image_run = vsekit("search", str(folder), "--image", str(folder / records[3].filename), "-k", "1", "--json")
+    by_image = json.loads(by_image_run.stdout)
     assert by_image[0]["id"] == records[3].filename  # an indexed photo finds itself first
+    assert "reused" not in by_image_run.stderr  # the index was up to date: opened, not rebuilt
     queries = tmp_path / "queries.txt"
     queries.write_text("".join(r.captions[0] + "\n" for r in records), encoding="utf-8")
     answers = [json.loads(line) for line in vsekit("search", str(folder), "--queries", str(queries), "-k", "10", "--json").stdout.splitlines()]

@@ -137,7 +137,7 @@ def test_search_folder_by_cli_then_through_a_server(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "images/s" in first.stderr  # it indexed the folder, with progress
     again = _vsekit("search", str(folder), "--text", query, "-k", "5", "--json")
-    assert again.returncode == 0 and "images/s" not in again.stderr and again.stdout == first.stdout
+    assert again.returncode == 0 and "reused" not in again.stderr and again.stdout == first.stdout  # not rebuilt
     proc, url = start_server(folder)  # vsekit serve FOLDER: its index, with the model it was made with
     try:
         served = _vsekit("search", "--server", url, "--text", query, "-k", "5", "--json")

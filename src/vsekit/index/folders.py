@@ -73,8 +73,9 @@ def folder_is_indexed(folder: str | os.PathLike, index_dir: str | os.PathLike, m
             index_checkpoint(index_dir, meta, model)
         except CheckpointError:  # another model (or another version of it): the index must be rebuilt
             return False
-    indexed = set(open_part(index_dir, meta, "image", faiss=False).columns["key"])
-    return indexed == {item.key for item in read_folder(root).images}
+    columns = open_part(index_dir, meta, "image", faiss=False).columns
+    indexed = set(zip(columns["path"], columns["size"], columns["mtime"]))  # keys may carry the views too
+    return indexed == {(item.path, item.size, item.mtime) for item in read_folder(root).images}
 
 
 def open_folder(
