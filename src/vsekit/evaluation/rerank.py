@@ -1,0 +1,55 @@
+"""A second stage at test time: query-bank normalisation of a similarity matrix against hubs.
+
+Some gallery items (hubs) are close to very many queries and crowd every result list. Query-bank normalisation
+(QB-Norm, Bogolin et al., CVPR 2022) measures each gallery item's hubness against a bank of queries that are not
+the test queries (e.g. the training split's captions for text→image search) and divides it out with an inverted
+softmax; its dynamic form (DIS) does so only for queries whose best item is a hub. ``benchmarks/rsicd_rerank.py``
+measures it on RSICD.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+__all__ = ["querybank_normalize"]
+
+
+def querybank_normalize(sims: np.ndarray, bank_sims: np.ndarray, beta: float, dynamic: bool = False) -> np.ndarray:
+    """Scores of queries against a gallery, normalised by the gallery's similarities to a query bank.
+
+    The inverted softmax scores query ``q`` against item ``g`` as ``beta·s(q, g) − log Σ_b exp(beta·s(b, g))``
+    over the bank queries ``b``: an item close to many bank queries loses. With ``dynamic`` (DIS) only queries whose
+    best plain item is a hub (the best item of at least one bank query) are normalised; the others keep their plain
+    scores. Each query's ranking is what counts: rows are not comparable with each other.
+
+    Args:
+        sims: Q×G similarities of the queries to the gallery.
+        bank_sims: B×G similarities of the bank queries (same modality as the queries) to the same gallery.
+        beta: the inverse temperature (> 0).
+        dynamic: DIS instead of the plain inverted softmax.
+
+    Returns:
+        Q×G float32 scores.
+
+    Raises:
+        ConfigError: for a beta that is not a positive number.
+        DataError: if the two matrices disagree on the gallery, or the bank is empty.
+    """
+    if not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ConfigError(f"beta: expected a positive number, got {beta!r}")
+    sims = np.asarray(sims, dtype=np.float32)
+    bank = np.asarray(bank_sims, dtype=np.float32)
+    if sims.ndim != 2 or bank.ndim != 2 or bank.shape[1] != sims.shape[1] or bank.shape[0] == 0:
+        raise DataError(f"bank_sims: expected B×{sims.shape[-1]} similarities to the same gallery (B > 0), got {bank.shape}")
+    top = bank.max(axis=0)
+    lse = beta * top + np.log(np.exp(beta * (bank - top)).sum(axis=0))  # log Σ_b exp(beta·s(b, g)), per item g
+    normalised = beta * sims - lse[None, :]
+    if not dynamic:
+        return normalised
+    hubs = np.zeros(sims.shape[1], dtype=bool)
+    hubs[bank.argmax(axis=1)] = True
+    return np.where(hubs[sims.argmax(axis=1)][:, None], normalised, sims)
