@@ -20,6 +20,8 @@ def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     n.add_argument("--out", required=True, help="index folder (an index already there is updated: only new items are embedded)")
     n.add_argument("--backend", default="exact", help="exact (default) or faiss:<factory string>, e.g. faiss:IVF256,Flat or faiss:HNSW32")
     n.add_argument("--search-params", help="FAISS search parameters (default nprobe=16 for IVF, efSearch=64 for HNSW)")
+    n.add_argument("--max-index-memory", metavar="SIZE", help="faiss:auto: memory budget of building and searching the index, e.g. 2GB or 512MB (default: 2GB)")
+    n.add_argument("--min-recall", type=float, help="faiss:auto: the recall@10 the chosen index must reach (default: 0.9)")
     n.add_argument("--source-kind", default="auto", help="auto (default), folder, karpathy, csv, jsonl or precomp")
     n.add_argument("--image-root", help="Karpathy JSON: the image folder (default: the JSON's folder)")
     n.add_argument("--split", help="Karpathy JSON / precomp: only these splits, e.g. test or train+val (default: all)")
@@ -83,7 +85,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         args.checkpoint, args.source, args.out, source_kind=args.source_kind, backend=args.backend,
         batch_size=args.batch_size, device=args.device, progress=not args.quiet, image_root=args.image_root,
         split=args.split, search_params=args.search_params, workers=args.workers, features=args.features,
-        checkpoint_seconds=args.save_every_seconds,
+        checkpoint_seconds=args.save_every_seconds, max_index_memory=args.max_index_memory, min_recall=args.min_recall,
         views=None if args.views is None else [] if args.views.strip() == "none" else comma_list(args.views),
     )  # fmt: skip
     st = idx.stats()

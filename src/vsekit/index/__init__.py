@@ -5,7 +5,9 @@
   only what is new); ``Index.load(path)`` opens one; ``index.search(text=... | image=... | item=...)``
   answers text→image, image→text, image→image and text→text queries with :class:`Hit` results.
 * Backends (:mod:`vsekit.index.backends`): exact search in torch (default) and FAISS indexes from a
-  factory string (``pip install 'vsekit[faiss]'``), with their recall@10 measured at build.
+  factory string (``pip install 'vsekit[faiss]'``), with their recall@10 measured at build; ``faiss:auto``
+  (:mod:`vsekit.index.budget`) chooses an IVF-PQ index from a memory budget and a recall target, re-ranked
+  exactly with rows read from disk (:mod:`vsekit.index.rows`), for collections past memory.
 * Sources (:mod:`vsekit.index.collection`): what is read from each kind of source, ids and keys.
 
 A build goes reader → mapper → writer: :mod:`~vsekit.index.collection` (with :mod:`~vsekit.index.items` and

@@ -29,6 +29,7 @@ from vsekit.device import resolve_device
 from vsekit.distributed import DistContext, barrier, broadcast_object, gather_objects, init_from_env, shutdown
 from vsekit.errors import ConfigError, DataError
 from vsekit.index.backends import FaissBackend, import_faiss, measure_recall, parse_backend
+from vsekit.index.budget import AUTO, AutoSettings, auto_settings, same_budget
 from vsekit.index.collection import Collection, ImageItem, TextItem, detect_source_kind, read_collection
 from vsekit.index.encode import check_image_input, encode_images, encode_texts
 from vsekit.index.pending import PendingEmbeddings
@@ -72,10 +73,14 @@ class BuildOptions:
     """The options of :meth:`vsekit.index.Index.build` (described there), checked when made.
 
     Attributes:
-        factory: besides the options, the FAISS factory string of a ``faiss:`` backend (None for ``exact``).
+        factory: besides the options, the FAISS factory string of a ``faiss:`` backend (None for ``exact``;
+            ``"auto"`` for ``faiss:auto``).
+        auto: the checked ``max_index_memory`` (bytes), ``min_recall`` and ``recall_queries`` of ``faiss:auto``
+            (:class:`vsekit.index.budget.AutoSettings`; None for other backends).
 
     Raises:
-        ConfigError: for an unknown backend or a count that is not a positive integer.
+        ConfigError: for an unknown backend, a count that is not a positive integer, a bad size or recall, a
+            budget or recall given to another backend than ``faiss:auto``, or search parameters given to it.
     """
 
     source_kind: str
@@ -93,7 +98,10 @@ class BuildOptions:
     recall_queries: int
     checkpoint_every: int
     checkpoint_seconds: float
+    max_index_memory: int | str | None = None
+    min_recall: float | None = None
     factory: str | None = field(init=False)
+    auto: AutoSettings | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.factory = parse_backend(self.backend)[1]
@@ -102,6 +110,14 @@ class BuildOptions:
         seconds = self.checkpoint_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
             raise ConfigError(f"checkpoint_seconds: expected a number of seconds >= 0, got {seconds!r}")
+        self.auto = None
+        if self.factory == AUTO:
+            if self.search_params is not None:
+                raise ConfigError("search_params: faiss:auto chooses them (nprobe and rerank); leave search_params unset")
+            self.auto = auto_settings(self.max_index_memory, self.min_recall, self.recall_queries)
+        elif self.max_index_memory is not None or self.min_recall is not None:
+            name = "max_index_memory" if self.max_index_memory is not None else "min_recall"
+            raise ConfigError(f"{name}: only backend=faiss:auto chooses an index from a budget (backend is {self.backend!r})")
 
 
 def load_model(checkpoint: str | os.PathLike, options: BuildOptions, device: Any = None) -> tuple[Any, ModelSource]:
@@ -286,11 +302,13 @@ def write_generation(
     parts: dict[str, dict[str, Any]] = {}
     for m in MODALITIES:
         prev = previous.get(m)
-        if old is not None and prev is not None and same_backend and prev.columns == columns[m]:
+        budget_kept = options.auto is None or (old is not None and same_budget(old["parts"][m], options.auto))
+        if old is not None and prev is not None and same_backend and budget_kept and prev.columns == columns[m]:
             parts[m] = dict(old["parts"][m])  # unchanged: keep the previous generation's files
             continue
         parts[m] = write_part(
-            out, m, generation, columns[m], rows[m], arrays, dim, options.shard_size, options.factory, options.search_params
+            out, m, generation, columns[m], rows[m], arrays, dim, options.shard_size, options.factory, options.search_params,
+            options.auto,
         )
     return generation, parts
 

@@ -140,6 +140,8 @@ class Index:
         recall_queries: int = 1000,
         checkpoint_every: int = 4096,
         checkpoint_seconds: float = 30.0,
+        max_index_memory: int | str | None = None,
+        min_recall: float | None = None,
     ) -> Index:
         """Embed a collection into an index folder, or bring an existing index up to date.
 
@@ -152,6 +154,8 @@ class Index:
             backend: ``"exact"`` (torch, no extra dependency) or ``"faiss:<factory string>"`` (inner
                 product, e.g. ``"faiss:IVF256,Flat"``, ``"faiss:HNSW32"``; ``pip install 'vsekit[faiss]'``).
                 For an approximate backend its recall@10 against exact search is measured and stored.
+                ``"faiss:auto"`` chooses an IVF-PQ index, its ``nprobe`` and an exact re-ranking from disk
+                under ``max_index_memory`` that reaches ``min_recall`` (see :mod:`vsekit.index.budget`).
             batch_size: items per forward pass.
             device: where the model runs (``cpu``, ``cuda``, ``auto``).
             progress: show progress bars (items/s, ETA) and the summary on stderr.
@@ -168,6 +172,9 @@ class Index:
             recall_queries: held-out queries for the recall measurement of an approximate backend.
             checkpoint_every: new embeddings are flushed to ``pending/`` every this many items, or
             checkpoint_seconds: every this many seconds, whichever comes first; a killed build keeps them.
+            max_index_memory: ``faiss:auto`` only: the memory budget of each index and its build, in bytes or
+                as ``"2GB"`` / ``"512MB"`` (powers of 1024; default 2 GiB).
+            min_recall: ``faiss:auto`` only: the recall@10 the chosen index must reach (default 0.9).
 
         Returns:
             The loaded :class:`Index`.
@@ -181,7 +188,7 @@ class Index:
             source_kind=source_kind, backend=backend, batch_size=batch_size, device=device, progress=progress,
             image_root=image_root, split=split, features=features, views=views, search_params=search_params,
             shard_size=shard_size, workers=workers, recall_queries=recall_queries, checkpoint_every=checkpoint_every,
-            checkpoint_seconds=checkpoint_seconds,
+            checkpoint_seconds=checkpoint_seconds, max_index_memory=max_index_memory, min_recall=min_recall,
         )  # fmt: skip
         folder, meta, model = build_index(checkpoint, source, out_dir, options)
         return cls(folder, meta, checked_model(folder, meta, model), {m: open_part(folder, meta, m) for m in MODALITIES})

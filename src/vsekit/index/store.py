@@ -39,6 +39,8 @@ import numpy as np
 
 from vsekit.errors import CheckpointError, ConfigError, DataError, first_line
 from vsekit.index.backends import ExactBackend, FaissBackend, parse_backend
+from vsekit.index.budget import AUTO, AutoSettings, auto_settings, build_auto
+from vsekit.index.rows import RerankedBackend, ShardRows
 from vsekit.io import atomic_write, atomic_write_json
 from vsekit.pretrained import find_model_folder
 
@@ -87,7 +89,7 @@ class IndexPart:
     columns: dict[str, list[Any]]
     shards: list[np.ndarray]
     exact: ExactBackend
-    backend: ExactBackend | FaissBackend
+    backend: ExactBackend | FaissBackend | RerankedBackend
     rows: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -149,12 +151,14 @@ def open_part(folder: Path, meta: dict[str, Any], modality: str, faiss: bool = T
             f"and its metadata {len(columns['id'])}; rebuild the index"
         )
     exact = ExactBackend(shards, dim)
-    backend: ExactBackend | FaissBackend = exact
+    backend: ExactBackend | FaissBackend | RerankedBackend = exact
     if faiss and entry.get("faiss"):
-        factory = parse_backend(meta["backend"])[1] or ""
+        factory = entry.get("factory") or parse_backend(meta["backend"])[1] or ""  # faiss:auto records its choice
         backend = FaissBackend.load(folder / entry["faiss"], factory, entry.get("search_params") or "")
         if backend.ntotal != n:
             raise DataError(f"{folder / entry['faiss']}: the FAISS index holds {backend.ntotal} vectors, expected {n}")
+        if entry.get("rerank"):
+            backend = RerankedBackend(backend, ShardRows(shards, dim), int(entry["rerank"]))
     rows = {i: r for r, i in enumerate(columns["id"])}
     return IndexPart(modality, columns, shards, exact, backend, rows)
 
@@ -268,8 +272,10 @@ def write_part(
     shard_size: int,
     factory: str | None,
     search_params: str | None,
+    auto: AutoSettings | None = None,
 ) -> dict[str, Any]:
-    """Write one modality's shards, metadata and FAISS index into a new generation folder."""
+    """Write one modality's shards, metadata and FAISS index into a new generation folder (``factory="auto"``:
+    the index :func:`vsekit.index.budget.build_auto` chooses under ``auto``)."""
     n = len(cols["id"])
     if n == 0:
         return {"count": 0, "folder": None, "shards": [], "metadata": None, "faiss": None, "recall": None}
@@ -291,7 +297,11 @@ def write_part(
     _write_metadata(folder / "metadata.parquet", cols)
     entry: dict[str, Any] = {"count": n, "folder": rel, "shards": names, "metadata": f"{rel}/metadata.parquet",
                              "faiss": None, "recall": None}  # fmt: skip
-    if factory is not None:
+    if factory == AUTO:
+        settings = auto if auto is not None else auto_settings(None, None, 1000)
+        entry.update(build_auto(open_shards(out, entry, dim), dim, settings, folder / "faiss.index", FOLDERS[modality]))
+        entry["faiss"] = f"{rel}/faiss.index"
+    elif factory is not None:
         shards = open_shards(out, entry, dim)
         fb = FaissBackend.build(shards, factory, search_params)
         fb.save(folder / "faiss.index")
