@@ -37,7 +37,8 @@ from vsekit.data.factory import build_dataset
 from vsekit.errors import VsekitError
 from vsekit.evaluation import evaluate_sims, mean_recall, recall_curve
 from vsekit.evaluation.retrieval import similarity_matrix
-from vsekit.extract import VIEWS, extract_features
+from vsekit.data.views import VIEWS
+from vsekit.extract import extract_features
 from vsekit.io import atomic_write_json, atomic_write_text
 from vsekit.plots import line_style, plot_recall_curves
 from vsekit.training import train

@@ -333,10 +333,10 @@ def photo_extractor_settings(model: Any, source: ModelSource, options: BuildOpti
 
 
 def photo_extractor(col: Collection, source: ModelSource, device: Any) -> Any:
-    """The :class:`vsekit.extract.FeatureExtractor` of a feature model for a collection of image files, or None."""
+    """The :class:`vsekit.backbones.extractor.FeatureExtractor` of a feature model for a collection of image files, or None."""
     if col.features or source.extractor is None or not col.images:
         return None
-    from vsekit.extract import FeatureExtractor
+    from vsekit.backbones.extractor import FeatureExtractor
 
     return FeatureExtractor.from_metadata(source.extractor, f"{source.given} (its recorded extractor)", device=str(device))
 

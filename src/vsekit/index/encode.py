@@ -111,7 +111,7 @@ def encode_images(
         batch_size: images per forward pass.
         workers: threads reading and resizing image files.
         progress: advanced by the items of every batch (skipped ones included).
-        extractor: for a feature model over image files, the :class:`vsekit.extract.FeatureExtractor` its
+        extractor: for a feature model over image files, the :class:`vsekit.backbones.extractor.FeatureExtractor` its
             features were made with: each photo gets the features (and views) that ``vsekit extract`` would store.
 
     Yields:

@@ -248,7 +248,7 @@ class Index:
         return embed_query_texts(self.model, texts)
 
     def feature_extractor(self) -> Any:
-        """The :class:`vsekit.extract.FeatureExtractor` that made this feature index's features, on the model's
+        """The :class:`vsekit.backbones.extractor.FeatureExtractor` that made this feature index's features, on the model's
         device (built on first use), or None where the index does not record one (other models; feature
         folders without ``features.json``)."""
         settings = self.meta["collection"].get("extractor")
@@ -256,7 +256,7 @@ class Index:
             return None
         with self._extractor_lock:
             if self._extractor is None:
-                from vsekit.extract import FeatureExtractor
+                from vsekit.backbones.extractor import FeatureExtractor
 
                 where = f"{self.path / 'index.json'} (collection.extractor)"
                 self._extractor = FeatureExtractor.from_metadata(settings, where, device=str(self.model.device))
