@@ -152,6 +152,8 @@ def test_search_folder_by_cli_then_through_a_server(tmp_path):
         stop_server(proc)
     down = _vsekit("search", "--server", url, "--text", query)
     assert down.returncode == 2 and down.stderr.startswith("error: cannot reach the service at")
+    both = _vsekit("search", str(folder), "--server", url, "--text", query)
+    assert both.returncode == 2 and "are two indexes; give one" in both.stderr
     nothing = _vsekit("search", "--text", query, env={"VSEKIT_SERVER": ""})
     assert nothing.returncode == 2 and "give an index or photo folder, or --server URL" in nothing.stderr
     index = folder / INDEXES / next((folder / INDEXES).iterdir()).name

@@ -107,6 +107,8 @@ def open_index(path: str, args: argparse.Namespace, lazy: bool) -> Any:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    if args.server and args.index:
+        raise ConfigError(f"--server: {args.index} and the server at {args.server} are two indexes; give one")
     server = args.server or (None if args.index else os.environ.get(SERVER_ENV) or None)
     if server is None and not args.index:
         raise ConfigError(f"search: give an index or photo folder, or --server URL (or set ${SERVER_ENV})")
