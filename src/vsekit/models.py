@@ -114,7 +114,8 @@ def embed_photos(model: VSEModel, extractor: Any, photos: Sequence[Any], views: 
 
 
 PHOTO_BATCH = 16
-"""Photos a feature model's extractor reads at a time in :meth:`VSEModel.encode_image`."""
+"""The most photos a feature model's extractor reads at a time in :meth:`VSEModel.encode_image` (fewer when its
+``batch_size`` is smaller)."""
 
 
 class VSEModel(nn.Module):
@@ -246,14 +247,14 @@ class VSEModel(nn.Module):
             else:
                 items = list(images)
             if spec.kind == "features" and any(is_photo(x) for x in items):
-                return self._encode_photos(items)
+                return self._encode_photos(items, min(batch_size, PHOTO_BATCH))
             out = []
             for start in range(0, len(items), batch_size):
                 batch, lengths = spec.collate(items[start : start + batch_size], train=False)
                 out.append(self.forward_image(batch.to(self.device), lengths.to(self.device)).float().cpu())
             return torch.cat(out) if out else torch.empty(0, self.config.embed_size)
 
-    def _encode_photos(self, photos: list[Any]) -> Tensor:
+    def _encode_photos(self, photos: list[Any], batch: int) -> Tensor:
         if not all(is_photo(x) for x in photos):
             raise DataError("images: give photos or feature arrays, not both in one call")
         extractor = self.photo_extractor()
@@ -262,7 +263,7 @@ class VSEModel(nn.Module):
                 "images: this model reads extracted features and does not know how they were made (a checkpoint "
                 "without a recorded extractor): give K×D feature arrays from 'vsekit extract'"
             )
-        chunks = [photos[i : i + PHOTO_BATCH] for i in range(0, len(photos), PHOTO_BATCH)]
+        chunks = [photos[i : i + batch] for i in range(0, len(photos), batch)]
         return torch.cat([embed_photos(self, extractor, c, self.photo_views) for c in chunks])
 
     @torch.inference_mode()
