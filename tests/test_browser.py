@@ -25,6 +25,7 @@ pytest.importorskip("pyarrow", reason="search indexes need pyarrow")
 selenium = pytest.importorskip("selenium", reason="the browser test needs selenium (the dev extra)")
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -70,7 +71,9 @@ def results(driver) -> list[str]:
 
 
 def wait_for(driver, predicate, what: str, timeout: float = 15):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: predicate(d), message=what)
+    # a predicate may read the grid while the page redraws it: an element gone stale means "not yet", so poll again
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(lambda d: predicate(d), message=what)
 
 
 def settled(driver) -> bool:
