@@ -225,7 +225,8 @@ def test_captions_are_grouped_by_image(browser, server, tmp_path):
     d.find_element(By.CSS_SELECTOR, "#results li button").click()
     wait_for(d, lambda d: detail_shows(d, blue, scenes["captions"][blue]), "the image of the captions")
     escape(d)
-    wait_for(d, lambda d: not detail_open(d), "closed")
+    # closed, and its history entry left (closing goes Back): navigating before that could race with it
+    wait_for(d, lambda d: not detail_open(d) and "detail" not in state(d), "closed")
     # pagination counts images: pages of 3, none repeated
     d.get(url + "/?q=a+green+car&target=text&k=3")
     wait_for(d, lambda d: settled(d) and len(results(d)) == 3, "first page of images by captions")
