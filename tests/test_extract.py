@@ -561,3 +561,31 @@ def test_a_feature_model_indexes_photos_with_its_recorded_extractor(tmp_path):
         Index.build(tmp_path / "bare.pt", photos, tmp_path / "d", progress=False)
     with pytest.raises(DataError, match="does not know how they were made"):
         vsekit.load(tmp_path / "bare.pt").encode_image([photos / names[0]])
+
+
+def test_a_joined_split_is_assembled_from_its_extracted_parts_in_the_json_order(tmp_path):
+    from vsekit.extract import extract_features
+
+    ann, root = _karpathy(tmp_path)
+    doc = json.loads(ann.read_text())
+    for i, rec in enumerate(doc["images"]):  # the two splits interleaved in the file
+        rec["split"] = "test" if i % 3 == 1 else "train"
+    ann.write_text(json.dumps(doc))
+    kw = dict(backbone="tiny", image_size=64, batch_size=2, progress_stream=None, views=["rot90"])
+    out, direct = tmp_path / "feats", tmp_path / "direct"
+    extract_features(ann, root, out, splits=["train", "test"], **kw)
+    meta = extract_features(ann, root, out, splits=["train+test"], **kw)
+    assert meta["timing"]["train+test"]["joined_from"] == ["train", "test"]
+    assert meta["timing"]["train+test.rot90"]["joined_from"] == ["train", "test"]
+    ref = extract_features(ann, root, direct, splits=["train+test"], **kw)
+    assert "joined_from" not in ref["timing"]["train+test"]
+    assert meta["splits"]["train+test"]["files"] == ref["splits"]["train+test"]["files"] == [f"im{i}.png" for i in range(8)]
+    parts = {s: np.load(out / f"{s}_ims.rot90.npy") for s in ("train", "test")}
+    rows = [parts["test"][i // 3] if i % 3 == 1 else parts["train"][i - (i + 1) // 3] for i in range(8)]
+    np.testing.assert_array_equal(np.load(out / "train+test_ims.rot90.npy"), np.stack(rows))  # the parts' rows, moved
+    for name in ("train+test_ims.npy", "train+test_ims.rot90.npy"):  # = a backbone pass over the joined split
+        np.testing.assert_allclose(np.load(out / name).astype(np.float32), np.load(direct / name).astype(np.float32), rtol=2e-3, atol=2e-3)
+    assert not list(out.glob("*.partial"))
+    # the joined split is then resumed like any other: nothing is done again
+    again = extract_features(ann, root, out, splits=["train+test"], **kw)
+    assert again["timing"]["train+test"]["skipped"] and again["timing"]["train+test.rot90"]["skipped"]

@@ -74,7 +74,9 @@ def extract_features(
         annotations: the Karpathy-style JSON (``dataset_rsicd.json``, ``dataset_coco.json``, ...).
         images: the folder holding the images (``filepath/filename`` of each record).
         out_dir: output folder (created); an interrupted extraction there is resumed.
-        splits: splits to extract (``"train+restval"`` joins splits in one file).
+        splits: splits to extract (``"train+restval"`` joins splits in one file; when its parts, and their
+            views, are already extracted in ``out_dir``, the joined file is assembled from their rows without a
+            backbone pass: ``["train", "val", "test", "train+val"]`` costs one pass per image).
         backbone: a :func:`vsekit.backbones.list_backbones` name (pretrained weights).
         image_size: side of the square network input.
         batch_size: images per forward pass.
@@ -118,7 +120,8 @@ def extract_features(
                 timing[key] = {"images": len(records), "seconds": 0.0, "skipped": "already extracted",
                                "recorded_seconds": done_entry.get("extract_seconds")}  # fmt: skip
                 continue
-            entry, timing[key] = job.run(split, records, view)
+            joined = join_extracted_parts(out, meta, split, records, image_root, view)
+            entry, timing[key] = joined if joined is not None else job.run(split, records, view)
             if entry is not None:
                 if view is None:
                     meta["splits"][split] = entry
@@ -127,6 +130,39 @@ def extract_features(
                     meta["splits"][split].setdefault("views", {})[view] = entry
                 atomic_write_json(meta, meta_path)
     return {**meta, "timing": timing}
+
+
+def join_extracted_parts(out: Path, meta: dict[str, Any], split: str, records: list, image_root: Path,
+                         view: str | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Write a joined split (``train+val``) from the rows of its parts when every part (and ``view``) is already
+    extracted in ``out`` with the same files: no backbone pass. Returns its entry and timing, or None."""
+    parts = split.split("+")
+    if len(parts) < 2:
+        return None
+    entries = [meta["splits"].get(p) for p in parts]
+    if not all(entries) or not all(out.joinpath(view_file(p, view)).is_file() for p in parts):
+        return None
+    if view is not None and not all(view in e.get("views", {}) for e in entries):
+        return None
+    where = {f: (i, row) for i, e in enumerate(entries) for row, f in enumerate(e["files"])}
+    files = [str(_image_path(image_root, r).relative_to(image_root)) for r in records]
+    if any(f not in where for f in files):
+        return None  # the parts hold other images than the joined split: extract it
+    t0 = time.perf_counter()
+    sources = [np.load(out / view_file(p, view), mmap_mode="r") for p in parts]
+    final = out / view_file(split, view)
+    partial = final.with_name(final.name + ".partial")
+    arr = np.lib.format.open_memmap(partial, mode="w+", dtype=sources[0].dtype, shape=(len(files), *sources[0].shape[1:]))
+    for i, f in enumerate(files):
+        part, row = where[f]
+        arr[i] = sources[part][row]
+    arr.flush()
+    del arr
+    os.replace(partial, final)
+    seconds = time.perf_counter() - t0
+    entry = {"images": len(files), "grid": entries[0]["grid"], "channels": entries[0]["channels"], "files": files,
+             "joined_from": parts, "extract_seconds": round(seconds, 2)}  # fmt: skip
+    return entry, {"images": len(files), "seconds": round(seconds, 2), "joined_from": parts}
 
 
 def _check_arguments(images: str | os.PathLike, batch_size: int, save_every: float, views: Sequence[str]) -> Path:

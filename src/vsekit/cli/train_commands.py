@@ -190,7 +190,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         save_every=args.save_every_seconds,
     )  # fmt: skip
     for split, t in result["timing"].items():
-        rate = f", {t['images_per_second']:.1f} images/s" if "images_per_second" in t else f" ({t.get('skipped', '')})"
+        if "images_per_second" in t:
+            rate = f", {t['images_per_second']:.1f} images/s"
+        elif "joined_from" in t:
+            rate = f" (joined from the rows of {' and '.join(t['joined_from'])})"
+        else:
+            rate = f" ({t.get('skipped', '')})"
         print(f"{split}: {t['images']} images in {t['seconds']:.1f}s{rate}")
     done = [s for s in splits if s in result["splits"]]
     print(f"features of {', '.join(done) or 'no complete split'} in {args.out}/ (backbone {args.backbone})")
