@@ -46,6 +46,35 @@ def test_train_then_eval(tmp_path):
     proc = run_cli("eval", "--sims", str(tmp_path / "s.npy"), str(tmp_path / "s.npy"), "--json", str(tmp_path / "e.json"))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "e.json").read_text()) == pytest.approx(metrics)
+    _check_querybank_eval(run, tmp_path, metrics)
+
+
+def _check_querybank_eval(run, tmp_path, plain) -> None:
+    """`vsekit eval --querybank train`: one row per form and beta, each = the library's QB-Norm on the embeddings."""
+    import vsekit
+    from vsekit.checkpoint import config_from_checkpoint, read_checkpoint
+    from vsekit.data.factory import build_dataset
+    from vsekit.evaluation import encode_dataset, evaluate_querybank
+
+    out = tmp_path / "qb.json"
+    proc = run_cli("eval", str(run), "--split", "test", "--querybank", "train", "--querybank-beta", "5,20",
+                   "--querybank-form", "is,dis", "--json", str(out), "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    assert list(rows) == ["plain", "QB-Norm IS beta=5", "QB-Norm IS beta=20", "QB-Norm DIS beta=5", "QB-Norm DIS beta=20"]
+    assert rows["plain"] == pytest.approx(plain) and "query bank: split 'train'" in proc.stdout
+    cfg = config_from_checkpoint(read_checkpoint(str(run)))
+    model = vsekit.load(str(run))
+    test, bank = (encode_dataset(model, build_dataset(cfg.data, s, evaluation=True)) for s in ("test", "train"))
+    want = evaluate_querybank(*(t.numpy() for t in (*test, *bank)), beta=20.0, dynamic=True)
+    assert rows["QB-Norm DIS beta=20"] == pytest.approx(want, abs=1e-6)
+    assert rows["QB-Norm IS beta=5"] != rows["plain"]
+    for bad, needle in ((["--querybank", "test"], "holds the evaluated split 'test'"),
+                        (["--querybank", "train", "--querybank-beta", "0"], "--querybank-beta: expected positive"),
+                        (["--querybank", "train", "--querybank-form", "x"], "--querybank-form: expected is, dis"),
+                        (["--querybank", "train", "--folds", "5"], "--querybank: evaluates one fold")):  # fmt: skip
+        assert_one_line_error(run_cli("eval", str(run), "--split", "test", *bad), needle)
+    assert_one_line_error(run_cli("eval", "--sims", str(tmp_path / "s.npy"), "--querybank", "train"), "--sims")
 
 
 def test_train_from_config_file_on_precomp_files(tmp_path):

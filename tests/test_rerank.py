@@ -44,3 +44,29 @@ def test_a_bank_of_another_gallery_is_refused():
         querybank_normalize(QUERIES, np.zeros((3, 5)), beta=1.0)
     with pytest.raises(DataError, match="bank_sims"):
         querybank_normalize(QUERIES, np.zeros((0, 2)), beta=1.0)
+
+
+def test_evaluate_querybank_normalises_each_direction_against_its_own_bank():
+    from vsekit.evaluation import evaluate_querybank, evaluate_sims
+
+    rng = np.random.default_rng(0)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    images, bank_images = unit(rng.normal(size=(6, 4))), unit(rng.normal(size=(9, 4)))
+    captions, bank_captions = unit(rng.normal(size=(12, 4))), unit(rng.normal(size=(20, 4)))
+    got = evaluate_querybank(images, captions, bank_images, bank_captions, beta=3.0, captions_per_image=2)
+    # by hand: each direction's scores, normalised with the bank of its own queries' modality
+    sims = images @ captions.T
+    i2t = np.array([[3 * sims[i, c] - math.log(sum(math.exp(3 * float(b @ captions[c])) for b in bank_images))
+                     for c in range(12)] for i in range(6)])  # fmt: skip
+    t2i = np.array([[3 * sims[i, c] - math.log(sum(math.exp(3 * float(b @ images[i])) for b in bank_captions))
+                     for c in range(12)] for i in range(6)])  # fmt: skip
+    want_i2t, want_t2i = evaluate_sims(i2t, 2), evaluate_sims(t2i, 2)
+    for k in ("r1", "r5", "r10", "medr", "meanr"):
+        assert got[f"i2t_{k}"] == pytest.approx(want_i2t[f"i2t_{k}"])
+        assert got[f"t2i_{k}"] == pytest.approx(want_t2i[f"t2i_{k}"])
+    assert got["rsum"] == pytest.approx(sum(got[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
+    assert got != {k: v for k, v in evaluate_sims(sims, 2).items() if k in got}  # the banks change the ranking
+    # a model's own similarity (here: twice the dot product, as an order-embedding model would give its own)
+    doubled = evaluate_querybank(images, captions, bank_images, bank_captions, beta=1.5, captions_per_image=2,
+                                 similarity=lambda a, b: 2 * (a @ b.T))  # fmt: skip
+    assert doubled == pytest.approx(got)

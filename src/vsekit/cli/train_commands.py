@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .common import comma_list
+from .eval_command import add_eval, cmd_eval
 
 
 def _add_demo(new_command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -29,24 +30,6 @@ def _add_train(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     t.add_argument("--max-steps", type=int, help="stop after this many steps (resumable)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3 epochs=5")
-
-
-def _add_eval(new_command: Callable[..., argparse.ArgumentParser]) -> None:
-    e = new_command("eval", help="evaluate a checkpoint, or saved similarity matrices")
-    e.add_argument("checkpoint", nargs="?", help="checkpoint file, run folder, model folder or ready model name (vsekit models)")
-    e.add_argument("--split", help="split to evaluate (default: the config's test split)")
-    e.add_argument("--data-path", help="data folder/file (default: the one in the checkpoint's config)")
-    e.add_argument("--features", help="feature folder for Karpathy-JSON data")
-    e.add_argument("--images", help="image folder for Karpathy-JSON data (raw-image models)")
-    e.add_argument("--eval-views", help="average each image's embedding over these test-time views too, e.g. "
-                   "rot90,rot180,rot270 (files from 'vsekit extract --views'; '' for none; default: the checkpoint's)")  # fmt: skip
-    e.add_argument("--protocol", help="coco1k, coco5k, f30k or kcaptions (default: folds=1)")
-    e.add_argument("--sims", nargs="+", help="evaluate these saved images×captions .npy matrices (averaged if several)")
-    e.add_argument("--captions-per-image", type=int, default=5, help="with --sims (default 5)")
-    e.add_argument("--folds", type=int, default=1, help="sequential folds averaged (5 for COCO 1K)")
-    e.add_argument("--save-sims", help="save the similarity matrix to this .npy (for ensembles)")
-    e.add_argument("--json", help="also write the metrics to this JSON file")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
 
 
 def _add_extract(new_command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -125,57 +108,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if result.completed and main:
         print(f"best validation rsum {result.best_rsum:.2f} at epoch {result.best_epoch}; checkpoints in {run_dir}/")
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..data.files import open_npy
-    from ..evaluation import ensemble_sims, evaluate_protocol, evaluate_sims, format_metrics_table
-    from ..io import atomic_write_json
-
-    if args.sims:
-        mats = []
-        for path in args.sims:
-            mats.append(open_npy(path, "a similarity matrix"))
-        sims = ensemble_sims(mats) if len(mats) > 1 else np.asarray(mats[0])
-        k = args.captions_per_image
-        title = f"{len(mats)} similarity matri{'ces (averaged)' if len(mats) > 1 else 'x'}"
-    else:
-        if not args.checkpoint:
-            raise DataError("eval: give a checkpoint (file or run folder) or --sims FILES")
-        from ..checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
-        from ..configure import validate
-        from ..data.factory import build_dataset
-        from ..evaluation.retrieval import similarity_matrix
-        from ..device import resolve_device
-
-        ckpt = read_checkpoint(args.checkpoint)
-        cfg = config_from_checkpoint(ckpt)
-        if args.data_path:
-            cfg.data.path = args.data_path
-        if args.features:
-            cfg.data.features = args.features
-        if args.images:
-            cfg.data.images = args.images
-        if args.eval_views is not None:
-            cfg.data.eval_views = comma_list(args.eval_views)
-            validate(cfg, require_data=False)
-        split = args.split or cfg.data.test_split
-        model = model_from_checkpoint(ckpt).to(resolve_device(args.device)).eval()
-        dataset = build_dataset(cfg.data, split, evaluation=True)
-        sims = similarity_matrix(model, dataset, cfg.eval_batch_size)
-        if args.save_sims:
-            from ..io import atomic_write
-
-            atomic_write(args.save_sims, lambda f: np.save(f, sims))
-        k = dataset.captions_per_image
-        title = f"{ckpt['path']} on split {split!r} ({dataset.num_images} images)"
-    metrics = evaluate_protocol(sims, args.protocol) if args.protocol else evaluate_sims(sims, k, args.folds)
-    print(format_metrics_table({"result": metrics}, title=title))
-    if args.json:
-        atomic_write_json(metrics, args.json)
     return 0
 
 
@@ -262,12 +194,12 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-PARSERS = (_add_demo, _add_train, _add_eval, _add_extract, _add_convert, _add_presets_and_config)
+PARSERS = (_add_demo, _add_train, add_eval, _add_extract, _add_convert, _add_presets_and_config)
 
 COMMANDS = {
     "demo": _cmd_demo,
     "train": _cmd_train,
-    "eval": _cmd_eval,
+    "eval": cmd_eval,
     "extract": _cmd_extract,
     "convert": _cmd_convert,
     "presets": _cmd_presets,

@@ -4,18 +4,20 @@ Some gallery items (hubs) are close to very many queries and crowd every result 
 (QB-Norm, Bogolin et al., CVPR 2022) measures each gallery item's hubness against a bank of queries that are not
 the test queries (e.g. the training split's captions for text→image search) and divides it out with an inverted
 softmax; its dynamic form (DIS) does so only for queries whose best item is a hub. ``benchmarks/rsicd_rerank.py``
-measures it on RSICD.
+measures it on RSICD; ``vsekit eval RUN --querybank train`` runs it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .metrics import evaluate_sims
 
-__all__ = ["querybank_normalize"]
+__all__ = ["evaluate_querybank", "querybank_normalize"]
 
 
 def querybank_normalize(sims: np.ndarray, bank_sims: np.ndarray, beta: float, dynamic: bool = False) -> np.ndarray:
@@ -53,3 +55,42 @@ def querybank_normalize(sims: np.ndarray, bank_sims: np.ndarray, beta: float, dy
     hubs = np.zeros(sims.shape[1], dtype=bool)
     hubs[bank.argmax(axis=1)] = True
     return np.where(hubs[sims.argmax(axis=1)][:, None], normalised, sims)
+
+
+def evaluate_querybank(
+    images: np.ndarray,
+    captions: np.ndarray,
+    bank_images: np.ndarray,
+    bank_captions: np.ndarray,
+    beta: float,
+    dynamic: bool = False,
+    captions_per_image: int = 5,
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Retrieval metrics of both directions after query-bank normalisation.
+
+    Text→image ranks each caption against the images normalised by the bank captions' similarities to them;
+    image→text ranks each image against the captions normalised by the bank images'. The metrics are those of
+    :func:`vsekit.evaluation.evaluate_sims` (one fold).
+
+    Args:
+        images, captions: N×E image and (N·k)×E caption embeddings of the evaluated split.
+        bank_images, bank_captions: embeddings of the bank (e.g. the training split), never the evaluated split.
+        beta, dynamic: as :func:`querybank_normalize`.
+        captions_per_image: k.
+        similarity: ``similarity(a, b)`` = the len(a)×len(b) scores of the model (plain dot products: for
+            normalised embeddings, the cosine); pass the model's own for order embeddings.
+    """
+    if similarity is None:
+        similarity = _dot
+    sims = similarity(images, captions)  # images × captions
+    t2i = querybank_normalize(sims.T, similarity(images, bank_captions).T, beta, dynamic).T  # queries = captions
+    i2t = querybank_normalize(sims, similarity(bank_images, captions), beta, dynamic)  # queries = images
+    a, b = evaluate_sims(i2t, captions_per_image), evaluate_sims(t2i, captions_per_image)
+    out = {**{k: v for k, v in a.items() if k.startswith("i2t")}, **{k: v for k, v in b.items() if k.startswith("t2i")}}
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    return out
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32) @ np.asarray(b, dtype=np.float32).T
