@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -69,6 +70,18 @@ def _check_querybank_eval(run, tmp_path, plain) -> None:
     want = evaluate_querybank(*(t.numpy() for t in (*test, *bank)), beta=20.0, dynamic=True)
     assert rows["QB-Norm DIS beta=20"] == pytest.approx(want, abs=1e-6)
     assert rows["QB-Norm IS beta=5"] != rows["plain"]
+    # --querybank-cache: the bank's embeddings are kept and reused while the checkpoint is the same file
+    cache, again = tmp_path / "bank.npz", tmp_path / "qb2.json"
+    args = ("eval", str(run), "--split", "test", "--querybank", "train", "--querybank-form", "dis", "--quiet",
+            "--querybank-cache", str(cache), "--json", str(again))  # fmt: skip
+    assert run_cli(*args).returncode == 0 and json.loads(again.read_text())["QB-Norm DIS beta=20"] == pytest.approx(want, abs=1e-6)
+    with np.load(cache) as z:
+        stored = dict(z)
+    np.savez(cache, **{**stored, "captions": -stored["captions"]})  # the same key: read back as it is
+    assert run_cli(*args).returncode == 0 and json.loads(again.read_text())["QB-Norm DIS beta=20"] != pytest.approx(want, abs=1e-6)
+    ckpt = run / "best.pt"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))  # another checkpoint: embedded again
+    assert run_cli(*args).returncode == 0 and json.loads(again.read_text())["QB-Norm DIS beta=20"] == pytest.approx(want, abs=1e-6)
     for bad, needle in ((["--querybank", "test"], "holds the evaluated split 'test'"),
                         (["--querybank", "train", "--querybank-beta", "0"], "--querybank-beta: expected positive"),
                         (["--querybank", "train", "--querybank-form", "x"], "--querybank-form: expected is, dis"),

@@ -7,6 +7,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
@@ -32,6 +33,8 @@ def add_eval(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     e.add_argument("--querybank-beta", default="20", help="QB-Norm inverse temperatures, one row each (default: 20; "
                    "choose on val, e.g. 5,10,20,30,50)")  # fmt: skip
     e.add_argument("--querybank-form", default="is", help="is (inverted softmax), dis (its dynamic form) or is,dis")
+    e.add_argument("--querybank-cache", metavar="NPZ", help="keep the bank's embeddings in this file and reuse them while "
+                   "the checkpoint, the bank split and the views are the same (the bank is the costly part)")  # fmt: skip
     e.add_argument("--json", help="also write the metrics to this JSON file")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -116,16 +119,43 @@ def _evaluate_checkpoint(args: argparse.Namespace, settings: list[tuple[str, boo
     title = f"{ckpt['path']} on split {split!r} ({dataset.num_images} images)"
     if settings:
         bank = build_dataset(cfg.data, args.querybank, evaluation=True)
-        bank_img, bank_cap = _embed(model, bank, f"embed bank {args.querybank}", args.quiet, cfg.eval_batch_size)
+        bank_img, bank_cap = _bank_embeddings(model, bank, ckpt, cfg, args)
 
         def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return model.similarity(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
         for row, dynamic, beta in settings:
-            results[row] = evaluate_querybank(img.numpy(), cap.numpy(), bank_img.numpy(), bank_cap.numpy(), beta,
-                                              dynamic, k, similarity)  # fmt: skip
+            results[row] = evaluate_querybank(img.numpy(), cap.numpy(), bank_img, bank_cap, beta, dynamic, k, similarity)
         title += f"; query bank: split {args.querybank!r} ({bank.num_images} images, {len(bank.captions())} captions)"
     return results, title
+
+
+def _bank_embeddings(model: Any, bank: Any, ckpt: dict[str, Any], cfg: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The bank's image and caption embeddings (NumPy), from ``--querybank-cache`` when it holds them for this
+    checkpoint file (path, size, mtime), bank split, data and views; otherwise embedded (and cached)."""
+    import json
+    import os
+
+    import numpy as np
+
+    from ..io import atomic_write
+
+    weights = os.stat(ckpt.get("weights_path", ckpt["path"]))
+    key = json.dumps([str(Path(ckpt["path"]).resolve()), weights.st_size, weights.st_mtime_ns, args.querybank,
+                      cfg.data.path, cfg.data.features, list(cfg.data.eval_views)])  # fmt: skip
+    cache = Path(args.querybank_cache) if args.querybank_cache else None
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache) as z:
+                if str(z["key"]) == key:
+                    return z["images"], z["captions"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or foreign: embedded again and replaced
+    img, cap = _embed(model, bank, f"embed bank {args.querybank}", args.quiet, cfg.eval_batch_size)
+    img, cap = img.numpy(), cap.numpy()
+    if cache is not None:
+        atomic_write(cache, lambda f: np.savez(f, images=img, captions=cap, key=np.array(key)))
+    return img, cap
 
 
 def _embed(model: Any, dataset: Any, what: str, quiet: bool, batch_size: int) -> tuple[Any, Any]:
