@@ -88,6 +88,32 @@ def _check_querybank_eval(run, tmp_path, plain) -> None:
                         (["--querybank", "train", "--folds", "5"], "--querybank: evaluates one fold")):  # fmt: skip
         assert_one_line_error(run_cli("eval", str(run), "--split", "test", *bad), needle)
     assert_one_line_error(run_cli("eval", "--sims", str(tmp_path / "s.npy"), "--querybank", "train"), "--sims")
+    _check_ensemble_eval(run, tmp_path, cfg, test, bank)
+
+
+def _check_ensemble_eval(run, tmp_path, cfg, test, bank) -> None:
+    """`vsekit eval A B`: the mean of the members' similarities, with and without QB-Norm (both cosine models:
+    their normalised embeddings side by side, scaled by 1/sqrt(2), give the same mean by hand)."""
+    import vsekit
+    from vsekit.data.factory import build_dataset
+    from vsekit.evaluation import encode_dataset, evaluate_querybank
+
+    other = tmp_path / "run2"
+    proc = run_cli("train", "--preset", "demo_gpo", "--run-dir", str(other), "--quiet", "epochs=1", "seed=1", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("eval", str(other), "--split", "test", "--save-sims", str(tmp_path / "s2.npy")).returncode == 0
+    out = tmp_path / "ens.json"
+    proc = run_cli("eval", str(run), str(other), "--split", "test", "--querybank", "train", "--save-sims",
+                   str(tmp_path / "ens.npy"), "--json", str(out), "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "an ensemble of 2 models" in proc.stdout
+    mean = (np.load(tmp_path / "s.npy") + np.load(tmp_path / "s2.npy")) / 2
+    np.testing.assert_allclose(np.load(tmp_path / "ens.npy"), mean, atol=1e-6)
+    model2 = vsekit.load(str(other))
+    test2, bank2 = (encode_dataset(model2, build_dataset(cfg.data, s, evaluation=True)) for s in ("test", "train"))
+    side = [np.concatenate([a.numpy(), b.numpy()], axis=1) / np.sqrt(2) for a, b in zip((*test, *bank), (*test2, *bank2))]
+    want = evaluate_querybank(*side, beta=20.0)
+    assert json.loads(out.read_text())["QB-Norm IS beta=20"] == pytest.approx(want, abs=1e-6)
 
 
 def test_train_from_config_file_on_precomp_files(tmp_path):

@@ -16,7 +16,8 @@ from .common import comma_list
 
 def add_eval(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     e = new_command("eval", help="evaluate a checkpoint, or saved similarity matrices")
-    e.add_argument("checkpoint", nargs="?", help="checkpoint file, run folder, model folder or ready model name (vsekit models)")
+    e.add_argument("checkpoint", nargs="*", help="checkpoint file, run folder, model folder or ready model name (vsekit "
+                   "models); several: an ensemble, their similarities averaged")  # fmt: skip
     e.add_argument("--split", help="split to evaluate (default: the config's test split)")
     e.add_argument("--data-path", help="data folder/file (default: the one in the checkpoint's config)")
     e.add_argument("--features", help="feature folder for Karpathy-JSON data")
@@ -84,55 +85,96 @@ def _querybank_settings(args: argparse.Namespace) -> list[tuple[str, bool, float
 
 def _evaluate_checkpoint(args: argparse.Namespace, settings: list[tuple[str, bool, float]]) -> tuple[dict[str, Any], str]:
     import numpy as np
-    import torch
 
-    from ..checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
-    from ..configure import validate
-    from ..data.factory import build_dataset
-    from ..device import resolve_device
     from ..evaluation import evaluate_protocol, evaluate_querybank, evaluate_sims
 
     if not args.checkpoint:
         raise DataError("eval: give a checkpoint (file or run folder) or --sims FILES")
-    ckpt = read_checkpoint(args.checkpoint)
-    cfg = config_from_checkpoint(ckpt)
-    cfg.data.path = args.data_path or cfg.data.path
-    cfg.data.features = args.features or cfg.data.features
-    cfg.data.images = args.images or cfg.data.images
-    if args.eval_views is not None:
-        cfg.data.eval_views = comma_list(args.eval_views)
-        validate(cfg, require_data=False)
-    split = args.split or cfg.data.test_split
+    members = [_Member(path, args) for path in args.checkpoint]
+    split = args.split or members[0].cfg.data.test_split
     if settings and split in args.querybank.split("+"):
         raise ConfigError(f"--querybank: the bank {args.querybank!r} holds the evaluated split {split!r}; use another split")
-    model = model_from_checkpoint(ckpt).to(resolve_device(args.device)).eval()
-    dataset = build_dataset(cfg.data, split, evaluation=True)
-    img, cap = _embed(model, dataset, f"embed {split}", args.quiet, cfg.eval_batch_size)
-    sims = model.similarity(img, cap).numpy()
+    datasets = [m.dataset(split) for m in members]
+    embedded = [m.embed(d, f"embed {split}", args.quiet) for m, d in zip(members, datasets)]
+    sims = _mean_similarity(members, [e[0] for e in embedded], [e[1] for e in embedded])
     if args.save_sims:
         from ..io import atomic_write
 
         atomic_write(args.save_sims, lambda f: np.save(f, sims))
-    k = dataset.captions_per_image
+    k = datasets[0].captions_per_image
     name = "plain" if settings else "result"
     results = {name: evaluate_protocol(sims, args.protocol) if args.protocol else evaluate_sims(sims, k, args.folds)}
-    title = f"{ckpt['path']} on split {split!r} ({dataset.num_images} images)"
+    what = members[0].ckpt["path"] if len(members) == 1 else f"an ensemble of {len(members)} models (similarities averaged)"
+    title = f"{what} on split {split!r} ({datasets[0].num_images} images)"
     if settings:
-        bank = build_dataset(cfg.data, args.querybank, evaluation=True)
-        bank_img, bank_cap = _bank_embeddings(model, bank, ckpt, cfg, args)
+        banks = [m.dataset(args.querybank) for m in members]
+        bank = [_bank_embeddings(m, b, i, args) for i, (m, b) in enumerate(zip(members, banks))]
 
-        def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return model.similarity(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        def similarity(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+            return _mean_similarity(members, a, b)
 
+        images, captions = [e[0] for e in embedded], [e[1] for e in embedded]
         for row, dynamic, beta in settings:
-            results[row] = evaluate_querybank(img.numpy(), cap.numpy(), bank_img, bank_cap, beta, dynamic, k, similarity)
-        title += f"; query bank: split {args.querybank!r} ({bank.num_images} images, {len(bank.captions())} captions)"
+            results[row] = evaluate_querybank(images, captions, [e[0] for e in bank], [e[1] for e in bank], beta,
+                                              dynamic, k, similarity)  # fmt: skip
+        title += f"; query bank: split {args.querybank!r} ({banks[0].num_images} images, {len(banks[0].captions())} captions)"
     return results, title
 
 
-def _bank_embeddings(model: Any, bank: Any, ckpt: dict[str, Any], cfg: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """The bank's image and caption embeddings (NumPy), from ``--querybank-cache`` when it holds them for this
-    checkpoint file (path, size, mtime), bank split, data and views; otherwise embedded (and cached)."""
+class _Member:
+    """One evaluated checkpoint (an ensemble has several): its config with the command's data options, its model."""
+
+    def __init__(self, path: str, args: argparse.Namespace) -> None:
+        from ..checkpoint import config_from_checkpoint, model_from_checkpoint, read_checkpoint
+        from ..configure import validate
+        from ..device import resolve_device
+
+        self.ckpt = read_checkpoint(path)
+        cfg = config_from_checkpoint(self.ckpt)
+        cfg.data.path = args.data_path or cfg.data.path
+        cfg.data.features = args.features or cfg.data.features
+        cfg.data.images = args.images or cfg.data.images
+        if args.eval_views is not None:
+            cfg.data.eval_views = comma_list(args.eval_views)
+            validate(cfg, require_data=False)
+        self.cfg = cfg
+        self.model = model_from_checkpoint(self.ckpt).to(resolve_device(args.device)).eval()
+
+    def dataset(self, split: str) -> Any:
+        from ..data.factory import build_dataset
+
+        return build_dataset(self.cfg.data, split, evaluation=True)
+
+    def embed(self, dataset: Any, what: str, quiet: bool) -> tuple[Any, Any]:
+        """The dataset's image and caption embeddings (NumPy), with a progress bar of both on stderr."""
+        from ..evaluation import encode_dataset
+        from ..progress import Progress
+
+        bar = Progress(dataset.num_images + len(dataset.captions()), what, "items", None if quiet else sys.stderr)
+        try:
+            img, cap = encode_dataset(self.model, dataset, self.cfg.eval_batch_size, on_progress=bar.update)
+        finally:
+            bar.close()
+        return img.numpy(), cap.numpy()
+
+
+def _mean_similarity(members: list[_Member], images: list[Any], captions: list[Any]) -> Any:
+    """The mean over the members of each one's similarity of its own embeddings (one member: its similarity)."""
+    import torch
+
+    if len({(len(a), len(b)) for a, b in zip(images, captions)}) > 1:
+        raise DataError("eval: the ensemble's members read different images or captions of the split (check their data)")
+    total = None
+    for member, a, b in zip(members, images, captions):
+        sims = member.model.similarity(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        total = sims if total is None else total + sims
+    return total / len(members)
+
+
+def _bank_embeddings(member: _Member, bank: Any, index: int, args: argparse.Namespace) -> tuple[Any, Any]:
+    """A member's bank embeddings (NumPy), from ``--querybank-cache`` (member ``index`` > 0: ``NAME.{index}.npz``)
+    when it holds them for this checkpoint file (path, size, mtime), bank split, data and views; otherwise
+    embedded (and cached)."""
     import json
     import os
 
@@ -140,10 +182,13 @@ def _bank_embeddings(model: Any, bank: Any, ckpt: dict[str, Any], cfg: Any, args
 
     from ..io import atomic_write
 
+    ckpt, data = member.ckpt, member.cfg.data
     weights = os.stat(ckpt.get("weights_path", ckpt["path"]))
     key = json.dumps([str(Path(ckpt["path"]).resolve()), weights.st_size, weights.st_mtime_ns, args.querybank,
-                      cfg.data.path, cfg.data.features, list(cfg.data.eval_views)])  # fmt: skip
+                      data.path, data.features, list(data.eval_views)])  # fmt: skip
     cache = Path(args.querybank_cache) if args.querybank_cache else None
+    if cache is not None and index:
+        cache = cache.with_name(f"{cache.stem}.{index}{cache.suffix}")
     if cache is not None and cache.is_file():
         try:
             with np.load(cache) as z:
@@ -151,20 +196,7 @@ def _bank_embeddings(model: Any, bank: Any, ckpt: dict[str, Any], cfg: Any, args
                     return z["images"], z["captions"]
         except (OSError, ValueError, KeyError):
             pass  # unreadable or foreign: embedded again and replaced
-    img, cap = _embed(model, bank, f"embed bank {args.querybank}", args.quiet, cfg.eval_batch_size)
-    img, cap = img.numpy(), cap.numpy()
+    img, cap = member.embed(bank, f"embed bank {args.querybank}", args.quiet)
     if cache is not None:
         atomic_write(cache, lambda f: np.savez(f, images=img, captions=cap, key=np.array(key)))
     return img, cap
-
-
-def _embed(model: Any, dataset: Any, what: str, quiet: bool, batch_size: int) -> tuple[Any, Any]:
-    """A split's image and caption embeddings, with a progress bar of both on stderr."""
-    from ..evaluation import encode_dataset
-    from ..progress import Progress
-
-    bar = Progress(dataset.num_images + len(dataset.captions()), what, "items", None if quiet else sys.stderr)
-    try:
-        return encode_dataset(model, dataset, batch_size, on_progress=bar.update)
-    finally:
-        bar.close()

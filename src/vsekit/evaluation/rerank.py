@@ -74,7 +74,8 @@ def evaluate_querybank(
     :func:`vsekit.evaluation.evaluate_sims` (one fold).
 
     Args:
-        images, captions: N×E image and (N·k)×E caption embeddings of the evaluated split.
+        images, captions: N×E image and (N·k)×E caption embeddings of the evaluated split (or whatever
+            ``similarity`` takes: an ensemble passes each member's embeddings).
         bank_images, bank_captions: embeddings of the bank (e.g. the training split), never the evaluated split.
         beta, dynamic: as :func:`querybank_normalize`.
         captions_per_image: k.
