@@ -30,7 +30,11 @@ time then covers the last attempt only). It prints a table and writes ``{out}/bu
 Usage::
 
     python benchmarks/rsicd_budget.py ../shared/datasets/rsicd [--out benchmarks/results/rsicd_budget]
-        [--preset rsicd_minilm_rot_ema] [--seed 0] [--train-val] [KEY=VALUE ...]
+        [--preset rsicd_minilm_rot_ema] [--seed 0] [--members 1] [--train-val] [KEY=VALUE ...]
+
+``--members N`` trains N models side by side in step 6 (seeds SEED..SEED+N-1, the cores shared out among them;
+on a CPU one training thread does almost as much as two) and evaluates their ensemble, the mean of their
+similarities, in steps 7 and 8.
 """
 
 from __future__ import annotations
@@ -56,35 +60,40 @@ BETAS = "5,10,20,30,50,80"
 """The QB-Norm inverse temperatures tried on val (both forms)."""
 
 
-def steps(args: argparse.Namespace) -> list[tuple[str, list[str] | Callable[[], list[str]]]]:
-    """The recipe's steps as ``vsekit`` command lines (a callable where the line depends on an earlier step's
-    result); the views come from the preset (and overrides)."""
+Commands = list[list[str]]
+"""The ``vsekit`` command lines of one step, run side by side (several: the members of an ensemble)."""
+
+
+def steps(args: argparse.Namespace) -> list[tuple[str, Commands | Callable[[], Commands]]]:
+    """The recipe's steps (a callable where the lines depend on an earlier step's result); the views come from the
+    preset (and overrides)."""
     cfg = apply_overrides(get_preset(args.preset), args.overrides)
     ann, images = str(args.data / "dataset_rsicd.json"), str(args.data / "images")
-    feats, run, out = str(args.out / "features_lite0"), str(args.out / "run"), args.out
+    feats, out = str(args.out / "features_lite0"), args.out
+    runs = [str(out / "run")] + [str(out / f"run.{i}") for i in range(1, args.members)]
     extract = ["extract", ann, images, feats]
-    plan: list[tuple[str, list[str] | Callable[[], list[str]]]] = [("extract_plain", extract)]
+    plan: list[tuple[str, Commands | Callable[[], Commands]]] = [("extract_plain", [extract])]
     both = sorted({*cfg.data.eval_views, *cfg.data.train_views})  # the bank (train) is evaluated with eval_views
     for name, split, views in (("test", "test", cfg.data.eval_views), ("train", "train", both),
                                ("val", "val", both if args.train_val else cfg.data.eval_views)):  # fmt: skip
         if views:
-            plan.append((f"extract_{name}_views", [*extract, "--splits", split, "--views", ",".join(views)]))
-    train = ["train", "--preset", args.preset, f"data.path={ann}", f"data.features={feats}", f"seed={args.seed}"]
+            plan.append((f"extract_{name}_views", [[*extract, "--splits", split, "--views", ",".join(views)]]))
+    train = ["train", "--preset", args.preset, f"data.path={ann}", f"data.features={feats}"]
     bank, cache = "train", str(out / "bank.npz")
     if args.train_val:
-        plan.append(("extract_train_val", [*extract, "--splits", "train+val", *(["--views", ",".join(both)] if both else [])]))
+        plan.append(("extract_train_val", [[*extract, "--splits", "train+val", *(["--views", ",".join(both)] if both else [])]]))
         train.append("data.train_split=train+val")
         bank = "train+val"
-    plan.append(("train", [*train, *args.overrides, "--run-dir", run]))
+    plan.append(("train", [[*train, f"seed={args.seed + i}", *args.overrides, "--run-dir", r] for i, r in enumerate(runs)]))
     qb = ["--querybank", bank, "--querybank-cache", cache, "--quiet"]
     if not args.train_val:
-        plan.append(("querybank_val", ["eval", run, "--split", "val", *qb, "--querybank-beta", BETAS,
-                                       "--querybank-form", "is,dis", "--json", str(out / "val_querybank.json")]))  # fmt: skip
+        plan.append(("querybank_val", [["eval", *runs, "--split", "val", *qb, "--querybank-beta", BETAS,
+                                        "--querybank-form", "is,dis", "--json", str(out / "val_querybank.json")]]))  # fmt: skip
 
-    def test() -> list[str]:
+    def test() -> Commands:
         form, beta = (args.querybank_form, args.querybank_beta) if args.train_val else chosen_on_val(out)
-        return ["eval", run, "--split", "test", *qb, "--querybank-form", form, "--querybank-beta", beta,
-                "--json", str(out / "test.json")]  # fmt: skip
+        return [["eval", *runs, "--split", "test", *qb, "--querybank-form", form, "--querybank-beta", beta,
+                 "--json", str(out / "test.json")]]  # fmt: skip
 
     plan.append(("test", test))
     return plan
@@ -118,6 +127,8 @@ def run(argv: list[str] | None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rsicd_budget")
     p.add_argument("--preset", default="rsicd_minilm_rot_ema")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--members", type=int, default=1, help="train this many models side by side (seeds SEED, SEED+1, ...) "
+                   "and evaluate their ensemble (default: 1)")  # fmt: skip
     p.add_argument("--train-val", action="store_true", help="the final recipe: train on train+val, the QB-Norm choice fixed")
     p.add_argument("--querybank-form", default="is", help="with --train-val: the form chosen on val (default: is)")
     p.add_argument("--querybank-beta", default="20", help="with --train-val: the beta chosen on val (default: 20)")
@@ -129,9 +140,12 @@ def run(argv: list[str] | None) -> int:
     plan = steps(args)  # checks the preset and overrides before anything runs
     args.out.mkdir(parents=True, exist_ok=True)
     state = args.out / "budget.json"
-    what = {"preset": args.preset, "seed": args.seed, "train_val": args.train_val}
+    if args.members < 1:
+        print(f"error: --members: expected a positive count, got {args.members}", file=sys.stderr)
+        return 2
+    what = {"preset": args.preset, "seed": args.seed, "train_val": args.train_val, "members": args.members}
     record = json.loads(state.read_text()) if state.is_file() else {**what, "steps": {}}
-    if {k: record.get(k, False) for k in what} != what:
+    if {k: record.get(k, {"train_val": False, "members": 1}.get(k)) for k in what} != what:
         print(f"error: {state} records {', '.join(f'{k} {record.get(k)}' for k in what)}; use another --out", file=sys.stderr)
         return 2
     record.update(cpus=len(os.sched_getaffinity(0)), started=record.get("started", {}))
@@ -149,18 +163,24 @@ def run(argv: list[str] | None) -> int:
     return 0
 
 
-def run_step(name: str, cli: list[str], record: dict, state: Path) -> bool:
-    """Run one step as a ``vsekit`` subprocess and record its time, load and cores; False when it failed."""
+def run_step(name: str, commands: Commands, record: dict, state: Path) -> bool:
+    """Run one step's ``vsekit`` subprocesses side by side (the cores shared out among them) and record its time,
+    load and cores; False when one failed."""
     resumed = name in record["started"]
     record["started"][name] = time.strftime("%Y-%m-%d %H:%M:%S")
     load = os.getloadavg()[0]
     atomic_write_json(record, state)
-    print(f"== {name}: vsekit {' '.join(cli)}  (load average {load:.2f})", flush=True)
+    env = dict(os.environ)
+    if len(commands) > 1:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, record["cpus"] // len(commands)))
+    for cli in commands:
+        print(f"== {name}: vsekit {' '.join(cli)}  (load average {load:.2f})", flush=True)
     t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
-    done = subprocess.run([sys.executable, "-m", "vsekit", *cli])
+    children = [subprocess.Popen([sys.executable, "-m", "vsekit", *cli], env=env) for cli in commands]
+    codes = [child.wait() for child in children]
     seconds, cpu = time.perf_counter() - t0, _children_cpu_seconds() - cpu0
-    if done.returncode != 0:
-        print(f"error: step {name} failed (exit {done.returncode}); rerun to resume", file=sys.stderr)
+    if any(codes):
+        print(f"error: step {name} failed (exit {max(codes)}); rerun to resume", file=sys.stderr)
         return False
     record["steps"][name] = {"seconds": round(seconds, 1), "load_before": round(load, 2),
                              "cores_used": round(cpu / seconds, 2), "resumed": resumed}  # fmt: skip
@@ -171,7 +191,8 @@ def run_step(name: str, cli: list[str], record: dict, state: Path) -> bool:
 def report(args: argparse.Namespace, record: dict, names: list[str]) -> None:
     """The timing table, the total against the budget, and the test metrics of both stages."""
     total = record["minutes"]
-    print(f"\n{args.preset}, seed {args.seed}{', trained on train+val' if args.train_val else ''}, {record['cpus']} CPU cores")
+    seeds = f"seed {args.seed}" if args.members == 1 else f"an ensemble of seeds {args.seed}-{args.seed + args.members - 1}"
+    print(f"\n{args.preset}, {seeds}{', trained on train+val' if args.train_val else ''}, {record['cpus']} CPU cores")
     print("| step | minutes | share | load before | cores used | resumed |")
     print("|---|---|---|---|---|---|")
     for name in names:

@@ -148,13 +148,18 @@ def test_budget_runner_times_every_step_and_resumes(tmp_path, capsys):
     assert "records preset rsicd_minilm_rot_ema, seed 0, train_val False" in err and "epochs" in err and "dataset_rsicd.json" in err
     assert not (tmp_path / "o2").exists()
     # the final recipe: trained on train+val (joined from the extracted rows), its bank train+val, the choice fixed
+    # as an ensemble of two members trained side by side
     tv = tmp_path / "tv"
-    assert mod.main([str(data), "--out", str(tv), "--train-val", "--querybank-beta", "10", *tiny]) == 0
+    assert mod.main([str(data), "--out", str(tv), "--train-val", "--querybank-beta", "10", "--members", "2", *tiny]) == 0
     rec = json.loads((tv / "budget.json").read_text())
     assert "querybank_val" not in rec["steps"] and "extract_train_val" in rec["steps"]
     assert list(rec["test"]) == ["plain", "QB-Norm IS beta=10"]
     assert (tv / "features_lite0" / "train+val_ims.rot180.npy").is_file()
-    assert "train_split: train+val" in (tv / "run" / "config.yaml").read_text()
+    for run, seed in (("run", 0), ("run.1", 1)):
+        config = (tv / run / "config.yaml").read_text()
+        assert "train_split: train+val" in config and f"seed: {seed}" in config
+    assert "an ensemble of seeds 0-1, trained on train+val" in capsys.readouterr().out
+    assert mod.main([str(data), "--out", str(tv), "--train-val", "--members", "0", *tiny]) == 2
 
 
 def test_scene_label_oracle_by_hand(tmp_path):
