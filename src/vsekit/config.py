@@ -174,6 +174,12 @@ class TrainConfig:
     device: str = "auto"  # 'auto' (CUDA when present) | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
     precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 adds a grad scaler)
     compile: bool = False  # run the training forward through torch.compile (dynamic shapes); helps on GPUs, not on CPUs
+    # replay the training step as CUDA graphs, one per shape: captions padded to the next of graph_caption_buckets
+    # (longer ones to a multiple of the last), feature sets to the next of graph_set_buckets (empty: as collated);
+    # CUDA only, off by default (docs/guides/training.md)
+    cuda_graphs: bool = False
+    graph_caption_buckets: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64])
+    graph_set_buckets: list[int] = field(default_factory=list)
     eval_protocol: str = "kcaptions"  # protocol of the final test evaluation (see vsekit.evaluation.PROTOCOLS)
     init_from: str | None = None  # start from this checkpoint's weights and tokenizer (e.g. Dual-Path stage 2)
 

@@ -77,6 +77,7 @@ def validate(cfg: TrainConfig, require_data: bool = True) -> None:
     _check_optim(cfg)
     _check_loss(cfg)
     _check_data(cfg, require_data)
+    _check_graphs(cfg)
 
 
 def validate_model(cfg: TrainConfig) -> None:
@@ -154,3 +155,47 @@ def _check_data(cfg: TrainConfig, require_data: bool) -> None:
                 raise ConfigError(f"{key}: only for data.kind='karpathy' with data.features (vsekit extract --views)")
     if require_data and data.kind == "karpathy" and not (data.features or data.images):
         raise ConfigError("data.features or data.images: required for data.kind='karpathy' (features folder or image folder)")
+
+
+GRAPH_TEXT_KINDS = ("bigru", "gru")
+"""Text encoders whose training forward keeps the padded caption width on CUDA (no length read back)."""
+GRAPH_IMAGE_KINDS = ("precomp", "backbone", "cnn_global")
+"""Image encoders whose training forward keeps the padded set width (or pixel size) on CUDA."""
+
+
+def _check_graphs(cfg: TrainConfig) -> None:
+    """``cuda_graphs`` and its buckets: what a captured step cannot do is an error here, not a failed capture."""
+    for key in ("graph_caption_buckets", "graph_set_buckets"):
+        buckets = getattr(cfg, key)
+        if any(b < 1 for b in buckets) or any(b >= c for b, c in zip(buckets, buckets[1:])):
+            raise ConfigError(f"{key}: expected increasing positive widths, got {buckets}")
+    if not cfg.cuda_graphs:
+        return
+    if not cfg.graph_caption_buckets:
+        raise ConfigError("graph_caption_buckets: cuda_graphs needs at least one caption width")
+    reason = _graph_conflict(cfg)
+    if reason:
+        raise ConfigError(f"cuda_graphs: {reason}; set cuda_graphs=false")
+
+
+def _graph_conflict(cfg: TrainConfig) -> str | None:
+    """Why ``cfg`` cannot train with ``cuda_graphs`` (None: it can)."""
+    if cfg.device in ("cpu", "mps"):
+        return f"needs a CUDA device, got device={cfg.device}"
+    if cfg.compile:
+        return "cannot be combined with compile=true (torch.compile has its own CUDA graphs: mode='reduce-overhead')"
+    if cfg.precision == "fp16":
+        return "fp16's gradient scaler reads the gradients' finiteness back on the host every step; use precision=bf16"
+    text, image = cfg.model.text, cfg.model.image
+    if text.kind not in GRAPH_TEXT_KINDS:
+        return f"model.text.kind={text.kind!r} is not supported (supported: {', '.join(GRAPH_TEXT_KINDS)})"
+    if image.kind not in GRAPH_IMAGE_KINDS:
+        return f"model.image.kind={image.kind!r} is not supported (supported: {', '.join(GRAPH_IMAGE_KINDS)})"
+    if image.kind == "backbone" and image.size_augment > 0:
+        return (
+            "the backbone's size augmentation cuts each batch to its longest kept set, a size read from the device; "
+            "set model.image.size_augment=0"
+        )
+    if cfg.loss.same_text_positives:
+        return "loss.same_text_positives looks the caption ids up on the host every step"
+    return None
