@@ -295,6 +295,18 @@ def reduce_sum(x: Tensor) -> Tensor:
     return out
 
 
+def all_max(values: list[int], device: torch.device) -> list[int]:
+    """The element-wise maximum of ``values`` over the ranks, on every rank (``values`` without a process group).
+
+    A collective on ``device`` whose result the host reads: it waits for the device.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return list(values)
+    out = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return [int(v) for v in out.tolist()]
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s picklable ``obj`` on every rank (``obj`` as it is without a process group)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

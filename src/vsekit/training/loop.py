@@ -141,6 +141,8 @@ def start_run(
     """Set up :func:`train` in one process of ``ctx`` (rank 0 of 1 without data parallelism), on ``device``: the
     data, the model, optimizer and the rest, fresh or as the run folder's ``last.pt`` left them."""
     report = log or (lambda _msg: None)
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs: needs a CUDA device, got {device.type} (device={cfg.device}); set cuda_graphs=false")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: the run folder is an existing file; expected a folder (new, or a run to resume)")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,8 @@ def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
     """The parts of a config that must not change when a run is resumed (the name is only a label, and a
     data path counts by where it points: relative and absolute spellings of one folder are the same)."""
     d = to_dict(cfg)
-    for key in ("name", "epochs", "workers", "device", "eval_batch_size", "compile"):
+    for key in ("name", "epochs", "workers", "device", "eval_batch_size", "compile", "cuda_graphs",
+                "graph_caption_buckets", "graph_set_buckets"):
         d.pop(key)
     for key in ("path", "features", "images"):
         if d["data"].get(key):
@@ -98,7 +99,11 @@ def restore_training_state(
     """Load ``last.pt`` (``ckpt``) into the model, optimizer, scaler and weight average, and restore the global
     RNG state; returns the run's position."""
     model.load_state_dict(ckpt["model"])
+    capturable = [g.get("capturable") for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group, flag in zip(optimizer.param_groups, capturable):  # a CUDA-graph run saves capturable=True;
+        if flag is not None:  # the step that runs this resume sets it again where it captures the update
+            group["capturable"] = flag
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     if ema is not None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from typing import Any
 
@@ -15,8 +16,9 @@ from ..device import autocast_context
 from ..errors import ConfigError
 from ..losses import BatchOutputs, ContrastiveLoss, Criterion, ShardView
 from ..models import VSEModel
-from .distributed import DistContext, Shard, all_gather_nograd, gather_with_grad, rank_seed, reduce_sum, wrap_ddp
+from .distributed import DistContext, Shard, all_gather_nograd, all_max, gather_with_grad, rank_seed, reduce_sum, wrap_ddp
 from .ema import WeightEMA
+from .graphs import DDP_WARMUP_STEPS, WARMUP_STEPS, Buckets, GraphedSteps
 
 LOSS_SYNC_STEPS = 20
 """The training loop reads the loss back from the device every this many steps (and before
@@ -143,6 +145,32 @@ class TrainingStep:
         # keep their keys), DDP-wrapped in data-parallel training (see wrap_for)
         self.forward: nn.Module = compile_dynamic(self.training_forward) if cfg.compile else self.training_forward
         self.ddp_frozen: list[str] | None = None
+        self.graphs = self.graphed_steps(model.device) if cfg.cuda_graphs else None
+
+    def graphed_steps(self, device: torch.device) -> GraphedSteps:
+        """The step at bucketed static shapes (``cuda_graphs``): captured on CUDA, eager on the buffers elsewhere."""
+        cfg, ctx = self.cfg, self.ctx
+        buckets = Buckets(tuple(cfg.graph_caption_buckets), tuple(cfg.graph_set_buckets), self.model.tokenizer.pad_id)
+        agree = (lambda widths: all_max(widths, device)) if ctx.enabled else None
+        warmup = DDP_WARMUP_STEPS if ctx.enabled else WARMUP_STEPS
+        return GraphedSteps(self.loss_and_gradients, self.model, self.optimizer, device, buckets, warmup, agree)
+
+    def loss_and_gradients(self, batch: Any, weight: Tensor | float | None, shard: Shard | None) -> Tensor:
+        """The step up to its optimizer update: the loss of ``batch`` (times ``weight`` unless None), its backward
+        pass and the gradient clipping; returns the (weighted) loss. Gradients must be None (or zero) before."""
+        ctx, cfg = self.ctx, self.cfg
+        loss = compute_loss(
+            self.model, batch, self.loss_fn, cfg, cfg.precision, forward=self.forward, shard=shard, text_ids=self.text_ids
+        )
+        if weight is not None:
+            loss = loss * weight
+        # data-parallel: DDP averages gradients over the processes and the loss shares sum to the loss
+        # of the global batch, so world_size × share gives each parameter the single-process gradient
+        self.scaler.scale(loss * ctx.world_size if ctx.enabled else loss).backward()
+        if cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        return loss
 
     def wrap_for(self, frozen: list[str], device: torch.device) -> None:
         """In data-parallel training, a new DDP wrapper when the set of ``frozen`` modules has changed: DDP syncs
@@ -151,7 +179,10 @@ class TrainingStep:
             return
         self.forward = self.training_forward
         gc.collect()  # release the previous wrapper's gradient hooks
-        self.forward, self.ddp_frozen = wrap_ddp(self.training_forward, device), frozen
+        # CUDA graphs: torch requires the wrapper built on a side stream
+        side = torch.cuda.stream(torch.cuda.Stream(device)) if self.graphs is not None and device.type == "cuda" else None
+        with side if side is not None else contextlib.nullcontext():
+            self.forward, self.ddp_frozen = wrap_ddp(self.training_forward, device), frozen
         if self.cfg.compile:
             self.forward = compile_dynamic(self.forward)
 
@@ -163,20 +194,14 @@ class TrainingStep:
         ctx, cfg = self.ctx, self.cfg
         if ctx.enabled:  # this process's augmentation draws: a function of (seed, rank, step), resumable
             torch.manual_seed(rank_seed(cfg.seed, ctx.rank, step))
-        loss = compute_loss(
-            self.model, batch, self.loss_fn, cfg, cfg.precision, forward=self.forward, shard=shard, text_ids=self.text_ids
-        )
-        if loss_weight is not None:
-            loss = loss * loss_weight
-        self.optimizer.zero_grad(set_to_none=True)
-        # data-parallel: DDP averages gradients over the processes and the loss shares sum to the loss
-        # of the global batch, so world_size × share gives each parameter the single-process gradient
-        self.scaler.scale(loss * ctx.world_size if ctx.enabled else loss).backward()
-        if cfg.optim.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.graphs is not None:
+            mode = (tuple(p.requires_grad for p in self.model.parameters()), self.loss_fn.current_negatives)
+            loss = self.graphs(batch, 1.0 if loss_weight is None else loss_weight, shard, mode)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_and_gradients(batch, loss_weight, shard)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
         return loss
