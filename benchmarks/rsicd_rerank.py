@@ -15,6 +15,8 @@ Usage:
     python benchmarks/rsicd_rerank.py --features F [--data ../shared/datasets/rsicd/dataset_rsicd.json]
         [--model rsicd-aerial] [--cache runs/rsicd_rerank] [--out benchmarks/results/rsicd_rerank.json]
         [--bank train,val --fixed "IS beta=20"]   # a model trained on train+val: its bank is its training data
+    python benchmarks/rsicd_rerank.py --features F --model RUN_A RUN_B --cache CACHE_A CACHE_B   # an ensemble
+    python benchmarks/rsicd_rerank.py --summarize SEED0.json SEED1.json SEED2.json  # mean ± s.d.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ def embeddings(model_name: str, data: Path, features: Path, split: str, cache: P
     return img.numpy(), cap.numpy()
 
 
+def ensemble(members: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The images and captions of one model, or of an ensemble of cosine models: their normalised embeddings side
+    by side, scaled by 1/sqrt(n), whose dot products are the mean of the members' cosines."""
+    scale = 1 / np.sqrt(len(members))
+    return {k: np.concatenate([m[i] for m in members], axis=1) * scale for i, k in enumerate(("images", "captions"))}
+
+
 def mean_recall(metrics: dict) -> float:
     return sum(metrics[k] for k in RECALLS) / 6
 
@@ -66,23 +75,55 @@ def evaluate(split: dict, bank: dict, beta: float | None, dynamic: bool) -> dict
     return evaluate_querybank(split["images"], split["captions"], bank["images"], bank["captions"], beta, dynamic)
 
 
+def summarize(paths: list[Path]) -> str:
+    """Markdown rows of the mean R@K and the mean ± sample s.d. of mR over several results (seeds), both stages."""
+    import json
+    import statistics
+
+    results = [json.loads(path.read_text()) for path in paths]
+    lines = ["| stage | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | mR (mean ± s.d.) | per seed |", "|---" * 9 + "|"]
+    for stage, key in (("plain", "test_plain"), ("QB-Norm", "test_normalised")):
+        recalls = [statistics.mean(r[key][k] for r in results) for k in RECALLS]
+        mrs = [mean_recall(r[key]) for r in results]
+        spread = statistics.stdev(mrs) if len(mrs) > 1 else 0.0
+        cells = " | ".join(f"{v:.2f}" for v in recalls)
+        lines.append(f"| {stage} | {cells} | {statistics.mean(mrs):.2f} ± {spread:.2f} | {', '.join(f'{m:.2f}' for m in mrs)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--features", type=Path, help="the extracted features and views (needed unless --summarize)")
     p.add_argument("--data", type=Path, default=Path("../shared/datasets/rsicd/dataset_rsicd.json"))
-    p.add_argument("--model", default="rsicd-aerial")
-    p.add_argument("--cache", type=Path, default=Path("runs/rsicd_rerank"))
+    p.add_argument("--model", nargs="+", default=["rsicd-aerial"], help="a model, or several: their ensemble (cosine "
+                   "models: each one's normalised embeddings side by side, scaled by 1/sqrt(n), score the mean similarity)")  # fmt: skip
+    p.add_argument("--cache", type=Path, nargs="+", default=[Path("runs/rsicd_rerank")], help="one folder per model")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/rsicd_rerank.json"))
     p.add_argument("--bank", default="train", help="the splits whose images and captions form the bank (train,val for "
                    "a model trained on train+val)")  # fmt: skip
     p.add_argument("--fixed", help="skip the choice on val and use this row, e.g. 'IS beta=20' (for a model trained on "
                    "train+val, with the choice made on val by its train-only runs)")  # fmt: skip
+    p.add_argument("--summarize", nargs="+", type=Path, metavar="JSON", help="only print the mean ± s.d. over these "
+                   "results (one per seed) as a Markdown table")  # fmt: skip
     args = p.parse_args(argv)
     from vsekit.io import atomic_write_json
 
     bank_splits = [s for s in args.bank.split(",") if s]
     needed = dict.fromkeys([*bank_splits, *([] if args.fixed else ["val"]), "test"])
-    emb = {s: dict(zip(("images", "captions"), embeddings(args.model, args.data, args.features, s, args.cache)))
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
+    if args.features is None:
+        p.error("--features: required (the folder of the extracted features and views)")
+    if len(args.cache) != len(args.model):
+        p.error(f"--cache: expected one folder per model ({len(args.model)}), got {len(args.cache)}")
+    if len(args.model) > 1:
+        from vsekit.checkpoint import config_from_checkpoint, read_checkpoint
+
+        for m in args.model:
+            if config_from_checkpoint(read_checkpoint(m)).model.similarity != "cosine":
+                p.error(f"--model {m}: an ensemble here needs cosine models")
+    emb = {s: ensemble([embeddings(m, args.data, args.features, s, c) for m, c in zip(args.model, args.cache)])
            for s in needed}  # fmt: skip
     bank = {k: np.concatenate([emb[s][k] for s in bank_splits]) for k in ("images", "captions")}  # a bank is a set
     rows = {}
