@@ -22,6 +22,15 @@ step time of each and their ratio. Beside each step time the table gives its mat
 (``matmul_floor.py``): the step's matrix products recorded and each run alone on this machine, so the part of
 the step that is not matrix arithmetic shows as ``step/floor``. ``--compile`` adds the current code with ``compile=true``. With ``--profile`` the current code's step is also profiled
 (``torch.profiler``, top operators by self time).
+
+``--cuda-graphs`` (CUDA only; no baseline needed) times the current step against the same step with
+``cuda_graphs=true`` (captions padded to the config's buckets, the step replayed as CUDA graphs), both in this
+one process on the same batch and GPU, interleaved one step at a time, and reports their medians and ratio
+(goal: >= 2x steps/s at batch 128). It then trains two fresh copies of the model for ``--loss-steps`` (50) steps
+on batches of varying caption lengths with augmentation off, one with each step, and reports the largest
+difference between their losses (goal: equal to float tolerance)::
+
+    python benchmarks/bench_train_step.py --device cuda --cuda-graphs
 """
 
 from __future__ import annotations
@@ -206,12 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the current step")
     parser.add_argument("--compile", action="store_true", help="also time the current code with compile=true (torch.compile)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA steps are timed between synchronizations)")
-    parser.add_argument("--out", type=Path, help="default: benchmarks/results/bench_train_step[_cuda].json")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="CUDA: time the current step against the same step with cuda_graphs=true, and compare their losses")
+    parser.add_argument("--loss-steps", type=int, default=50, help="--cuda-graphs: steps of the loss comparison")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/bench_train_step[_cuda][_graphs].json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args)
         return 0
+    if args.cuda_graphs:
+        from bench_cuda_graphs import run_graph_comparison
+
+        return run_graph_comparison(args)
     if not (args.baseline_src / "vsekit" / "__init__.py").is_file():
         parser.error(f"--baseline-src {args.baseline_src}: no vsekit package there (git worktree add /tmp/vsekit-core b6d18c0)")
 

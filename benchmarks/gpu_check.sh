@@ -2,7 +2,8 @@
 # The checks that need a GPU, in one run (about 3 minutes on an H100/H200):
 #   bash benchmarks/gpu_check.sh [BASELINE_SRC]      # BASELINE_SRC: the core release's src (git worktree add ... b6d18c0)
 # CUDA tests against the CPU (GPO's device path raises on any host-device sync), the training step against the core
-# release with syncs counted per step, AMP training through the CLI in bf16/fp16/fp32, and torchrun with NCCL.
+# release with syncs counted per step, the step against its CUDA-graph replay (cuda_graphs=true), AMP training through
+# the CLI in bf16/fp16/fp32, and torchrun with NCCL.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -11,7 +12,10 @@ mkdir -p "$out"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
 echo "== CUDA tests"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_pooling.py tests/test_metrics.py \
-    tests/test_data.py -k "cuda or pin or device_path" 2>&1 | tail -4
+    tests/test_data.py tests/test_cuda_graphs.py -k "cuda or pin or device_path" 2>&1 | tail -4
+echo "== training step: current against cuda_graphs=true (goal >= 2x steps/s at batch 128, equal losses over 50 steps)"
+timeout 600 python3 benchmarks/bench_train_step.py --device cuda --cuda-graphs --steps 60 --warmup 8 --loss-steps 50 \
+    --out "$out/bench_train_step_cuda_graphs.json" 2>&1 | grep -v "Warning\|^  warnings\|^W[0-9]" | tail -8
 if [ -n "${1:-}" ]; then
     echo "== training step vs the core release"
     timeout 600 python3 benchmarks/bench_train_step.py --device cuda --compile --baseline-src "$1" --steps 60 --warmup 8 \

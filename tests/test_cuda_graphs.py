@@ -80,9 +80,9 @@ def test_static_buffers_hold_each_batch_padded():
     assert torch.equal(pad_width(first.captions, 8, 0)[:, :7], first.captions)
 
 
-def _runs(tmp_path: Path, *overrides: str):
+def _runs(tmp_path: Path, *overrides: str, device: str = "cpu"):
     """Two identical runs of a tiny region + BiGRU model on the built-in data: the second steps at bucketed
-    static shapes (eager on a CPU: what a CUDA graph would replay)."""
+    static shapes (eager on a CPU: what a CUDA graph would replay; captured on CUDA)."""
     cfg = tiny_config(
         "data.kind=synthetic", "data.val_split=val", "data.test_split=test", "data.val_max_images=null",
         "data.vocab_min_count=1", "model.image.img_dim=64", *overrides, preset="vse_infty_region_bigru",
@@ -90,12 +90,12 @@ def _runs(tmp_path: Path, *overrides: str):
     validate(cfg)  # cuda_graphs stays off here: a CPU config with it on is refused (tested below)
     runs = []
     for name in ("plain", "graphed"):
-        run = start_run(cfg, tmp_path / name, DistContext(), torch.device("cpu"), resume=True, log=None,
+        run = start_run(cfg, tmp_path / name, DistContext(), torch.device(device), resume=True, log=None,
                         progress_stream=None, max_steps=None, datasets=None)  # fmt: skip
         runs.append(run)
     plain, graphed = runs
     graphed.cfg.graph_caption_buckets, graphed.cfg.graph_set_buckets = [13, 40], [50]
-    graphed.step.graphs = graphed.step.graphed_steps(torch.device("cpu"))
+    graphed.step.graphs = graphed.step.graphed_steps(torch.device(device))
     graphed.step.graphs.warmup = 2
     return plain, graphed
 
@@ -137,6 +137,28 @@ def test_augmented_steps_draw_the_same_as_the_ordinary_step_on_the_padded_batch(
     got = [graphed.step(b, i, None, None) for i, b in enumerate(batches)]
     torch.testing.assert_close(torch.stack(got), torch.stack(expected), rtol=1e-5, atol=1e-6)
     assert graphed.step.graphs.captures == 2  # batch sizes 50 and 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the capture needs CUDA")
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_cuda_graph_replays_train_as_the_eager_step(tmp_path, optimizer, no_tf32):
+    """On CUDA: captured (AdamW: the update inside the graph; SGD: after the replay) and replayed over two
+    shapes and a learning-rate change, the graphed step's losses and weights follow the ordinary step's."""
+    plain, graphed = _runs(tmp_path, "model.image.size_augment=0", "model.text.augment=0", f"optim.optimizer={optimizer}",
+                           device="cuda")  # fmt: skip
+    batches = [b.to("cuda") for b in _batches(plain, 6)]
+    batches[4] = Batch(*(t[:20] for t in (batches[4].images, batches[4].image_lengths, batches[4].captions,
+                                          batches[4].caption_lengths, batches[4].image_ids, batches[4].caption_ids)))  # fmt: skip
+    for i, batch in enumerate(batches):
+        if i == 3:
+            for run in (plain, graphed):
+                for group in run.optimizer.param_groups:
+                    group["lr"] *= 0.1
+        a, b = plain.step(batch, i, None, None), graphed.step(batch, i, None, None)
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert graphed.step.graphs.captures == 2 and all(s.graph is not None for s in graphed.step.graphs.shapes.values())
+    for (name, x), y in zip(plain.model.state_dict().items(), graphed.model.state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_a_new_mode_drops_the_shapes_of_the_previous_one(tmp_path):
