@@ -28,6 +28,7 @@ The modules, one concern each:
 * :mod:`~vsekit.training.state`: ``last.pt`` and ``best.pt``, the RNG state, the same-run check of a resume;
 * :mod:`~vsekit.training.optim`: parameter groups, the optimizer, the learning-rate schedule, freezing;
 * :mod:`~vsekit.training.step`: the forward, the loss and the update of one step, and the epoch's loss tally;
+* :mod:`~vsekit.training.graphs`: the step at bucketed static shapes, replayed as CUDA graphs (``cuda_graphs``);
 * :mod:`~vsekit.training.batches`: the seeded batches of an epoch and their loader;
 * :mod:`~vsekit.training.ema`: the weight average;
 * :mod:`~vsekit.training.history`: ``metrics.jsonl``, ``curves.png`` and the log lines;
