@@ -44,8 +44,9 @@ def _setup(cfg, vocab_size: int, device, seed: int = 0):
     return TrainingStep(model, cfg, optimizer, scaler, None, loss_fn, None, DistContext())
 
 
-def _batch(size: int, vocab_size: int, longest: int, device, seed: int):
-    """Region features (36×2048, all present) and captions of 9..``longest`` tokens."""
+def region_batch(size: int, vocab_size: int, longest: int, device, seed: int):
+    """Region features (36×2048, all present) and captions of 9..``longest`` tokens (also the batch of
+    ``bench_train_step.py``)."""
     import numpy as np
     import torch
 
@@ -90,7 +91,7 @@ def time_steps(args: argparse.Namespace, device) -> dict[str, list[float]]:
     """Interleaved step times of the current and the graphed step on one batch."""
     cfg, graphed_cfg = _configs(args.batch)
     steps = {"current": _setup(cfg, args.vocab, device), "cuda_graphs=true": _setup(graphed_cfg, args.vocab, device)}
-    batch = _batch(args.batch, args.vocab, 19, device, seed=0)
+    batch = region_batch(args.batch, args.vocab, 19, device, seed=0)
     for i in range(args.warmup):
         for step in steps.values():
             step(batch, i, None, None)
@@ -114,7 +115,7 @@ def compare_losses(args: argparse.Namespace, device) -> list[tuple[float, float]
         current, graphed = _setup(cfg, args.vocab, device), _setup(graphed_cfg, args.vocab, device)
         pairs = []
         for i in range(args.loss_steps):
-            batch = _batch(args.batch, args.vocab, 12 + i % 20, device, seed=100 + i)  # widths 12..31: several buckets
+            batch = region_batch(args.batch, args.vocab, 12 + i % 20, device, seed=100 + i)  # widths 12..31: several buckets
             pairs.append((float(current(batch, i, None, None).detach()), float(graphed(batch, i, None, None).detach())))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -54,13 +54,11 @@ TARGET_SPEEDUP = 1.5
 
 
 def _worker(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     from vsekit import training
-    from vsekit.data.collate import Batch
     try:
         from vsekit.text.vocab import Vocabulary
     except ModuleNotFoundError:  # the core release kept the vocabulary under vsekit.data
@@ -75,23 +73,11 @@ def _worker(args: argparse.Namespace) -> None:
     vocab = Vocabulary.from_words(f"w{i}" for i in range(args.vocab))
     model = create_model(cfg.model, vocab)
     loss_fn = ContrastiveLoss(cfg.loss.margin, cfg.loss.negatives)
-    rng = np.random.default_rng(0)
-    b = args.batch
-    cap_len = rng.integers(9, 20, size=b)
-    ids = np.zeros((b, int(cap_len.max())), dtype=np.int64)
-    for i, n in enumerate(cap_len):
-        ids[i, :n] = rng.integers(5, len(vocab) - 1, size=n)
-    batch = Batch(
-        images=torch.from_numpy(np.maximum(rng.standard_normal((b, 36, 2048), dtype=np.float32), 0)),
-        image_lengths=torch.full((b,), 36, dtype=torch.int64),
-        captions=torch.from_numpy(ids),
-        caption_lengths=torch.from_numpy(cap_len.astype(np.int64)),
-        image_ids=torch.arange(b),
-        caption_ids=torch.arange(b),
-    )
+    from bench_cuda_graphs import region_batch
+
     model.to(device)
     optimizer = training.build_optimizer(model, cfg)
-    batch = batch.to(device)
+    batch = region_batch(args.batch, len(vocab), 19, device, seed=0)
     has_compute_loss = hasattr(training, "compute_loss")
     loss_sum = torch.zeros((), device=device)
     model.train()
