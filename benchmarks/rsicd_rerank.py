@@ -75,12 +75,24 @@ def evaluate(split: dict, bank: dict, beta: float | None, dynamic: bool) -> dict
     return evaluate_querybank(split["images"], split["captions"], bank["images"], bank["captions"], beta, dynamic)
 
 
+def _as_rerank_result(doc: dict) -> dict:
+    """A result of this script, or the rows of ``vsekit eval --querybank --json`` (``plain`` and one QB-Norm row, as
+    ``benchmarks/rsicd_budget.py`` writes them) read as one."""
+    if "test_plain" in doc:
+        return doc
+    normalised = [row for row in doc if row.startswith("QB-Norm")]
+    if "plain" not in doc or len(normalised) != 1:
+        raise ValueError("expected this script's result or vsekit eval's rows 'plain' and one 'QB-Norm ...' row")
+    return {"test_plain": doc["plain"], "test_normalised": doc[normalised[0]]}
+
+
 def summarize(paths: list[Path]) -> str:
-    """Markdown rows of the mean R@K and the mean ± sample s.d. of mR over several results (seeds), both stages."""
+    """Markdown rows of the mean R@K and the mean ± sample s.d. of mR over several results (seeds), both stages
+    (results of this script or ``vsekit eval --querybank`` rows)."""
     import json
     import statistics
 
-    results = [json.loads(path.read_text()) for path in paths]
+    results = [_as_rerank_result(json.loads(path.read_text())) for path in paths]
     lines = ["| stage | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | mR (mean ± s.d.) | per seed |", "|---" * 9 + "|"]
     for stage, key in (("plain", "test_plain"), ("QB-Norm", "test_normalised")):
         recalls = [statistics.mean(r[key][k] for r in results) for k in RECALLS]

@@ -262,7 +262,9 @@ def test_rerank_ensemble_and_summary_by_hand(tmp_path):
     for i, base in enumerate((10.0, 16.0)):  # mR 10 + 2.5 and 16 + 2.5 (recalls base + 0..5)
         path = tmp_path / f"{i}.json"
         plain = {k: base + j for j, k in enumerate(keys)}
-        path.write_text(json.dumps({"test_plain": plain, "test_normalised": {k: v + 1 for k, v in plain.items()}}))
+        normalised = {k: v + 1 for k, v in plain.items()}
+        doc = {"test_plain": plain, "test_normalised": normalised} if i == 0 else {"plain": plain, "QB-Norm IS beta=20": normalised}
+        path.write_text(json.dumps(doc))  # the second as `vsekit eval --querybank --json` writes it
         paths.append(path)
     table = mod.summarize(paths)
     assert "| plain | 13.00 | 14.00 | 15.00 | 16.00 | 17.00 | 18.00 | 15.50 ± 4.24 | 12.50, 18.50 |" in table
