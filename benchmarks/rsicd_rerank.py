@@ -13,7 +13,7 @@ ranking. The cost per query is the bank's similarities to the gallery, computed 
 
 Usage:
     python benchmarks/rsicd_rerank.py --features F [--data ../shared/datasets/rsicd/dataset_rsicd.json]
-        [--model rsicd-aerial] [--cache runs/rsicd_rerank] [--out benchmarks/results/rsicd_rerank.json]
+        --model RUN [--cache runs/rsicd_rerank] [--out benchmarks/results/rsicd_rerank.json]
         [--bank train,val --fixed "IS beta=20"]   # a model trained on train+val: its bank is its training data
     python benchmarks/rsicd_rerank.py --features F --model RUN_A RUN_B --cache CACHE_A CACHE_B   # an ensemble
     python benchmarks/rsicd_rerank.py --summarize SEED0.json SEED1.json SEED2.json  # mean ± s.d.
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--features", type=Path, help="the extracted features and views (needed unless --summarize)")
     p.add_argument("--data", type=Path, default=Path("../shared/datasets/rsicd/dataset_rsicd.json"))
-    p.add_argument("--model", nargs="+", default=["rsicd-aerial"], help="a model, or several: their ensemble (cosine "
+    p.add_argument("--model", nargs="+", help="a model, or several: their ensemble (cosine "
                    "models: each one's normalised embeddings side by side, scaled by 1/sqrt(n), score the mean similarity)")  # fmt: skip
     p.add_argument("--cache", type=Path, nargs="+", default=[Path("runs/rsicd_rerank")], help="one folder per model")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/rsicd_rerank.json"))
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         print(summarize(args.summarize))
         return 0
-    if args.features is None:
-        p.error("--features: required (the folder of the extracted features and views)")
+    if args.features is None or not args.model:
+        p.error("--features and --model: required (the extracted features and views; the run(s) to evaluate)")
     if len(args.cache) != len(args.model):
         p.error(f"--cache: expected one folder per model ({len(args.model)}), got {len(args.cache)}")
     if len(args.model) > 1:
