@@ -66,13 +66,14 @@ def mean_recall(metrics: dict) -> float:
     return sum(metrics[k] for k in RECALLS) / 6
 
 
-def evaluate(split: dict, bank: dict, beta: float | None, dynamic: bool) -> dict:
-    """Metrics of the plain ranking (beta None) or of the normalised one, both directions."""
-    from vsekit.evaluation import evaluate_querybank, evaluate_sims
+def evaluate(scores, beta: float | None, dynamic: bool) -> dict:
+    """Metrics of the plain ranking (beta None) or of the normalised one, both directions, from one split's
+    :class:`vsekit.evaluation.QueryBankSims`."""
+    from vsekit.evaluation import evaluate_sims
 
     if beta is None:
-        return evaluate_sims(split["images"] @ split["captions"].T, captions_per_image=5)
-    return evaluate_querybank(split["images"], split["captions"], bank["images"], bank["captions"], beta, dynamic)
+        return evaluate_sims(scores.sims, captions_per_image=5)
+    return scores.evaluate(beta, dynamic)
 
 
 def _as_rerank_result(doc: dict) -> dict:
@@ -138,22 +139,26 @@ def main(argv: list[str] | None = None) -> int:
     emb = {s: ensemble([embeddings(m, args.data, args.features, s, c) for m, c in zip(args.model, args.cache)])
            for s in needed}  # fmt: skip
     bank = {k: np.concatenate([emb[s][k] for s in bank_splits]) for k in ("images", "captions")}  # a bank is a set
+    from vsekit.evaluation import QueryBankSims
+
+    scores = {s: QueryBankSims.from_embeddings(emb[s]["images"], emb[s]["captions"], bank["images"], bank["captions"])
+              for s in ("val", "test") if s in emb}  # the bank's similarities once per split  # fmt: skip
     rows = {}
     if args.fixed:
         best = args.fixed
     else:
-        rows["plain"] = mean_recall(evaluate(emb["val"], bank, None, False))
+        rows["plain"] = mean_recall(evaluate(scores["val"], None, False))
         for dynamic in (False, True):
             for beta in BETAS:
-                rows[f"{'DIS' if dynamic else 'IS'} beta={beta:g}"] = mean_recall(evaluate(emb["val"], bank, beta, dynamic))
+                rows[f"{'DIS' if dynamic else 'IS'} beta={beta:g}"] = mean_recall(evaluate(scores["val"], beta, dynamic))
         print(f"{'val':<20} {'mR':>6}")
         for name, mr in rows.items():
             print(f"{name:<20} {mr:>6.2f}")
         best = max((n for n in rows if n != "plain"), key=rows.get)
     form, beta = best.split(" beta=")
     start = time.perf_counter()
-    test_plain = evaluate(emb["test"], bank, None, False)
-    test_norm = evaluate(emb["test"], bank, float(beta), form == "DIS")
+    test_plain = evaluate(scores["test"], None, False)
+    test_norm = evaluate(scores["test"], float(beta), form == "DIS")
     seconds = time.perf_counter() - start
     how = "fixed" if args.fixed else "chosen on val"
     print(f"test, {how} ({best}): plain mR {mean_recall(test_plain):.2f} -> {mean_recall(test_norm):.2f}")

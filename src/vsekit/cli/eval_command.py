@@ -86,7 +86,7 @@ def _querybank_settings(args: argparse.Namespace) -> list[tuple[str, bool, float
 def _evaluate_checkpoint(args: argparse.Namespace, settings: list[tuple[str, bool, float]]) -> tuple[dict[str, Any], str]:
     import numpy as np
 
-    from ..evaluation import evaluate_protocol, evaluate_querybank, evaluate_sims
+    from ..evaluation import QueryBankSims, evaluate_protocol, evaluate_sims
 
     if not args.checkpoint:
         raise DataError("eval: give a checkpoint (file or run folder) or --sims FILES")
@@ -109,14 +109,11 @@ def _evaluate_checkpoint(args: argparse.Namespace, settings: list[tuple[str, boo
     if settings:
         banks = [m.dataset(args.querybank) for m in members]
         bank = [_bank_embeddings(m, b, i, args) for i, (m, b) in enumerate(zip(members, banks))]
-
-        def similarity(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-            return _mean_similarity(members, a, b)
-
         images, captions = [e[0] for e in embedded], [e[1] for e in embedded]
+        scores = QueryBankSims(sims, _mean_similarity(members, images, [e[1] for e in bank]).T,
+                               _mean_similarity(members, [e[0] for e in bank], captions))  # fmt: skip
         for row, dynamic, beta in settings:
-            results[row] = evaluate_querybank(images, captions, [e[0] for e in bank], [e[1] for e in bank], beta,
-                                              dynamic, k, similarity)  # fmt: skip
+            results[row] = scores.evaluate(beta, dynamic, k)
         title += f"; query bank: split {args.querybank!r} ({banks[0].num_images} images, {len(banks[0].captions())} captions)"
     return results, title
 

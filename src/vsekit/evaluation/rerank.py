@@ -10,14 +10,15 @@ measures it on RSICD; ``vsekit eval RUN --querybank train`` runs it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
 from .metrics import evaluate_sims
 
-__all__ = ["evaluate_querybank", "querybank_normalize"]
+__all__ = ["QueryBankSims", "evaluate_querybank", "querybank_normalize"]
 
 
 def querybank_normalize(sims: np.ndarray, bank_sims: np.ndarray, beta: float, dynamic: bool = False) -> np.ndarray:
@@ -57,21 +58,63 @@ def querybank_normalize(sims: np.ndarray, bank_sims: np.ndarray, beta: float, dy
     return np.where(hubs[sims.argmax(axis=1)][:, None], normalised, sims)
 
 
+@dataclass(frozen=True)
+class QueryBankSims:
+    """The three similarity matrices that query-bank normalisation scores from: compute them once, then
+    :meth:`evaluate` any number of forms and betas (the bank's matrices are the costly part).
+
+    Attributes:
+        sims: images × captions of the evaluated split.
+        caption_bank: bank captions × images (the bank of the text→image queries).
+        image_bank: bank images × captions (the bank of the image→text queries).
+    """
+
+    sims: np.ndarray
+    caption_bank: np.ndarray
+    image_bank: np.ndarray
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        images: Any,
+        captions: Any,
+        bank_images: Any,
+        bank_captions: Any,
+        similarity: Callable[[Any, Any], np.ndarray] | None = None,
+    ) -> QueryBankSims:
+        """The matrices of a model's embeddings; ``similarity(a, b)`` = the len(a)×len(b) scores of the model
+        (default: plain dot products, the cosine of normalised embeddings; pass the model's own for order
+        embeddings, or an ensemble's mean over its members, whose embeddings are whatever it takes)."""
+        similarity = similarity or _dot
+        return cls(similarity(images, captions), similarity(images, bank_captions).T, similarity(bank_images, captions))
+
+    def evaluate(self, beta: float, dynamic: bool = False, captions_per_image: int = 5) -> dict[str, float]:
+        """Retrieval metrics of both directions after normalisation with ``beta`` (:func:`querybank_normalize`).
+
+        Text→image ranks each caption against the images normalised by the bank captions' similarities to them;
+        image→text ranks each image against the captions normalised by the bank images'. The metrics are those of
+        :func:`vsekit.evaluation.evaluate_sims` (one fold).
+        """
+        t2i = querybank_normalize(self.sims.T, self.caption_bank, beta, dynamic).T  # queries = captions
+        i2t = querybank_normalize(self.sims, self.image_bank, beta, dynamic)  # queries = images
+        a, b = evaluate_sims(i2t, captions_per_image), evaluate_sims(t2i, captions_per_image)
+        out = {**{k: v for k, v in a.items() if k.startswith("i2t")}, **{k: v for k, v in b.items() if k.startswith("t2i")}}
+        out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+        return out
+
+
 def evaluate_querybank(
-    images: np.ndarray,
-    captions: np.ndarray,
-    bank_images: np.ndarray,
-    bank_captions: np.ndarray,
+    images: Any,
+    captions: Any,
+    bank_images: Any,
+    bank_captions: Any,
     beta: float,
     dynamic: bool = False,
     captions_per_image: int = 5,
-    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    similarity: Callable[[Any, Any], np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Retrieval metrics of both directions after query-bank normalisation.
-
-    Text→image ranks each caption against the images normalised by the bank captions' similarities to them;
-    image→text ranks each image against the captions normalised by the bank images'. The metrics are those of
-    :func:`vsekit.evaluation.evaluate_sims` (one fold).
+    """Retrieval metrics of both directions after query-bank normalisation, from embeddings (one form and beta;
+    for several, build :class:`QueryBankSims` once).
 
     Args:
         images, captions: N×E image and (N·k)×E caption embeddings of the evaluated split (or whatever
@@ -79,18 +122,10 @@ def evaluate_querybank(
         bank_images, bank_captions: embeddings of the bank (e.g. the training split), never the evaluated split.
         beta, dynamic: as :func:`querybank_normalize`.
         captions_per_image: k.
-        similarity: ``similarity(a, b)`` = the len(a)×len(b) scores of the model (plain dot products: for
-            normalised embeddings, the cosine); pass the model's own for order embeddings.
+        similarity: as :meth:`QueryBankSims.from_embeddings`.
     """
-    if similarity is None:
-        similarity = _dot
-    sims = similarity(images, captions)  # images × captions
-    t2i = querybank_normalize(sims.T, similarity(images, bank_captions).T, beta, dynamic).T  # queries = captions
-    i2t = querybank_normalize(sims, similarity(bank_images, captions), beta, dynamic)  # queries = images
-    a, b = evaluate_sims(i2t, captions_per_image), evaluate_sims(t2i, captions_per_image)
-    out = {**{k: v for k, v in a.items() if k.startswith("i2t")}, **{k: v for k, v in b.items() if k.startswith("t2i")}}
-    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
-    return out
+    scores = QueryBankSims.from_embeddings(images, captions, bank_images, bank_captions, similarity)
+    return scores.evaluate(beta, dynamic, captions_per_image)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
