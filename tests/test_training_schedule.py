@@ -3,6 +3,7 @@ order-embedding similarity, checked against hand-computed values and plain refer
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from vsekit.encoders import drop_grid_elements
 from vsekit.losses import instance_loss, triplet_hinge_loss
 from vsekit.models import create_model, order_similarity
 from vsekit.training import apply_freeze, build_optimizer, compute_loss, parameter_groups, train, unfreeze_epoch
+from vsekit.training.state import restore_training_state, rng_state
 
 from .conftest import tiny_config
 
@@ -57,6 +59,39 @@ def test_optimizer_choice(name):
     assert type(opt) is expected
     if name == "sgd":
         assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_cpu_adam_is_fused_and_updates_like_the_plain_loop(name):
+    cfg = tiny_config(f"optim.optimizer={name}", "optim.weight_decay=0.01")
+    torch.manual_seed(0)
+    model = _model(cfg)
+    plain_model = copy.deepcopy(model)
+    fused = build_optimizer(model, cfg)
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = type(fused)(parameter_groups(plain_model, cfg), lr=cfg.optim.lr, weight_decay=0.01, foreach=False)
+    for step in range(4):
+        for m, opt in ((model, fused), (plain_model, plain)):
+            torch.manual_seed(step)  # the same gradients for both
+            for p in m.parameters():
+                p.grad = torch.randn_like(p)
+            opt.step()
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_keeps_this_machines_optimizer_kernels():
+    """A checkpoint from elsewhere (no fused kernel, capturable on) resumes with the fresh optimizer's choice."""
+    cfg = tiny_config()
+    model = _model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    other = torch.optim.AdamW(parameter_groups(_model(cfg), cfg), capturable=True)
+    for group in other.param_groups:  # the run's own state is restored
+        group["lr"] = 0.5
+    ckpt = {"model": model.state_dict(), "optimizer": other.state_dict(), "epoch": 1, "step": 3,
+            "best_rsum": 0.0, "best_epoch": 0, "rng": rng_state()}  # fmt: skip
+    restore_training_state(ckpt, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), None)
+    assert all(g["fused"] and not g["capturable"] and g["lr"] == 0.5 for g in optimizer.param_groups)
 
 
 def test_freeze_schedule():

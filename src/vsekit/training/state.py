@@ -19,6 +19,9 @@ from ..errors import ConfigError
 from ..models import VSEModel
 from .ema import WeightEMA, weights_to_score
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
+"""Optimizer group options that choose how the update runs on this machine; a resume keeps the fresh optimizer's."""
+
 
 def rng_state() -> dict[str, Any]:
     """The global RNG state (CPU, and every CUDA device when there is one), as ``last.pt`` stores it."""
@@ -99,11 +102,12 @@ def restore_training_state(
     """Load ``last.pt`` (``ckpt``) into the model, optimizer, scaler and weight average, and restore the global
     RNG state; returns the run's position."""
     model.load_state_dict(ckpt["model"])
-    capturable = [g.get("capturable") for g in optimizer.param_groups]
+    # how the update runs is this machine's choice, not the run's state: a CPU run saves fused=True, a
+    # CUDA-graph run capturable=True (the step that runs this resume sets it again where it captures)
+    kernels = [{k: g[k] for k in IMPLEMENTATION_FLAGS if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
-    for group, flag in zip(optimizer.param_groups, capturable):  # a CUDA-graph run saves capturable=True;
-        if flag is not None:  # the step that runs this resume sets it again where it captures the update
-            group["capturable"] = flag
+    for group, flags in zip(optimizer.param_groups, kernels):
+        group.update(flags)
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     if ema is not None:
