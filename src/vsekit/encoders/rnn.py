@@ -141,7 +141,7 @@ def _gru_unrolled(gru: nn.GRU, packed: PackedSequence, merge_mean: bool) -> tupl
 
 def _last_rows(batch_sizes: list[int]) -> Tensor:
     """Packed row of the last step of every sorted sequence (the forward direction's final state)."""
-    starts = np.concatenate([[0], np.cumsum(batch_sizes[:-1])])
+    starts = np.concatenate([[0], np.cumsum(batch_sizes[:-1], dtype=np.int64)])  # int64 also for one step
     sizes = np.asarray(batch_sizes)
     lengths = (sizes[None, :] > np.arange(sizes[0])[:, None]).sum(1)  # sorted sequence lengths
     return torch.from_numpy(starts[lengths - 1] + np.arange(sizes[0]))
