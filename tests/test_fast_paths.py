@@ -13,6 +13,7 @@ from torch import nn
 from vsekit.config import ImageEncoderConfig, TextEncoderConfig
 from vsekit.encoders import BiGRUTextEncoder, PrecompImageEncoder, TextInputs, compact, drop_set_elements, valid_mask
 from vsekit.encoders.common import masked_batch_norm, set_keep_mask
+from vsekit.encoders.gru_loop import tanh_into
 from vsekit.encoders.rnn import run_gru
 from vsekit.errors import ConfigError
 
@@ -40,6 +41,36 @@ def test_unrolled_and_padded_gru_match_packed_nn_gru(layers: int, bidirectional:
         for want, got in zip(results["packed"], results[method]):
             torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
         assert (results[method][0][pad] == 0).all()
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 1], [5], [3, 3, 3], [1, 6]])
+def test_unrolled_gru_edge_lengths(lengths: list[int]) -> None:
+    """One step only (the zero start state's products are skipped and W_hh gets no gradient), one sequence,
+    equal lengths: the step loop against nn.GRU, values and every gradient."""
+    torch.manual_seed(0)
+    gru = nn.GRU(3, 4, batch_first=True, bidirectional=True).double()
+    x = torch.randn(len(lengths), max(lengths), 3, dtype=torch.double, requires_grad=True)
+    results = []
+    for method in ("packed", "unrolled"):
+        out, h_n = run_gru(gru, x, torch.tensor(lengths), method, "concat")
+        (out.sum() + (h_n * 2).sum()).backward()
+        results.append([out.detach(), h_n.detach(), x.grad.clone(), *(p.grad.clone() for p in gru.parameters())])
+        x.grad = None
+        gru.zero_grad()
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-15), (torch.float32, 2.5e-7), (torch.bfloat16, 0.0)])
+def test_tanh_into_matches_torch_tanh(dtype: torch.dtype, atol: float) -> None:
+    """The step loop's tanh (2σ(2x) - 1 in float32/64, torch.tanh in half types), over the whole range and in place."""
+    x = torch.cat([torch.linspace(-30, 30, 200_001, dtype=torch.float64), torch.tensor([0.0, 1e-30, -1e-30])]).to(dtype)
+    want = torch.tanh(x)
+    torch.testing.assert_close(tanh_into(x, torch.empty_like(x)), want, atol=atol, rtol=0)
+    assert tanh_into(x.clone(), torch.empty_like(x)).abs().max() <= 1
+    same = x.clone()
+    assert tanh_into(same, same) is same
+    torch.testing.assert_close(same, want, atol=atol, rtol=0)
 
 
 def test_gru_method_auto_and_errors() -> None:

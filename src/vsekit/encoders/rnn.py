@@ -15,6 +15,7 @@ from ..config import TextEncoderConfig
 from ..errors import ConfigError, DataError
 from ..pooling import create_pooling
 from .common import augment_tokens, copy_word_vectors
+from .gru_loop import gru_direction
 from .registry import TextInputs, register_text_encoder
 
 GRU_METHODS = ("auto", "packed", "unrolled", "padded")
@@ -25,86 +26,8 @@ lengths, so nothing waits for the device) or ``auto`` (``unrolled`` when a gradi
 ``padded`` on other devices, ``packed`` otherwise)."""
 
 
-class _GRUDirection(torch.autograd.Function):
-    """One GRU direction over a packed sequence, with a hand-written backward.
-
-    Input: the packed input projections ``gates_in = x W_ih^T + b_ih`` (N×3H, step ``t`` holding the
-    first ``batch_sizes[t]`` sequences), ``W_hh`` (3H×H) and ``b_hh``. Output: the N×H packed hidden
-    states. The forward keeps each step's gates; the backward walks the steps in reverse with one
-    matrix product per step and then forms the ``W_hh`` gradient with ONE product over all N rows
-    (autograd would do a product and a 3H×H accumulation per step). Gate order (r, z, n) and
-    formulas are ``nn.GRU``'s: ``r, z = σ(i_rz + h W_hrz^T + b_hrz)``,
-    ``n = tanh(i_n + r ⊙ (h W_hn^T + b_hn))``, ``h' = (1 - z) ⊙ n + z ⊙ h``.
-    """
-
-    @staticmethod
-    def forward(ctx, gates_in: Tensor, w_hh: Tensor, b_hh: Tensor, batch_sizes: list[int], reverse: bool) -> Tensor:  # type: ignore[override]
-        rows, hidden = gates_in.shape[0], w_hh.shape[1]
-        starts = [0]
-        for size in batch_sizes[:-1]:
-            starts.append(starts[-1] + size)
-        out = gates_in.new_empty(rows, hidden)
-        h_prev_all = gates_in.new_zeros(rows, hidden)  # the state each row started from
-        rz_all = gates_in.new_empty(rows, 2 * hidden)
-        n_all = gates_in.new_empty(rows, hidden)
-        ghn_all = gates_in.new_empty(rows, hidden)
-        steps = len(batch_sizes)
-        order = range(steps - 1, -1, -1) if reverse else range(steps)
-        prev = None
-        for t in order:
-            lo, size = starts[t], batch_sizes[t]
-            h_prev = h_prev_all[lo : lo + size]
-            if prev is not None:  # forward: shrinking batch; reverse: new sequences start from 0
-                shared = min(size, prev[1])
-                h_prev[:shared] = out[prev[0] : prev[0] + shared]
-            g_h = torch.addmm(b_hh, h_prev, w_hh.t())
-            g_in = gates_in[lo : lo + size]
-            rz = torch.sigmoid(torch.add(g_in[:, : 2 * hidden], g_h[:, : 2 * hidden], out=rz_all[lo : lo + size]), out=rz_all[lo : lo + size])
-            ghn_all[lo : lo + size] = g_h[:, 2 * hidden :]
-            n = torch.tanh(torch.addcmul(g_in[:, 2 * hidden :], rz[:, :hidden], g_h[:, 2 * hidden :]), out=n_all[lo : lo + size])
-            h = out[lo : lo + size]
-            torch.sub(h_prev, n, out=h)
-            h.mul_(rz[:, hidden:]).add_(n)  # (1 - z) n + z h_prev
-            prev = (lo, size)
-        ctx.save_for_backward(w_hh, h_prev_all, rz_all, n_all, ghn_all)
-        ctx.plan = (starts, list(batch_sizes), reverse)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:  # type: ignore[override]
-        w_hh, h_prev_all, rz_all, n_all, ghn_all = ctx.saved_tensors
-        starts, batch_sizes, reverse = ctx.plan
-        hidden = w_hh.shape[1]
-        d_gh_all = rz_all.new_empty(rz_all.shape[0], 3 * hidden)
-        d_gi_n = torch.empty_like(n_all)
-        steps = len(batch_sizes)
-        order = range(steps) if reverse else range(steps - 1, -1, -1)  # backward through time
-        carry = None  # gradient w.r.t. the previous-in-time step's output rows
-        for t in order:
-            lo, size = starts[t], batch_sizes[t]
-            dh = grad_out[lo : lo + size]
-            if carry is not None:
-                dh = dh.clone()
-                shared = min(size, carry.shape[0])
-                dh[:shared] += carry[:shared]
-            r, z = rz_all[lo : lo + size, :hidden], rz_all[lo : lo + size, hidden:]
-            n, ghn, h_prev = n_all[lo : lo + size], ghn_all[lo : lo + size], h_prev_all[lo : lo + size]
-            d_gh = d_gh_all[lo : lo + size]
-            dn_pre = d_gi_n[lo : lo + size]
-            torch.mul(dh, 1 - z, out=dn_pre).mul_(1 - n * n)  # d(i_n + r ghn)
-            torch.mul(dh * (h_prev - n), z * (1 - z), out=d_gh[:, hidden : 2 * hidden])  # dz_pre
-            torch.mul(dn_pre * ghn, r * (1 - r), out=d_gh[:, :hidden])  # dr_pre
-            torch.mul(dn_pre, r, out=d_gh[:, 2 * hidden :])  # d ghn
-            carry = torch.addmm(dh * z, d_gh, w_hh)  # d h_prev
-        d_w = d_gh_all.t().mm(h_prev_all)
-        d_b = d_gh_all.sum(0)
-        d_gi = torch.cat([d_gh_all[:, : 2 * hidden], d_gi_n], dim=1)
-        return d_gi, d_w, d_b, None, None
-
-
 def _gru_unrolled(gru: nn.GRU, packed: PackedSequence, merge_mean: bool) -> tuple[Tensor, Tensor]:
-    """``nn.GRU`` semantics on a packed sequence with :class:`_GRUDirection`.
+    """``nn.GRU`` semantics on a packed sequence with :func:`~vsekit.encoders.gru_loop.gru_direction`.
 
     Returns the packed output rows of the last layer (directions concatenated, or averaged with
     ``merge_mean``) and h_n in sorted order. The input projections of all steps are one matrix
@@ -127,7 +50,7 @@ def _gru_unrolled(gru: nn.GRU, packed: PackedSequence, merge_mean: bool) -> tupl
                 b_ih, b_hh = None, w_hh.new_zeros(w_hh.shape[0])
             gates_in = F.linear(layer_in, w_ih, b_ih)
             dtype = gates_in.dtype  # autocast: the recurrence runs in the projections' precision
-            out = _GRUDirection.apply(gates_in, w_hh.to(dtype), b_hh.to(dtype), batch_sizes, bool(sfx))
+            out = gru_direction(gates_in, w_hh.to(dtype), b_hh.to(dtype), batch_sizes, bool(sfx))
             outs.append(out)
             finals.append(out[: batch_sizes[0]] if sfx else out.index_select(0, last_rows.to(out.device)))
         if len(outs) == 1:
