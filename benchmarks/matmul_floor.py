@@ -22,7 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
-MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+MATMULS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
+"""The products recorded, by overload packet: ``torch.addmm(..., out=buffer)`` dispatches ``aten.addmm.out``."""
 
 Layout = tuple[tuple[int, ...], tuple[int, ...], str]
 Call = tuple[str, tuple[Layout, ...]]
@@ -38,7 +39,7 @@ class _Recorder(TorchDispatchMode):
         self.calls: Counter[Call] = Counter()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if func in MATMULS:
+        if func.overloadpacket in MATMULS:
             self.calls[(func.overloadpacket.__name__, tuple(_layout(a) for a in args if isinstance(a, torch.Tensor)))] += 1
         return func(*args, **(kwargs or {}))
 

@@ -90,3 +90,7 @@ def test_matmul_floor_counts_a_linear_layers_products_by_hand():
     assert sum(calls.values()) == 3 and sorted(floor.flops(c) for c in calls) == [120, 120, 120]
     timed = floor.time_matmuls(calls, repeats=2)
     assert timed["gflop"] == pytest.approx(360e-9) and timed["products"] == 3 and timed["seconds"] > 0
+    out = torch.empty(5, 3)  # the out= forms count too (the GRU step loop writes its products into buffers)
+    with torch.no_grad():
+        calls = floor.record_matmuls(lambda: (torch.addmm(layer.bias, x, layer.weight.t(), out=out), torch.mm(x, x.t(), out=torch.empty(5, 5))))
+    assert sorted(floor.flops(c) for c in calls) == [120, 200]
