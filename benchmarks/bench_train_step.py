@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,12 @@ def _worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     from vsekit import training
+    try:  # what vsekit.training.train does first (the core release did not)
+        from vsekit.training.allocator import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
     try:
         from vsekit.text.vocab import Vocabulary
     except ModuleNotFoundError:  # the core release kept the vocabulary under vsekit.data
@@ -126,11 +133,12 @@ def _worker(args: argparse.Namespace) -> None:
             break
         if cuda:
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
         step()
         if cuda:
             torch.cuda.synchronize()
-        print(f"{time.perf_counter() - start:.6f}", flush=True)
+        seconds, faults = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        print(f"{seconds:.6f} {faults}", flush=True)
 
 
 def _sync_report(step) -> dict[str, int]:
@@ -183,10 +191,12 @@ def _start(src: Path, args: argparse.Namespace, name: str, extra: list[str]) -> 
     return proc
 
 
-def _step(proc: subprocess.Popen) -> float:
+def _step(proc: subprocess.Popen) -> tuple[float, int]:
+    """One timed step of a worker: its seconds and the page faults the worker took during it."""
     proc.stdin.write("step\n")
     proc.stdin.flush()
-    return float(proc.stdout.readline())
+    seconds, faults = proc.stdout.readline().split()
+    return float(seconds), int(faults)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, (src, extra) in candidates.items():
             procs[name] = _start(src, args, name, extra)
         samples: dict[str, list[float]] = {name: [] for name in procs}
+        faults: dict[str, list[int]] = {name: [] for name in procs}
         for _ in range(args.steps):
             for name, proc in procs.items():
-                samples[name].append(_step(proc))
+                seconds, count = _step(proc)
+                samples[name].append(seconds)
+                faults[name].append(count)
         floors = {}
         for name, proc in procs.items():  # every version's matrix-product floor, measured in its own process
             proc.stdin.write("floor\n")
@@ -247,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     median = {name: statistics.median(v) for name, v in samples.items()}
     base = median["core (b6d18c0)"]
     print(f"training step on {args.device}, batch {args.batch}, {args.threads} thread(s), median of {args.steps} interleaved steps")
-    print(f"{'code':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'speedup':>8} {'matmul floor s':>15} {'GFLOP':>6} {'GFLOP/s':>8} {'step/floor':>11}")
+    print(f"{'code':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'speedup':>8} {'matmul floor s':>15} {'GFLOP':>6} {'GFLOP/s':>8} {'step/floor':>11} {'faults/step':>12}")
     for name, v in samples.items():
         f = floors[name]
         print(f"{name:<20} {median[name]:>9.3f} {min(v):>7.3f} {max(v):>7.3f} {base / median[name]:>7.2f}x "
-              f"{f['seconds']:>15.3f} {f['gflop']:>6.1f} {f['gflop_per_second']:>8.1f} {median[name] / f['seconds']:>10.2f}x")
+              f"{f['seconds']:>15.3f} {f['gflop']:>6.1f} {f['gflop_per_second']:>8.1f} {median[name] / f['seconds']:>10.2f}x "
+              f"{statistics.median(faults[name]):>12.0f}")
     speedup = base / median["current"]
     print(f"target >= {TARGET_SPEEDUP}x: {'met' if speedup >= TARGET_SPEEDUP else 'NOT met'} ({speedup:.2f}x)")
     for name, sites in syncs.items():
@@ -270,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "warmup": args.warmup,
         "step_seconds": samples,
+        "page_faults_per_step": faults,
         "median_seconds": median,
         "matmul_floor": floors,
         "step_over_floor": {name: median[name] / floors[name]["seconds"] for name in median},

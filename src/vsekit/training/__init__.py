@@ -33,6 +33,7 @@ The modules, one concern each:
 * :mod:`~vsekit.training.ema`: the weight average;
 * :mod:`~vsekit.training.history`: ``metrics.jsonl``, ``curves.png`` and the log lines;
 * :mod:`~vsekit.training.distributed` and :mod:`~vsekit.training.batchnorm`: the data-parallel helpers.
+* :mod:`~vsekit.training.allocator`: keeping freed memory in the process between steps (glibc).
 """
 
 from .batches import epoch_batches

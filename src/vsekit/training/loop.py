@@ -23,6 +23,7 @@ from ..losses import ContrastiveLoss, caption_text_ids
 from ..models import VSEModel
 from ..progress import Progress
 from .batches import epoch_loader
+from .allocator import keep_freed_memory
 from .batchnorm import convert_batchnorm, restore_batchnorm
 from .distributed import DistContext, barrier, broadcast_object, init_from_env, shard_sizes, shutdown
 from .ema import WeightEMA, weights_to_score
@@ -82,6 +83,7 @@ def train(
     started. Only rank 0 writes files, logs and draws the progress bar; every rank returns the result.
     """
     validate(cfg, require_data=datasets is None)  # a config built in Python has not been through load_config
+    keep_freed_memory()  # no page faults for what every step frees and allocates again
     ctx, device, started = init_from_env(resolve_device(cfg.device))
     try:
         run = start_run(
