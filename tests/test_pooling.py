@@ -609,3 +609,14 @@ def test_accelerator_lengths_path_matches_the_host_path(name, monkeypatch) -> No
     torch.testing.assert_close(pool(base, full)[0], host_full, atol=1e-12, rtol=1e-12)
     with pytest.raises(DataError, match="lengths"):
         pool(base, lengths[:3])  # shapes are still checked at once
+
+
+@pytest.mark.parametrize("size,level,chunk", [("512K", "2", 32768), ("1024K", "2", 65536), ("2M", "2", 131072),
+                                              ("48K", "2", 8192), ("1024K", "3", 32768), ("lots", "2", 32768)])  # fmt: skip
+def test_network_chunk_follows_the_l2_cache(tmp_path, size: str, level: str, chunk: int) -> None:
+    (tmp_path / "size").write_text(size + "\n")
+    (tmp_path / "level").write_text(level + "\n")
+    from vsekit.pooling.sortnet import l2_chunk
+
+    assert l2_chunk(tmp_path) == chunk
+    assert l2_chunk(tmp_path / "missing") == 32768
