@@ -20,7 +20,8 @@ the same seed and batch. After ``--warmup`` steps each, the workers are stepped 
 step at a time, so that load changes on a shared machine hit both alike; the result is the median
 step time of each and their ratio. Beside each step time the table gives its matrix-product floor
 (``matmul_floor.py``): the step's matrix products recorded and each run alone on this machine, so the part of
-the step that is not matrix arithmetic shows as ``step/floor``. ``--compile`` adds the current code with ``compile=true``. With ``--profile`` the current code's step is also profiled
+the step that is not matrix arithmetic shows as ``step/floor``. The floor is measured three times in each worker,
+before, amid and after the steps (the median is shown), since a shared machine's speed drifts. ``--compile`` adds the current code with ``compile=true``. With ``--profile`` the current code's step is also profiled
 (``torch.profiler``, top operators by self time).
 
 ``--cuda-graphs`` (CUDA only; no baseline needed) times the current step against the same step with
@@ -191,6 +192,13 @@ def _start(src: Path, args: argparse.Namespace, name: str, extra: list[str]) -> 
     return proc
 
 
+def _floor(proc: subprocess.Popen) -> dict:
+    """The worker's matrix-product floor, measured in its own process (``matmul_floor.time_matmuls``)."""
+    proc.stdin.write("floor\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
+
+
 def _step(proc: subprocess.Popen) -> tuple[float, int]:
     """One timed step of a worker: its seconds and the page faults the worker took during it."""
     proc.stdin.write("step\n")
@@ -236,16 +244,18 @@ def main(argv: list[str] | None = None) -> int:
             procs[name] = _start(src, args, name, extra)
         samples: dict[str, list[float]] = {name: [] for name in procs}
         faults: dict[str, list[int]] = {name: [] for name in procs}
-        for _ in range(args.steps):
+        floor_runs: dict[str, list[dict]] = {name: [] for name in procs}
+        for i in range(args.steps + 1):
+            if i in (0, args.steps // 2, args.steps):  # the floors before, amid and after the steps
+                for name, proc in procs.items():
+                    floor_runs[name].append(_floor(proc))
+            if i == args.steps:
+                break
             for name, proc in procs.items():
                 seconds, count = _step(proc)
                 samples[name].append(seconds)
                 faults[name].append(count)
-        floors = {}
-        for name, proc in procs.items():  # every version's matrix-product floor, measured in its own process
-            proc.stdin.write("floor\n")
-            proc.stdin.flush()
-            floors[name] = json.loads(proc.stdout.readline())
+        floors = {name: sorted(runs, key=lambda f: f["seconds"])[len(runs) // 2] for name, runs in floor_runs.items()}
         syncs = {}
         if args.device.startswith("cuda"):  # host-device syncs in one step of each version, by source line
             for name, proc in procs.items():
@@ -287,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "page_faults_per_step": faults,
         "median_seconds": median,
         "matmul_floor": floors,
+        "matmul_floor_runs": floor_runs,
         "step_over_floor": {name: median[name] / floors[name]["seconds"] for name in median},
         "speedup_vs_core": {name: base / m for name, m in median.items()},
         "target_speedup": TARGET_SPEEDUP,

@@ -94,3 +94,20 @@ def test_matmul_floor_counts_a_linear_layers_products_by_hand():
     with torch.no_grad():
         calls = floor.record_matmuls(lambda: (torch.addmm(layer.bias, x, layer.weight.t(), out=out), torch.mm(x, x.t(), out=torch.empty(5, 5))))
     assert sorted(floor.flops(c) for c in calls) == [120, 200]
+
+
+def test_bench_train_step_runs_on_tiny_sizes(tmp_path):
+    """Both workers step, floors are measured before, amid and after the steps, page faults are counted; with
+    the current code as its own baseline the speedup is about 1 (the allocator setting applies to both)."""
+    out = tmp_path / "step.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_train_step.py"), "--baseline-src", str(REPO / "src"),
+           "--batch", "4", "--steps", "2", "--warmup", "1", "--vocab", "100", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "step/floor" in proc.stdout and "faults/step" in proc.stdout
+    result = json.loads(out.read_text())
+    for name in ("core (b6d18c0)", "current"):
+        assert len(result["step_seconds"][name]) == 2 and len(result["page_faults_per_step"][name]) == 2
+        assert len(result["matmul_floor_runs"][name]) == 3 and result["matmul_floor"][name] in result["matmul_floor_runs"][name]
+        assert 0 < result["matmul_floor"][name]["seconds"] < max(result["step_seconds"][name]) * 2
+    assert result["matmul_floor"]["current"]["gflop"] == pytest.approx(result["matmul_floor"]["core (b6d18c0)"]["gflop"], rel=0.3)
