@@ -7,6 +7,9 @@ Usage::
         [--steps 10] [--warmup 2] [--threads 1] [--out benchmarks/results/bench_train_step.json]
     python benchmarks/bench_train_step.py --device cuda --steps 30   # on a GPU: also counts host-device syncs
 
+Any earlier commit can be the baseline (``git worktree add /tmp/vsekit-before REV``, then ``--baseline-src
+/tmp/vsekit-before/src --baseline-name "before (REV)"``), so a change to the step is measured side by side.
+
 Workload: the ``vse_infty_region_bigru`` preset sizes (embed 1024, region features 36×2048 with the
 residual MLP and size augmentation, BiGRU with 300-d words and text augmentation, GPO on both
 sides, AdamW, gradient clipping at 2), batch 128, a 10,000-word vocabulary (about COCO's), captions
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-src", type=Path, default=Path("/work/baseline_core/src"),
                         help="the core release's src folder (git worktree add /tmp/vsekit-core b6d18c0)")
+    parser.add_argument("--baseline-name", default="core (b6d18c0)",
+                        help="the baseline's name in the table (e.g. 'before (7147c87)' for a worktree of an earlier commit)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per version (interleaved)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.baseline_src / "vsekit" / "__init__.py").is_file():
         parser.error(f"--baseline-src {args.baseline_src}: no vsekit package there (git worktree add /tmp/vsekit-core b6d18c0)")
 
-    candidates = {"core (b6d18c0)": (args.baseline_src, []), "current": (REPO / "src", ["--profile"] if args.profile else [])}
+    candidates = {args.baseline_name: (args.baseline_src, []), "current": (REPO / "src", ["--profile"] if args.profile else [])}
     if args.compile:  # compiled during the worker's warm-up steps
         candidates["current, compile=true"] = (REPO / "src", ["--compile"])
     procs = {}
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.stdin.close()
                 proc.wait(timeout=60)
     median = {name: statistics.median(v) for name, v in samples.items()}
-    base = median["core (b6d18c0)"]
+    base = median[args.baseline_name]
     print(f"training step on {args.device}, batch {args.batch}, {args.threads} thread(s), median of {args.steps} interleaved steps")
     print(f"{'code':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'speedup':>8} {'matmul floor s':>15} {'GFLOP':>6} {'GFLOP/s':>8} {'step/floor':>11} {'faults/step':>12}")
     for name, v in samples.items():
@@ -287,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "workload": "vse_infty_region_bigru sizes: batch 128, 36x2048 regions, embed 1024, BiGRU 300->1024, GPO both sides, vocab 10k, captions 9..19 tokens",
         "baseline_src": str(args.baseline_src),
+        "baseline_name": args.baseline_name,
         "threads": args.threads,
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
