@@ -24,7 +24,6 @@ AUTO_NETWORK_TRAINING = (64, 16384)
 backward also stores one byte per comparator and element, so long sets use ``torch.sort``)."""
 
 
-
 def l2_chunk(cache_info: Path = Path("/sys/devices/system/cpu/cpu0/cache/index2"), default: int = 32768) -> int:
     """Float32 elements per slice such that four slices fill the core's L2 cache (a power of two, at least
     8,192): 32,768 for a 512 KB L2, 65,536 for 1 MB. ``default`` where Linux does not describe the cache."""

@@ -4,7 +4,7 @@ A training step on a CPU allocates and frees the same few hundred megabytes ever
 the sorting network's swap records). With glibc's default settings much of that goes back to the kernel when it
 is freed (the top of the heap is trimmed; blocks above a moving threshold are ``mmap``-ed), and the next step
 takes a page fault and a zeroed page for every 4 KB of it again: 10,000-34,000 faults per step of the VSE∞
-region model at batch 128, about 3% of its time. :func:`keep_freed_memory` raises glibc's trim threshold and
+region model at batch 128, about 4% of its time. :func:`keep_freed_memory` raises glibc's trim threshold and
 fixes its ``mmap`` threshold at the maximum, so that the heap keeps what it has grown to and the faults stop.
 
 The process keeps its peak heap until it exits (the training process reaches that peak anyway). Linux with glibc
@@ -29,7 +29,7 @@ the heap grows 64 MB at a time."""
 
 def keep_freed_memory() -> bool:
     """Apply :data:`SETTINGS` to this process's glibc allocator; ``True`` if glibc accepted all of them,
-    ``False`` where there is no glibc ``mallopt`` (macOS, Windows, musl)."""
+    ``False`` where there is no ``mallopt`` or it refuses them (macOS, Windows, musl)."""
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -22,8 +22,8 @@ from ..io import atomic_write_text, remove_stale_temporaries
 from ..losses import ContrastiveLoss, caption_text_ids
 from ..models import VSEModel
 from ..progress import Progress
-from .batches import epoch_loader
 from .allocator import keep_freed_memory
+from .batches import epoch_loader
 from .batchnorm import convert_batchnorm, restore_batchnorm
 from .distributed import DistContext, barrier, broadcast_object, init_from_env, shard_sizes, shutdown
 from .ema import WeightEMA, weights_to_score
