@@ -9,9 +9,9 @@ What makes it faster than autograd over the same loop (and than ``nn.GRU``'s CPU
 
 - the input projections of all steps are one product done by the caller; each step does one product forward
   and one backward, and the ``W_hh`` gradient is ONE product over all rows;
-- products by a state known to be zero are skipped: the first step each direction takes starts every row
-  from zero, so its gates are ``b_hh``, it sends no gradient further back, and its rows add nothing to the
-  ``W_hh`` gradient;
+- products by a state known to be zero are skipped: a row that starts from zero (every row of the first step
+  each direction takes; in the reverse direction also each sequence's first row, as it joins) has ``b_hh`` for
+  its gates and sends no gradient further back, and the first step's rows add nothing to the ``W_hh`` gradient;
 - every step writes into buffers allocated once, with as few elementwise passes as the formulas allow
   (``z - z²`` for σ', one ``addcmul`` for the new state);
 - in float32/float64 ``tanh(x)`` is computed as ``2σ(2x) - 1``: torch's CPU ``tanh`` kernel took 2.5 ns per
@@ -58,12 +58,14 @@ class _GRUDirection(torch.autograd.Function):
         for t in order:
             lo, size = starts[t], batch_sizes[t]
             h_prev, g = h_prev_all[lo : lo + size], gates[lo : lo + size]
-            if prev is None:  # every row starts from zero: the gates are the bias
-                g.copy_(b_hh.expand_as(g))
-            else:  # forward: shrinking batch; reverse: the rows past the shared ones start from zero
-                shared = min(size, prev[1])
+            # forward: a shrinking batch, every row continues; reverse: the rows past the shared ones start
+            # from zero, and a row that starts from zero has the bias for its gates
+            shared = 0 if prev is None else min(size, prev[1])
+            if shared:
                 h_prev[:shared] = out[prev[0] : prev[0] + shared]
-                torch.addmm(b_hh, h_prev, w_hh.t(), out=g)
+                torch.addmm(b_hh, h_prev[:shared], w_hh.t(), out=g[:shared])
+            if shared < size:
+                g[shared:].copy_(b_hh.expand_as(g[shared:]))
             g_in = gates_in[lo : lo + size]
             rz = g[:, : 2 * hidden]
             torch.sigmoid(rz.add_(g_in[:, : 2 * hidden]), out=rz)
@@ -87,7 +89,7 @@ class _GRUDirection(torch.autograd.Function):
         dh_buf, spare = torch.empty_like(n_all[: batch_sizes[0]]), torch.empty_like(gates[: batch_sizes[0]])
         order = list(range(len(batch_sizes)) if reverse else range(len(batch_sizes) - 1, -1, -1))
         carry = None  # gradient w.r.t. the state the previous-in-time step's rows started from
-        for t in order:
+        for position, t in enumerate(order):
             lo, size = starts[t], batch_sizes[t]
             dh = dh_buf[:size]
             if carry is None:
@@ -98,8 +100,10 @@ class _GRUDirection(torch.autograd.Function):
                 dh[shared:].copy_(grad_out[lo + shared : lo + size])
             carry = _step_backward(dh, gates[lo : lo + size], n_all[lo : lo + size], h_prev_all[lo : lo + size],
                                    d_gh_all[lo : lo + size], d_gi_n[lo : lo + size], spare[:size], hidden)  # fmt: skip
-            if t != order[-1]:  # the first step in time started from zero: nothing to send back
-                carry = torch.addmm(carry, d_gh_all[lo : lo + size], w_hh)
+            # only the rows that continue a row of the step before in time send a gradient back: none for
+            # the first step, those that the next step in this loop shares in the reverse direction
+            back = min(size, batch_sizes[order[position + 1]]) if position + 1 < len(order) else 0
+            carry = torch.addmm(carry[:back], d_gh_all[lo : lo + back], w_hh) if back else None
         # the rows of the first step in time started from zero and add nothing to W_hh's gradient
         lo, hi = (0, starts[-1]) if reverse else (batch_sizes[0], gates.shape[0])
         d_w = d_gh_all[lo:hi].t().mm(h_prev_all[lo:hi]) if hi > lo else torch.zeros_like(w_hh)
