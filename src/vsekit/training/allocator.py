@@ -14,7 +14,6 @@ only; elsewhere nothing changes. :func:`vsekit.training.train` calls it once per
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -32,8 +31,8 @@ def keep_freed_memory() -> bool:
     ``False`` where there is no ``mallopt`` or it refuses them (macOS, Windows, musl)."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    try:  # the process's own symbols (libc's among them); find_library would run ldconfig in a subprocess
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
