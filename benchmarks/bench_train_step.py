@@ -250,16 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[float]] = {name: [] for name in procs}
         faults: dict[str, list[int]] = {name: [] for name in procs}
         floor_runs: dict[str, list[dict]] = {name: [] for name in procs}
-        for i in range(args.steps + 1):
-            if i in (0, args.steps // 2, args.steps):  # the floors before, amid and after the steps
-                for name, proc in procs.items():
-                    floor_runs[name].append(_floor(proc))
-            if i == args.steps:
-                break
+
+        def measure_floors() -> None:
+            for name, proc in procs.items():
+                floor_runs[name].append(_floor(proc))
+
+        measure_floors()  # before, amid and after the steps
+        for i in range(args.steps):
+            if i == args.steps // 2:
+                measure_floors()
             for name, proc in procs.items():
                 seconds, count = _step(proc)
                 samples[name].append(seconds)
                 faults[name].append(count)
+        measure_floors()
         floors = {name: sorted(runs, key=lambda f: f["seconds"])[len(runs) // 2] for name, runs in floor_runs.items()}
         syncs = {}
         if args.device.startswith("cuda"):  # host-device syncs in one step of each version, by source line
