@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and the API reference; 
     from .configure import load_config
     from .convert import convert_official
     from .data import KarpathyJSON, PrecompDataset, Vocabulary, make_synthetic
-    from .errors import CheckpointError, ConfigError, DataError, VsekitError
+    from .errors import CheckpointError, ConfigError, DataError, FolderInUseError, VsekitError
     from .evaluation import PROTOCOLS, ensemble_sims, evaluate_model, evaluate_protocol, evaluate_sims
     from .losses import ContrastiveLoss, triplet_hinge_loss
     from .models import SIMILARITIES, VSEModel, cosine_similarity, create_model, order_similarity
@@ -40,6 +40,7 @@ _HOMES = {
     "CheckpointError": "vsekit.errors",
     "ConfigError": "vsekit.errors",
     "DataError": "vsekit.errors",
+    "FolderInUseError": "vsekit.errors",
     "VsekitError": "vsekit.errors",
     "PROTOCOLS": "vsekit.evaluation",
     "ensemble_sims": "vsekit.evaluation",
@@ -94,6 +95,7 @@ __all__ = [
     "ConfigError",
     "ContrastiveLoss",
     "DataError",
+    "FolderInUseError",
     "KarpathyJSON",
     "PrecompDataset",
     "TrainConfig",

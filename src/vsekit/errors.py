@@ -25,6 +25,10 @@ class CheckpointError(VsekitError):
     """A checkpoint is missing, malformed or does not match the model."""
 
 
+class FolderInUseError(VsekitError):
+    """Another process is writing the output folder (a run, an index, extracted features)."""
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type's name when empty), at most ``limit`` characters: what a
     one-line error quotes of a library's failure."""

@@ -37,7 +37,7 @@ from .backbones.extractor import FeatureExtractor
 from .data.files import FEATURES_FORMAT, FEATURES_META
 from .data.views import check_views, view_file
 from .errors import ConfigError, DataError
-from .io import atomic_write_json, remove_stale_temporaries
+from .io import atomic_write_json, exclusive_folder, remove_stale_temporaries
 from .progress import Progress
 
 META = FEATURES_META
@@ -101,14 +101,22 @@ def extract_features(
     extractor = FeatureExtractor(backbone, image_size, dtype, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # a run killed while writing features.json or a progress file left its temporary beside it
-    progress = [f"{split}{'' if v is None else '.' + v}.progress.json" for split in splits for v in (None, *views)]
-    remove_stale_temporaries(out, [META, *progress])
-    meta_path = out / META
-    meta = _read_meta(meta_path, extractor.settings)
-    timing: dict[str, Any] = {}
+    with exclusive_folder(out, "out"):  # one extraction at a time in a folder
+        # a run killed while writing features.json or a progress file left its temporary beside it
+        progress = [f"{split}{'' if v is None else '.' + v}.progress.json" for split in splits for v in (None, *views)]
+        remove_stale_temporaries(out, [META, *progress])
+        meta = _read_meta(out / META, extractor.settings)
+        job = _SplitExtraction(extractor, image_root, out, batch_size, workers, max_images, progress_stream, save_every)
+        timing = _extract_splits(job, data, meta, splits, views)
+        return {**meta, "timing": timing}
 
-    job = _SplitExtraction(extractor, image_root, out, batch_size, workers, max_images, progress_stream, save_every)
+
+def _extract_splits(job: _SplitExtraction, data: Any, meta: dict[str, Any], splits: Sequence[str],
+                    views: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """Extract each split, then its views, that ``meta`` (features.json, updated and written after each) does not
+    list as done; returns the timing of each ``split`` / ``split.view``."""
+    out, image_root, meta_path = job.out, job.image_root, job.out / META
+    timing: dict[str, Any] = {}
     for split in splits:
         records = data.records(split.split("+"))
         for view in (None, *views):
@@ -129,7 +137,7 @@ def extract_features(
                     entry.pop("files")  # the split's own list
                     meta["splits"][split].setdefault("views", {})[view] = entry
                 atomic_write_json(meta, meta_path)
-    return {**meta, "timing": timing}
+    return timing
 
 
 def join_extracted_parts(out: Path, meta: dict[str, Any], split: str, records: list, image_root: Path,

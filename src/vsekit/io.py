@@ -1,16 +1,24 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, index or result file."""
+"""Atomic file writes: a reader never sees a half-written checkpoint, index or result file; and one writer per
+output folder (:func:`exclusive_folder`)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import torch
+
+from .errors import FolderInUseError
+
+LOCK_FILE = ".vsekit.lock"
+"""The file in an output folder that :func:`exclusive_folder` locks (it stays; only the lock goes)."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -75,3 +83,42 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int | None = 2)
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` through :func:`atomic_write`."""
     return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold the existing folder ``folder`` for one writer while the block runs.
+
+    An exclusive advisory lock (``flock``) on ``folder/.vsekit.lock``, which also records the holder's process id
+    and command. The kernel releases it when the block ends or the process dies, so a killed run resumes at
+    once, while a second program writing the same folder (two trainings in one run folder, two builds of one
+    index) stops before it touches anything. The file is never deleted: removing it while another process has
+    it open would let two writers lock two different files. Without ``fcntl`` (Windows) nothing is held.
+
+    Args:
+        folder: the output folder (must exist).
+        what: the option or field that named it, for the error message (``"out_dir"``).
+
+    Raises:
+        FolderInUseError: another process holds the folder.
+    """
+    folder = Path(folder)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield folder
+        return
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+            raise FolderInUseError(
+                f"{what}: {folder} is being written by {holder}; wait for it to end or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock

@@ -12,6 +12,7 @@ of a build that was killed; a part whose rows did not change keeps its files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -380,21 +381,22 @@ def build_index(
         import_faiss()
     ctx, device, started = init_from_env(resolve_device(options.device))
     try:
-        return _build(checkpoint, source, Path(out_dir).absolute(), options, (ctx, device), start)
+        with contextlib.ExitStack() as held:  # rank 0 holds the folder from opening it to the commit
+            return _build(checkpoint, source, Path(out_dir).absolute(), options, (ctx, device), start, held)
     finally:
         shutdown(started)
 
 
 def _build(
     checkpoint: str | os.PathLike, source: str | os.PathLike, out: Path, options: BuildOptions,
-    placement: tuple[DistContext, Any], start: float,
+    placement: tuple[DistContext, Any], start: float, held: contextlib.ExitStack,
 ) -> tuple[Path, dict[str, Any], Any]:  # fmt: skip
     ctx, device = placement
     stream = sys.stderr if options.progress and ctx.is_main else None
     model, model_source = load_model(checkpoint, options, device)
     dim = int(model.config.embed_size)
     col = read_source(source, options, model, model_source.eval_views, photo_extractor_settings(model, model_source, options))
-    old = broadcast_object(open_out_dir(out) if ctx.is_main else None)
+    old = broadcast_object(open_out_dir(out, held) if ctx.is_main else None)
     previous = reusable_parts(out, old, model_source.sha256, dim)
     pending = open_pending(out, model_source.sha256, dim, options, ctx)
     new_images, new_texts = items_to_embed(col, previous, pending)

@@ -21,11 +21,13 @@ Consistency: every build writes a new *generation* folder per changed modality, 
 therefore leaves the previous index readable, and the embeddings it computed (flushed to ``pending/``
 every ``checkpoint_every`` items) are reused by the next build. Building again on the same ``out_dir``
 embeds only items whose key is new (see :mod:`vsekit.index.collection`) and drops removed ones; a
-different checkpoint (another sha256) re-embeds everything.
+different checkpoint (another sha256) re-embeds everything. One build writes a folder at a time: it holds the folder
+(:func:`vsekit.io.exclusive_folder`) from opening it to the commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,7 +43,7 @@ from vsekit.errors import CheckpointError, ConfigError, DataError, first_line
 from vsekit.index.backends import ExactBackend, FaissBackend, parse_backend
 from vsekit.index.budget import AUTO, AutoSettings, auto_settings, build_auto
 from vsekit.index.rows import RerankedBackend, ShardRows
-from vsekit.io import atomic_write, atomic_write_json
+from vsekit.io import LOCK_FILE, atomic_write, atomic_write_json, exclusive_folder
 from vsekit.pretrained import find_model_folder
 
 __all__ = [
@@ -220,7 +222,7 @@ def _check_out_dir(out: Path) -> dict[str, Any] | None:
     if (out / "index.json").exists():
         return read_index_json(out)
     if out.is_dir():
-        others = sorted(p.name for p in out.iterdir() if p.name not in (PENDING, *FOLDERS.values()))
+        others = sorted(p.name for p in out.iterdir() if p.name not in (PENDING, LOCK_FILE, *FOLDERS.values()))
         if others:
             raise DataError(f"out_dir: {out} is not empty and not a vsekit index (it holds {others[0]!r}); choose a new folder")
     return None
@@ -238,11 +240,16 @@ def _clean_generations(out: Path, keep: set[str]) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def open_out_dir(out: Path) -> dict[str, Any] | None:
-    """The current index.json of ``out`` (None for a new index), with ``out`` created and the generation
-    folders of a build killed before its commit deleted. Refuses a folder that holds other things."""
-    old = _check_out_dir(out)
+def open_out_dir(out: Path, held: contextlib.ExitStack) -> dict[str, Any] | None:
+    """The current index.json of ``out`` (None for a new index), with ``out`` created, held for this build until
+    ``held`` closes (:func:`vsekit.io.exclusive_folder`: a second build into the same folder stops with
+    :class:`~vsekit.errors.FolderInUseError` instead of deleting this one's new generation and mixing its shards
+    in), and the generation folders of a build killed before its commit deleted. Refuses a folder that holds
+    other things."""
+    _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(exclusive_folder(out, "out_dir"))
+    old = _check_out_dir(out)  # again: what the build that held the folder until now committed
     _clean_generations(out, _referenced(old))
     return old
 

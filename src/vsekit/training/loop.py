@@ -3,6 +3,7 @@ data-parallel mode are described in :mod:`vsekit.training`)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from ..data import Collator
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation import evaluate_model
-from ..io import atomic_write_text, remove_stale_temporaries
+from ..io import atomic_write_text, exclusive_folder, remove_stale_temporaries
 from ..losses import ContrastiveLoss, caption_text_ids
 from ..models import VSEModel
 from ..progress import Progress
@@ -86,13 +87,23 @@ def train(
     keep_freed_memory()  # no page faults for what every step frees and allocates again
     ctx, device, started = init_from_env(resolve_device(cfg.device))
     try:
-        run = start_run(
-            cfg, Path(run_dir), ctx, device, resume=resume, log=log if ctx.is_main else None,
-            progress_stream=progress_stream if ctx.is_main else None, max_steps=max_steps, datasets=datasets,
-        )  # fmt: skip
-        return run_epochs(run)
+        run_dir = make_run_dir(Path(run_dir))
+        with exclusive_folder(run_dir, "run_dir") if ctx.is_main else contextlib.nullcontext():  # one run at a time
+            run = start_run(
+                cfg, run_dir, ctx, device, resume=resume, log=log if ctx.is_main else None,
+                progress_stream=progress_stream if ctx.is_main else None, max_steps=max_steps, datasets=datasets,
+            )  # fmt: skip
+            return run_epochs(run)
     finally:
         shutdown(started)
+
+
+def make_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, created if needed; an existing file there is a :class:`ConfigError`."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: the run folder is an existing file; expected a folder (new, or a run to resume)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
 
 
 @dataclass
@@ -145,9 +156,7 @@ def start_run(
     report = log or (lambda _msg: None)
     if cfg.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"cuda_graphs: needs a CUDA device, got {device.type} (device={cfg.device}); set cuda_graphs=false")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: the run folder is an existing file; expected a folder (new, or a run to resume)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
     if ctx.rank == 0:  # what a kill during a write left behind (rank 0 alone writes the run folder)
         for tmp in remove_stale_temporaries(run_dir, RUN_FILES):
             report(f"removed {tmp.name}, left by an interrupted write")
