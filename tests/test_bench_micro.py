@@ -50,6 +50,8 @@ def test_interleaved_times_rejects_bad_counts(repeats, warmup):
                            "--subset-captions", "20"],
          lambda r: r["fast_and_plain_agree"] is True),
         ("bench_data.py", ["--repeats", "1"], lambda r: len(r["cases"]) == 3),
+        ("sortnet_alternatives.py", ["--batch", "4", "--dim", "8", "--repeats", "1"],  # the alternatives are exact
+         lambda r: all(all(w["exact_gradients"].values()) and len(w["median_ms"]) == 3 for w in r["workloads"].values())),
     ],
 )  # fmt: skip
 def test_micro_benchmark_runs_as_a_script(tmp_path, script, args, check):
