@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_config
-from vsekit.errors import FolderInUseError
+from vsekit.errors import DataError, FolderInUseError
 from vsekit.io import LOCK_FILE, exclusive_folder
 
 HOLD = """
@@ -57,6 +57,13 @@ def test_a_held_folder_is_refused_naming_the_holder_and_a_killed_holder_frees_it
     with exclusive_folder(tmp_path / "out", "out_dir"):  # released at the end of the block, file kept
         pass
     assert (tmp_path / "out" / LOCK_FILE).is_file()
+
+
+def test_a_folder_that_cannot_take_the_lock_file_is_a_one_line_error(tmp_path):
+    (tmp_path / LOCK_FILE).mkdir()  # what a read-only folder gives a user who is not root: open() fails
+    with pytest.raises(DataError, match=rf"^out: cannot write in {tmp_path} \(Is a directory: \.vsekit\.lock\)$"):
+        with exclusive_folder(tmp_path, "out"):
+            pass
 
 
 def test_one_process_cannot_hold_a_folder_twice(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import FolderInUseError
+from .errors import DataError, FolderInUseError
 
 LOCK_FILE = ".vsekit.lock"
 """The file in an output folder that :func:`exclusive_folder` locks (it stays; only the lock goes)."""
@@ -101,6 +101,7 @@ def exclusive_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
 
     Raises:
         FolderInUseError: another process holds the folder.
+        DataError: the lock file cannot be opened (a folder without write permission).
     """
     folder = Path(folder)
     try:
@@ -108,7 +109,10 @@ def exclusive_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     except ImportError:  # pragma: no cover - not POSIX
         yield folder
         return
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise DataError(f"{what}: cannot write in {folder} ({e.strerror}: {LOCK_FILE})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
