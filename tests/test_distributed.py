@@ -36,6 +36,7 @@ from vsekit.distributed import (
     wrap_ddp,
 )
 from vsekit.errors import ConfigError
+from vsekit.io import LOCK_FILE
 from vsekit.losses import ContrastiveLoss, sharded_triplet_hinge_loss, triplet_hinge_loss
 from vsekit.models import create_model
 from vsekit.training import TrainingForward, build_optimizer, compute_loss, epoch_batches, train
@@ -257,4 +258,4 @@ def test_torchrun_cli_trains_and_writes_the_run_folder_once(tmp_path, learning_s
     assert [r["step"] for r in hist] == [20, 40, 60]  # 1000 captions in global batches of 50 per epoch
     # 91..130 over 3 kernels x 3 seeds (benchmarks/learning_spread.py)
     assert measured("best_rsum", max(r["val_rsum"] for r in hist)) > 2 * chance_rsum(100), [r["val_rsum"] for r in hist]
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "curves.png", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE, "best.pt", "config.yaml", "curves.png", "last.pt", "metrics.jsonl"]
