@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import tiny_config
 from vsekit.errors import DataError, FolderInUseError
-from vsekit.io import LOCK_FILE, exclusive_folder
+from vsekit.io import LOCK_FILE, ORPHAN_WAIT, exclusive_folder
 
 HOLD = """
 import sys, time
@@ -64,6 +65,42 @@ def test_a_folder_that_cannot_take_the_lock_file_is_a_one_line_error(tmp_path):
     with pytest.raises(DataError, match=rf"^out: cannot write in {tmp_path} \(Is a directory: \.vsekit\.lock\)$"):
         with exclusive_folder(tmp_path, "out"):
             pass
+
+
+HOLD_WITH_WORKER = """
+import os, sys, time
+from vsekit.io import exclusive_folder
+with exclusive_folder(sys.argv[1], "out"):
+    if os.fork() == 0:  # a forked worker (as a DataLoader's): it shares the lock and outlives its parent briefly
+        time.sleep(float(sys.argv[2]))
+        os._exit(0)
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("worker_seconds, freed", [(1.5, True), (30, False)])
+def test_a_killed_holder_whose_forked_workers_still_hold_the_lock_is_waited_for(tmp_path, worker_seconds, freed):
+    """kill -9 of a training leaves its DataLoader workers alive for a few seconds, holding the lock with the same
+    open file: a restart waits for them (the recorded holder is dead) instead of failing; a lock that outlasts
+    ORPHAN_WAIT is still refused."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_WITH_WORKER, str(tmp_path), str(worker_seconds)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        start = time.monotonic()
+        if freed:
+            with exclusive_folder(tmp_path, "run_dir"):
+                assert 0.5 < time.monotonic() - start < ORPHAN_WAIT
+        else:
+            with pytest.raises(FolderInUseError, match=f"being written by pid {proc.pid} "):
+                with exclusive_folder(tmp_path, "run_dir"):
+                    pass
+            assert time.monotonic() - start >= ORPHAN_WAIT
+    finally:
+        subprocess.run(["pkill", "-f", f"{tmp_path}"], check=False)  # the worker, when it outlives the test
 
 
 def test_one_process_cannot_hold_a_folder_twice(tmp_path):

@@ -7,8 +7,10 @@ import contextlib
 import glob
 import json
 import os
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -17,8 +19,16 @@ import torch
 
 from .errors import DataError, FolderInUseError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: exclusive_folder holds nothing
+    fcntl = None  # type: ignore[assignment]
+
 LOCK_FILE = ".vsekit.lock"
 """The file in an output folder that :func:`exclusive_folder` locks (it stays; only the lock goes)."""
+ORPHAN_WAIT = 10.0
+"""Seconds :func:`exclusive_folder` waits for a lock whose recorded holder is dead: processes it forked (DataLoader
+workers) keep the lock until they notice and exit, which torch's workers do within 5 s."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -95,6 +105,9 @@ def exclusive_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     index) stops before it touches anything. The file is never deleted: removing it while another process has
     it open would let two writers lock two different files. Without ``fcntl`` (Windows) nothing is held.
 
+    A lock whose recorded holder process no longer exists is waited for up to :data:`ORPHAN_WAIT` seconds (a
+    killed training's DataLoader workers hold it until they exit).
+
     Args:
         folder: the output folder (must exist).
         what: the option or field that named it, for the error message (``"out_dir"``).
@@ -104,9 +117,7 @@ def exclusive_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
         DataError: the lock file cannot be opened (a folder without write permission).
     """
     folder = Path(folder)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    if fcntl is None:  # pragma: no cover - not POSIX
         yield folder
         return
     try:
@@ -114,15 +125,40 @@ def exclusive_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     except OSError as e:
         raise DataError(f"{what}: cannot write in {folder} ({e.strerror}: {LOCK_FILE})") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+        holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+        if not _lock_within(fd, 0 if _alive(holder) else ORPHAN_WAIT):
             raise FolderInUseError(
                 f"{what}: {folder} is being written by {holder}; wait for it to end or choose another folder"
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n".encode(), 0)
         yield folder
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive lock of ``fd``, trying for up to ``seconds``; whether it was taken."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _alive(holder: str) -> bool:
+    """Whether the process a lock file names (``pid N (...)``) exists on this machine; True when it names none."""
+    match = re.match(r"pid (\d+)", holder)
+    if match is None:
+        return True
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
