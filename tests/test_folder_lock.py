@@ -18,9 +18,12 @@ from vsekit.errors import DataError, FolderInUseError
 from vsekit.io import LOCK_FILE, ORPHAN_WAIT, exclusive_folder
 
 HOLD = """
-import sys, time
+import os, sys, time
 from vsekit.io import exclusive_folder
 with exclusive_folder(sys.argv[1], "out"):
+    if float(sys.argv[2]) and os.fork() == 0:  # a forked worker (as a DataLoader's) shares the lock, outlives us
+        time.sleep(float(sys.argv[2]))
+        os._exit(0)
     print("held", flush=True)
     time.sleep(600)
 """
@@ -28,20 +31,23 @@ with exclusive_folder(sys.argv[1], "out"):
 
 @pytest.fixture
 def holder():
-    """Start a process that holds a folder (as a running training or build would); killed at the end."""
+    """Start a process that holds a folder (as a running training or build would), optionally with a forked worker
+    that lives ``worker_seconds``; both are killed at the end."""
     procs = []
 
-    def hold(folder: Path) -> subprocess.Popen:
+    def hold(folder: Path, worker_seconds: float = 0) -> subprocess.Popen:
         folder.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(worker_seconds)], stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        procs.append((proc, folder))
         assert proc.stdout.readline().strip() == "held"
         return proc
 
     yield hold
-    for proc in procs:
+    for proc, folder in procs:
         proc.kill()
         proc.wait()
+        subprocess.run(["pkill", "-f", str(folder)], check=False)  # a worker that outlived its holder
 
 
 def test_a_held_folder_is_refused_naming_the_holder_and_a_killed_holder_frees_it(tmp_path, holder):
@@ -67,40 +73,23 @@ def test_a_folder_that_cannot_take_the_lock_file_is_a_one_line_error(tmp_path):
             pass
 
 
-HOLD_WITH_WORKER = """
-import os, sys, time
-from vsekit.io import exclusive_folder
-with exclusive_folder(sys.argv[1], "out"):
-    if os.fork() == 0:  # a forked worker (as a DataLoader's): it shares the lock and outlives its parent briefly
-        time.sleep(float(sys.argv[2]))
-        os._exit(0)
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
-
 @pytest.mark.parametrize("worker_seconds, freed", [(1.5, True), (30, False)])
-def test_a_killed_holder_whose_forked_workers_still_hold_the_lock_is_waited_for(tmp_path, worker_seconds, freed):
+def test_a_killed_holder_whose_forked_workers_still_hold_the_lock_is_waited_for(tmp_path, holder, worker_seconds, freed):
     """kill -9 of a training leaves its DataLoader workers alive for a few seconds, holding the lock with the same
     open file: a restart waits for them (the recorded holder is dead) instead of failing; a lock that outlasts
     ORPHAN_WAIT is still refused."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_WITH_WORKER, str(tmp_path), str(worker_seconds)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert proc.stdout.readline().strip() == "held"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        start = time.monotonic()
-        if freed:
+    proc = holder(tmp_path, worker_seconds)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    start = time.monotonic()
+    if freed:
+        with exclusive_folder(tmp_path, "run_dir"):
+            assert 0.5 < time.monotonic() - start < ORPHAN_WAIT
+    else:
+        with pytest.raises(FolderInUseError, match=f"being written by pid {proc.pid} "):
             with exclusive_folder(tmp_path, "run_dir"):
-                assert 0.5 < time.monotonic() - start < ORPHAN_WAIT
-        else:
-            with pytest.raises(FolderInUseError, match=f"being written by pid {proc.pid} "):
-                with exclusive_folder(tmp_path, "run_dir"):
-                    pass
-            assert time.monotonic() - start >= ORPHAN_WAIT
-    finally:
-        subprocess.run(["pkill", "-f", f"{tmp_path}"], check=False)  # the worker, when it outlives the test
+                pass
+        assert time.monotonic() - start >= ORPHAN_WAIT
 
 
 def test_one_process_cannot_hold_a_folder_twice(tmp_path):
