@@ -43,12 +43,17 @@ REPO = Path(__file__).resolve().parents[1]
 INT32_MIN = -(2**31)
 
 
+def ordered_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Float32 bit patterns (as int32) to integers in the floats' order, and back (the map is its own inverse):
+    a negative float's bits other than the sign are flipped."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
 def int64_key_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort-and-weight on int64 keys; returns the pooled B×D values and the gradients of ``x`` and ``w`` for an
     upstream gradient of ones (the backward written out, as an autograd Function would)."""
     length = x.shape[1]
-    bits = x.transpose(0, 1).contiguous().view(torch.int32)  # L×B×D, then order-preserving: flip negatives
-    key32 = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key32 = ordered_bits(x.transpose(0, 1).contiguous().view(torch.int32))  # L×B×D
     pad = ~length_mask(lens, length, x.device).t().unsqueeze(-1)
     key32.masked_fill_(pad, INT32_MIN)  # below every float, -inf included
     keys = (key32.to(torch.int64) << 32) | torch.arange(length, dtype=torch.int64).view(length, 1, 1)
@@ -57,8 +62,7 @@ def int64_key_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> tupl
         ranks[i], ranks[j] = torch.maximum(ranks[i], ranks[j]), torch.minimum(ranks[i], ranks[j])
     ordered = torch.stack(ranks)
     positions = ordered & 0xFF
-    high = (ordered >> 32).to(torch.int32)
-    values = (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32).masked_fill(pad, 0)
+    values = ordered_bits((ordered >> 32).to(torch.int32)).view(torch.float32).masked_fill(pad, 0)
     wt = w.t().unsqueeze(-1)  # L×B×1
     out = (values * wt).sum(0)
     grad = torch.ones_like(out)
@@ -67,18 +71,21 @@ def int64_key_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> tupl
     return out, grad_x, grad_w
 
 
-def network_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def autograd_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor, method: str) -> tuple[torch.Tensor, ...]:
+    """:func:`pool_sorted` with ``method`` and its autograd backward for an upstream gradient of ones: the pooled
+    values and the gradients of ``x`` and ``w``."""
     xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
-    out = pool_sorted(xg, lens, wg, method="network")
+    out = pool_sorted(xg, lens, wg, method=method)
     out.backward(torch.ones_like(out))
     return out.detach(), xg.grad, wg.grad
 
 
-def sort_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
-    out = pool_sorted(xg, lens, wg, method="sort")
-    out.backward(torch.ones_like(out))
-    return out.detach(), xg.grad, wg.grad
+def network_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return autograd_pool(x, w, lens, "network")
+
+
+def sort_pool(x: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return autograd_pool(x, w, lens, "sort")
 
 
 def same_result(reference: tuple[torch.Tensor, ...], other: tuple[torch.Tensor, ...]) -> bool:
