@@ -152,11 +152,11 @@ def start_run(
     datasets: dict[str, Any] | None,
 ) -> TrainingRun:
     """Set up :func:`train` in one process of ``ctx`` (rank 0 of 1 without data parallelism), on ``device``: the
-    data, the model, optimizer and the rest, fresh or as the run folder's ``last.pt`` left them."""
+    data, the model, optimizer and the rest, fresh or as the run folder's ``last.pt`` left them. ``run_dir`` exists
+    (:func:`make_run_dir`) and rank 0 holds it."""
     report = log or (lambda _msg: None)
     if cfg.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"cuda_graphs: needs a CUDA device, got {device.type} (device={cfg.device}); set cuda_graphs=false")
-    make_run_dir(run_dir)
     if ctx.rank == 0:  # what a kill during a write left behind (rank 0 alone writes the run folder)
         for tmp in remove_stale_temporaries(run_dir, RUN_FILES):
             report(f"removed {tmp.name}, left by an interrupted write")
