@@ -244,7 +244,7 @@ def test_torchrun_cli_trains_and_writes_the_run_folder_once(tmp_path, learning_s
         "batch_size=50", "eval_batch_size=128", "epochs=3", "optim.lr=3e-3", f"seed={learning_seed}",
         "device=cpu",  # gloo on CPUs: two processes need no two GPUs (benchmarks/gpu_check.sh runs NCCL)
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # rank 0 alone logs

@@ -157,6 +157,9 @@ def block_env(bin_dir: Path, pycache: Path) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env["MPLBACKEND"] = "Agg"
     env["PYTHONUNBUFFERED"] = "1"
+    temporary = bin_dir.parent / "tmp"  # what a command leaves in its temporary folder (torchrun's) stays in ours
+    temporary.mkdir(exist_ok=True)
+    env["TMPDIR"] = str(temporary)
     return env
 
 

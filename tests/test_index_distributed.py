@@ -19,7 +19,6 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 pytest.importorskip("pyarrow", reason="search indexes need pyarrow")
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 N_IMAGES = 1500
 
 
@@ -47,6 +46,13 @@ def collection(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "source": photos / "captions.csv", "checkpoint": root / "m.pt"}
 
 
+@pytest.fixture(scope="module")
+def env(collection) -> dict[str, str]:
+    """The processes' environment: one thread each, and torchrun's temporary folders (which a SIGKILL leaves
+    behind) inside the test's own folder."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(collection["root"])}
+
+
 def encode_cmd(c: dict[str, Path], out: Path, processes: int) -> list[str]:
     args = ["encode", str(c["checkpoint"]), str(c["source"]), "--out", str(out), "--batch-size", "16",
             "--save-every-seconds", "0", "--workers", "1", "--quiet"]  # fmt: skip
@@ -55,8 +61,8 @@ def encode_cmd(c: dict[str, Path], out: Path, processes: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", "vsekit", *args]
 
 
-def run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+def run(cmd: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -97,19 +103,19 @@ def kill_every_process_naming(text: str) -> list[int]:
     return killed
 
 
-def test_two_processes_build_the_single_process_index(collection, tmp_path):
-    run(encode_cmd(collection, tmp_path / "one", 1))
-    stdout = run(encode_cmd(collection, tmp_path / "two", 2))
+def test_two_processes_build_the_single_process_index(collection, env, tmp_path):
+    run(encode_cmd(collection, tmp_path / "one", 1), env)
+    stdout = run(encode_cmd(collection, tmp_path / "two", 2), env)
     assert stdout.count("indexed in") == 1  # one summary line for the whole build, from rank 0
     meta = json.loads((tmp_path / "two" / "index.json").read_text())
     assert meta["timing"]["processes"] == 2 and meta["encoded"] == {"images": N_IMAGES, "texts": N_IMAGES}
     assert_same_index(tmp_path / "one", tmp_path / "two")
 
 
-def test_a_killed_two_process_build_resumes(collection, tmp_path):
-    run(encode_cmd(collection, tmp_path / "one", 1))
+def test_a_killed_two_process_build_resumes(collection, env, tmp_path):
+    run(encode_cmd(collection, tmp_path / "one", 1), env)
     out = tmp_path / "two"
-    proc = subprocess.Popen(encode_cmd(collection, out, 2), env=ENV, start_new_session=True,
+    proc = subprocess.Popen(encode_cmd(collection, out, 2), env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while not list((out / "pending").glob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
@@ -119,7 +125,7 @@ def test_a_killed_two_process_build_resumes(collection, tmp_path):
     assert len(killed) >= 3, killed
     kept = len(list((out / "pending").glob("*.npz")))
     assert kept > 0 and not (out / "index.json").exists()
-    run(encode_cmd(collection, out, 2))
+    run(encode_cmd(collection, out, 2), env)
     meta = json.loads((out / "index.json").read_text())
     assert 0 < meta["encoded"]["images"] + meta["encoded"]["texts"] < 2 * N_IMAGES  # what was kept is reused
     assert_same_index(tmp_path / "one", out)
