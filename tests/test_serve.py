@@ -347,6 +347,17 @@ def test_stats_name_the_model_and_its_metrics(scenes, client, captioned_client):
     assert describe_model(None)["model_name"] is None
 
 
+def test_a_model_folder_with_a_damaged_manifest_is_still_named(tmp_path):
+    from vsekit.serving.model_name import describe_model
+
+    folder = tmp_path / "aerial-v2"
+    folder.mkdir()
+    for text in ("{not json", '{"format": "someone-else", "description": "x"}', "[1, 2]"):
+        (folder / "model.json").write_text(text)
+        d = describe_model({"name": "cfg", "given": str(folder), "checkpoint": str(folder)})
+        assert d == {"model_name": "aerial-v2", "model_source": "folder", "model_description": None, "model_metrics": {}}
+
+
 def test_index_path_is_loaded_once_at_startup(scenes):
     app = create_app(str(scenes["index_dir"]))
     with TestClient(app, base_url="http://localhost") as c:

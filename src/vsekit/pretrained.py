@@ -29,7 +29,7 @@ from .io import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = [
     "PRETRAINED_ROOT", "find_model_folder", "list_pretrained", "load_partial_state", "packaged_prefixes", "packaged_tokenizer",
-    "read_model_folder", "write_model_folder",
+    "read_manifest", "read_model_folder", "write_model_folder",
 ]  # fmt: skip
 
 PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
@@ -143,12 +143,11 @@ def find_model_folder(given: str | Path) -> Path | None:
     return None
 
 
-def read_model_folder(folder: Path) -> dict[str, Any]:
-    """A model folder as a checkpoint dict (``model`` without the packaged parts; ``packaged`` names them; ``path``
-    is the folder, which reads back the same, and ``weights_path`` its weights file).
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The ``model.json`` of a model folder, checked to be one of vsekit's.
 
     Raises:
-        CheckpointError: one line naming the folder when a file is missing or unreadable.
+        CheckpointError: one line naming the file when it is missing, unreadable or not a vsekit manifest.
     """
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -156,6 +155,17 @@ def read_model_folder(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder / MANIFEST}: not a readable model manifest ({first_line(e)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{folder / MANIFEST}: not a vsekit model folder (expected format {FORMAT!r})")
+    return manifest
+
+
+def read_model_folder(folder: Path) -> dict[str, Any]:
+    """A model folder as a checkpoint dict (``model`` without the packaged parts; ``packaged`` names them; ``path``
+    is the folder, which reads back the same, and ``weights_path`` its weights file).
+
+    Raises:
+        CheckpointError: one line naming the folder when a file is missing or unreadable.
+    """
+    manifest = read_manifest(folder)
     try:
         weights = _safetensors().load_file(str(folder / WEIGHTS))
     except Exception as e:  # noqa: BLE001 - a missing or damaged weights file fails in several ways
@@ -174,7 +184,7 @@ def list_pretrained() -> list[dict[str, Any]]:
     test ``metrics``."""
     out = []
     for folder in sorted(PRETRAINED_ROOT.glob(f"*/{MANIFEST}")):
-        manifest = json.loads(folder.read_text(encoding="utf-8"))
+        manifest = read_manifest(folder.parent)
         image_kind = manifest["config"]["model"]["image"]["kind"]
         reads = "photos" if image_kind in ("backbone", "dualpath_image") or manifest.get("extractor") else "features"
         out.append({"name": folder.parent.name, "description": manifest.get("description", ""), "reads": reads,

@@ -12,12 +12,12 @@ An index's ``index.json`` records the checkpoint it was built with: ``checkpoint
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from vsekit.pretrained import MANIFEST, PRETRAINED_ROOT
+from vsekit.errors import CheckpointError
+from vsekit.pretrained import MANIFEST, PRETRAINED_ROOT, read_manifest
 
 __all__ = ["describe_model"]
 
@@ -60,11 +60,11 @@ def _model_folder(given: str, checkpoint: str) -> Path | None:
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
+    """The folder's manifest, or nothing to show when it is unreadable (the page still names the model)."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_manifest(folder)
+    except CheckpointError:
         return {}
-    return manifest if isinstance(manifest, dict) else {}
 
 
 def _metrics(manifest: dict[str, Any]) -> dict[str, float]:
