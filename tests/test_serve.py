@@ -631,6 +631,30 @@ def test_vsekit_serve_with_the_client(scenes, tmp_path):
         SearchClient(url, timeout=2).health()
 
 
+def test_the_client_groups_captions_by_image(captioned, captioned_client):
+    """SearchClient(group="image") gives one ImageGroup per image, as the API answers, for text and uploads."""
+    from vsekit.index import Hit, ImageGroup
+
+    red = captioned["by_color"]["red"]
+    params = {"q": "a red car", "target": "text", "group": "image", "k": 3, "offset": 1}
+    want = captioned_client.get("/api/search", params=params).json()["hits"]
+    proc, url = start_server(captioned["index_dir"])
+    try:
+        client = SearchClient(url)
+        got = client.search(text="a red car", target="text", group="image", k=3, offset=1)
+        assert all(type(g) is ImageGroup for g in got) and [g.rank for g in got] == [2, 3, 4]
+        assert [(g.id, g.image_id, g.path, g.score) for g in got] == [(w["id"], w["image_id"], w["path"], w["score"]) for w in want]
+        for g, w in zip(got, want):
+            assert [(c.id, c.rank, c.score, c.caption) for c in g.captions] == [(m["id"], m["rank"], m["score"], m["caption"]) for m in w["captions"]]
+            assert all(type(c) is Hit and c.modality == "text" and c.path == g.path for c in g.captions)
+            assert g.captions[0].id == g.id and g.to_dict()["captions"][0]["id"] == g.id
+        uploaded = client.search(image=captioned["root"] / red, target="text", group="image", k=2)
+        assert [type(g) for g in uploaded] == [ImageGroup, ImageGroup] and uploaded[0].image_id == red
+        assert all(type(h) is Hit for h in client.search(text="a red car", target="text", k=3))  # not grouped
+    finally:
+        stop_server(proc)
+
+
 def test_vsekit_serve_user_mistakes_are_one_line_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vsekit", "serve", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # for type checkers and the API reference; imported on first use below
     from vsekit.index.backends import ExactBackend, FaissBackend, recall_at_k
     from vsekit.index.collection import Collection, read_collection
-    from vsekit.index.hits import Hit
+    from vsekit.index.hits import Hit, ImageGroup
     from vsekit.index.search import Index
 
-__all__ = ["Collection", "ExactBackend", "FaissBackend", "Hit", "Index", "read_collection", "recall_at_k"]
+__all__ = ["Collection", "ExactBackend", "FaissBackend", "Hit", "ImageGroup", "Index", "read_collection", "recall_at_k"]
 
 _HOMES = {
     "ExactBackend": "vsekit.index.backends",
@@ -36,6 +36,7 @@ _HOMES = {
     "Collection": "vsekit.index.collection",
     "read_collection": "vsekit.index.collection",
     "Hit": "vsekit.index.hits",
+    "ImageGroup": "vsekit.index.hits",
     "Index": "vsekit.index.search",
 }
 """Where each name lives: importing the package imports none of them (torch neither), so that

@@ -7,6 +7,7 @@
         print(hit.rank, f"{hit.score:.3f}", hit.path)
     client.search(image="query.jpg", target="text")   # image -> captions
     client.search(item=hits[0].id)                     # more like this indexed item
+    client.search(text="a red disc", target="text", group="image")  # captions, one ImageGroup per image
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class SearchClient:
         k: int = 10,
         target: str = "image",
         offset: int = 0,
+        group: str = "none",
     ) -> list[Any]:
         """The ``k`` best ``target`` items after ``offset`` for one query.
 
@@ -79,16 +81,18 @@ class SearchClient:
             k: results per page.
             target: ``"image"`` or ``"text"``: which items to rank.
             offset: results to skip (pagination).
+            group: ``"image"`` with ``target="text"``: the captions one per image, ``k`` and ``offset`` counting
+                images (``"none"``: every caption on its own).
 
         Returns:
-            :class:`vsekit.index.Hit` objects, best first.
+            :class:`vsekit.index.Hit` objects, best first; :class:`vsekit.index.ImageGroup` objects when grouped.
 
         Raises:
             DataError: if not exactly one query is given, or the image file cannot be read.
             ServiceError: if the service refuses the query (bad ``k``, unknown item, not an image...)
                 or cannot be reached.
         """
-        return self.search_page(text=text, image=image, item=item, k=k, target=target, offset=offset)["hits"]
+        return self.search_page(text=text, image=image, item=item, k=k, target=target, offset=offset, group=group)["hits"]
 
     def search_page(
         self,
@@ -98,22 +102,21 @@ class SearchClient:
         k: int = 10,
         target: str = "image",
         offset: int = 0,
+        group: str = "none",
     ) -> dict[str, Any]:
         """Like :meth:`search`, with the whole answer: ``{"hits": [Hit...], "has_more", "took_ms", "query"}``."""
-        from vsekit.index.hits import Hit
 
         if sum(x is not None for x in (text, image, item)) != 1:
             raise DataError("SearchClient.search: give exactly one of text, image or item")
         if image is not None:
-            fields = {"k": str(k), "offset": str(offset), "target": target}
+            fields = {"k": str(k), "offset": str(offset), "target": target, "group": group}
             body, ctype = _multipart(fields, "image", *_image_file(image))
             answer = self._request("POST", "/api/search", body=body, content_type=ctype)
         else:
-            params: dict[str, Any] = {"k": k, "offset": offset, "target": target}
+            params: dict[str, Any] = {"k": k, "offset": offset, "target": target, "group": group}
             params.update({"q": text} if text is not None else {"item": item})
             answer = self._request("GET", "/api/search?" + urlencode(params))
-        fields_of_hit = ("rank", "score", "id", "modality", "path", "caption")
-        answer["hits"] = [Hit(**{f: h.get(f) for f in fields_of_hit}) for h in answer["hits"]]
+        answer["hits"] = [_hit(h) for h in answer["hits"]]
         return answer
 
     def item(self, item_id: str) -> dict[str, Any]:
@@ -155,6 +158,19 @@ class SearchClient:
             reason = getattr(exc, "reason", exc)
             raise ServiceError(0, "unreachable", f"cannot reach the service at {self.base_url}: {reason}") from None
         return data if raw else json.loads(data)
+
+
+def _hit(answer: dict[str, Any]) -> Any:
+    """A hit of the service's answer as a :class:`Hit`, or an :class:`ImageGroup` when it lists its image's
+    captions (a grouped search)."""
+    from vsekit.index.hits import Hit, ImageGroup
+
+    hit = {f: answer.get(f) for f in ("rank", "score", "id", "modality", "path", "caption")}
+    if answer.get("captions") is None:
+        return Hit(**hit)
+    captions = [Hit(rank=c["rank"], score=c["score"], id=c["id"], modality="text", path=hit["path"], caption=c.get("caption"))
+                for c in answer["captions"]]  # fmt: skip
+    return ImageGroup(**hit, image_id=answer.get("image_id"), captions=captions)
 
 
 def _item_path(item_id: str) -> str:
