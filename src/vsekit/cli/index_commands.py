@@ -18,7 +18,8 @@ def _add_encode(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     n.add_argument("checkpoint", help="checkpoint file, run folder, model folder or ready model name (vsekit models)")
     n.add_argument("source", help="folder of images, Karpathy JSON, CSV/JSONL with path and/or caption columns, or a precomputed-features folder")
     n.add_argument("--out", required=True, help="index folder (an index already there is updated: only new items are embedded)")
-    n.add_argument("--backend", default="exact", help="exact (default) or faiss:<factory string>, e.g. faiss:IVF256,Flat or faiss:HNSW32")
+    n.add_argument("--backend", default="exact", help="exact (default), faiss:<factory string> (e.g. faiss:IVF256,Flat or "
+                   "faiss:HNSW32), or faiss:auto: chosen from --max-index-memory and --min-recall")  # fmt: skip
     n.add_argument("--search-params", help="FAISS search parameters (default nprobe=16 for IVF, efSearch=64 for HNSW)")
     n.add_argument("--max-index-memory", metavar="SIZE", help="faiss:auto: memory budget of building and searching the index, e.g. 2GB or 512MB (default: 2GB)")
     n.add_argument("--min-recall", type=float, help="faiss:auto: the recall@10 the chosen index must reach (default: 0.9)")
