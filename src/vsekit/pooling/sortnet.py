@@ -25,8 +25,10 @@ backward also stores one byte per comparator and element, so long sets use ``tor
 
 
 def l2_chunk(cache_info: Path = Path("/sys/devices/system/cpu/cpu0/cache/index2"), default: int = 32768) -> int:
-    """Float32 elements per slice such that four slices fill the core's L2 cache (a power of two, at least
-    8,192): 32,768 for a 512 KB L2, 65,536 for 1 MB. ``default`` where Linux does not describe the cache."""
+    """Float32 elements per slice such that four slices fill the core's L2 cache (a power of two from 8,192 to
+    65,536): 32,768 for a 512 KB L2, 65,536 for 1 MB and larger. ``default`` where Linux does not describe the
+    cache. Larger slices measured slower even where they fit: with a 2 MB L2 (Intel Xeon), 131,072 took GPO's
+    training forward + backward on 128×36 and 128×19 sets to 155 ms against 133 ms at 65,536."""
     try:
         if (cache_info / "level").read_text().strip() != "2":
             return default
@@ -34,7 +36,7 @@ def l2_chunk(cache_info: Path = Path("/sys/devices/system/cpu/cpu0/cache/index2"
         size = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
     except (OSError, ValueError):
         return default
-    return max(8192, 1 << ((size // 16).bit_length() - 1))
+    return min(65536, max(8192, 1 << ((size // 16).bit_length() - 1)))
 
 
 NETWORK_CHUNK = l2_chunk()
