@@ -115,3 +115,18 @@ def test_bench_train_step_runs_on_tiny_sizes(tmp_path):
         assert len(result["matmul_floor_runs"][name]) == 3 and result["matmul_floor"][name] in result["matmul_floor_runs"][name]
         assert 0 < result["matmul_floor"][name]["seconds"] < max(result["step_seconds"][name]) * 2
     assert result["matmul_floor"]["current"]["gflop"] == pytest.approx(result["matmul_floor"]["core (b6d18c0)"]["gflop"], rel=0.3)
+
+
+def test_encode_memory_benchmark_runs_as_a_script(tmp_path):
+    """bench_encode_memory.py on 5,000 items, the current code beside itself as the baseline: both rows, and the
+    index's shards it wrote hold exactly the rows the run drew (checked in the child's own folder)."""
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_encode_memory.py"), "--items", "5000", "--dim", "64",
+           "--baseline-src", str(REPO / "src"), "--workdir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["embedding_bytes"] == 5000 * 64 * 4 and len(result["results"]) == 2
+    assert all(r["peak_rss_bytes"] > 0 and r["total_seconds"] >= r["encode_seconds"] > 0 for r in result["results"].values())
+    assert all(r["shards_hold_the_rows"] for r in result["results"].values())
+    assert "peak RSS MB" in proc.stdout and not (tmp_path / "w" / "current").exists()  # the work is cleaned up

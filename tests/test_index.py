@@ -582,6 +582,38 @@ def test_feature_models_index_precomputed_features(tmp_path):
         PrecompDataset(tmp_path / "nan", "test").images([0, 4])
 
 
+def test_pending_embeddings_stay_on_disk_and_read_back_exactly(tmp_path):
+    """A build holds no pending embeddings in memory (a million items would not fit): flushed and read-back
+    chunks are read from their files when the shards are written, row for row as they were given."""
+    import tracemalloc
+
+    from vsekit.index.pending import PendingEmbeddings, StoredRows
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal((1000, 1024)).astype(np.float32) for _ in range(12)]  # 48 MB in all
+    tracemalloc.start()
+    pending = PendingEmbeddings(tmp_path / "p", "sha", 1024, every=1000)
+    for n, emb in enumerate(chunks):
+        pending.add("image" if n % 2 else "text", [f"k{n}-{r}" for r in range(1000)], emb)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert held < 8_000_000, held  # the 12,000 keys and their places (about 2 MB), not the 48 MB of embeddings
+    for reread in (pending, PendingEmbeddings(tmp_path / "p", "sha", 1024, every=1000)):
+        assert all(type(a) is StoredRows for a in reread.arrays) and len(reread.arrays) == 12
+        for n, emb in enumerate(chunks):
+            a, r = reread.found["image" if n % 2 else "text"][f"k{n}-7"]
+            np.testing.assert_array_equal(reread.arrays[a][[r, r + 1]], emb[7:9])
+            assert reread.arrays[a].read().tobytes() == emb.tobytes()
+    # a compressed, truncated or foreign chunk is not used (its items are embedded again)
+    files = sorted((tmp_path / "p").glob("*.npz"))
+    blob = np.frombuffer(json.dumps(["c"]).encode(), dtype=np.uint8)
+    np.savez_compressed(files[0], keys=blob, emb=np.ones((1, 1024), np.float32))
+    files[1].write_bytes(files[1].read_bytes()[:-5000])
+    np.savez(files[2], keys=blob, emb=np.ones((1, 1024), np.float64))
+    again = PendingEmbeddings(tmp_path / "p", "sha", 1024, every=1000)
+    assert len(again.arrays) == 9 and "c" not in again.found["text"] and "c" not in again.found["image"]
+
+
 def test_pending_embeddings_are_kept_by_time_as_well_as_by_count(tmp_path):
     """A killed update of a few hundred photos keeps what it embedded: flushes come every N items or S seconds."""
     from vsekit.index.pending import PendingEmbeddings

@@ -234,10 +234,10 @@ def embed_new_items(
     return skipped, timing
 
 
-def stored_embeddings(previous: dict[str, IndexPart], pending: PendingEmbeddings) -> tuple[list[np.ndarray], Rows]:
-    """Every embedding a build holds, as arrays and where each key's row is: the previous index's shards
-    first (they win for a key held twice), then the arrays of ``pending``."""
-    arrays: list[np.ndarray] = []
+def stored_embeddings(previous: dict[str, IndexPart], pending: PendingEmbeddings) -> tuple[list[Any], Rows]:
+    """Every embedding a build holds, as arrays on disk and where each key's row is: the previous index's
+    memory-mapped shards first (they win for a key held twice), then the files of ``pending``."""
+    arrays: list[Any] = []
     rows: Rows = {m: {} for m in MODALITIES}
     for m, part in previous.items():
         keys = iter(part.columns["key"])
@@ -291,7 +291,7 @@ def write_generation(
     old: dict[str, Any] | None,
     previous: dict[str, IndexPart],
     columns: dict[str, dict[str, list[Any]]],
-    embeddings: tuple[list[np.ndarray], Rows],
+    embeddings: tuple[list[Any], Rows],
     dim: int,
     options: BuildOptions,
 ) -> tuple[int, dict[str, dict[str, Any]]]:

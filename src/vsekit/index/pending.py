@@ -5,14 +5,19 @@ Every ``every`` new embeddings of a modality are written to ``pending/{modality}
 (checkpoint sha256) and dimension they were made with. The next build with the same model reads them back
 and embeds only what they lack; a build with another model starts the folder again. A committed build
 deletes the folder (:func:`vsekit.index.store.commit_index`).
+
+The embeddings stay on disk: a build holds each file's keys and where its rows start (:class:`StoredRows`), and
+reads the rows when it writes the index's shards, so that encoding a million items needs no memory for them.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import struct
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,59 @@ import numpy as np
 from vsekit.index.store import MODALITIES
 from vsekit.io import atomic_write, atomic_write_json
 
-__all__ = ["PendingEmbeddings"]
+__all__ = ["PendingEmbeddings", "StoredRows"]
+
+ZIP_LOCAL_HEADER = 30
+"""Bytes of a zip member's local header before its name and extra field (their lengths at bytes 26-29)."""
+
+
+class StoredRows:
+    """The float32 embeddings (``rows`` × ``dim``) that start at byte ``offset`` of ``path``, read when asked for.
+
+    Indexing reads the whole array from disk and indexes it: a ``pending/`` file holds a few thousand rows.
+    """
+
+    def __init__(self, path: Path, offset: int, rows: int, dim: int) -> None:
+        self.path, self.offset, self.shape = path, offset, (rows, dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        return self.read()[index]
+
+    def read(self) -> np.ndarray:
+        """The rows, read from the file."""
+        count = self.shape[0] * self.shape[1]
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = np.fromfile(f, dtype="<f4", count=count)
+        if data.size != count:
+            raise OSError(f"{self.path}: ends before its {self.shape[0]} embeddings")
+        return data.reshape(self.shape)
+
+    @classmethod
+    def in_npz(cls, path: Path, member: str) -> StoredRows | None:
+        """The 2-D float32 array ``member`` (e.g. ``emb.npy``) of an uncompressed .npz file, None when it is
+        compressed or another kind of array. Raises OSError, ValueError, KeyError or BadZipFile for a damaged
+        file."""
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(ZIP_LOCAL_HEADER)
+            if len(local) != ZIP_LOCAL_HEADER or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"{path}: no zip member at {info.header_offset}")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + ZIP_LOCAL_HEADER + name_length + extra_length)
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran or len(shape) != 2 or dtype != np.dtype("<f4"):
+                return None
+            return cls(path, f.tell(), shape[0], shape[1])
 
 
 class PendingEmbeddings:
@@ -35,7 +92,8 @@ class PendingEmbeddings:
             killed update of a few hundred photos keeps what it embedded).
 
     Attributes:
-        arrays: the embeddings read back from the folder, then those flushed, in that order.
+        arrays: the embeddings read back from the folder, then those flushed, in that order, as
+            :class:`StoredRows` (on disk, read when indexed).
         found: ``{modality: {item key: (number of its array in arrays, row)}}`` of every embedding held.
     """
 
@@ -45,7 +103,7 @@ class PendingEmbeddings:
         self.every_seconds = every_seconds
         self._last_flush = {m: time.monotonic() for m in MODALITIES}
         self.found: dict[str, dict[str, tuple[int, int]]] = {m: {} for m in MODALITIES}
-        self.arrays: list[np.ndarray] = []
+        self.arrays: list[StoredRows] = []
         self._buffer: dict[str, tuple[list[str], list[np.ndarray]]] = {m: ([], []) for m in MODALITIES}
         manifest = folder / "manifest.json"
         try:
@@ -63,15 +121,12 @@ class PendingEmbeddings:
             try:
                 with np.load(p, allow_pickle=False) as z:
                     keys = json.loads(z["keys"].tobytes().decode("utf-8"))
-                    emb = np.asarray(z["emb"], dtype=np.float32)
-            except (OSError, ValueError, KeyError, EOFError):
+                emb = StoredRows.in_npz(p, "emb.npy")
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 continue  # a chunk that cannot be read is recomputed
-            if emb.ndim != 2 or emb.shape != (len(keys), dim):
+            if emb is None or emb.shape != (len(keys), dim) or p.stat().st_size < emb.offset + 4 * len(keys) * dim:
                 continue
-            a = len(self.arrays)
-            self.arrays.append(emb)
-            for r, key in enumerate(keys):
-                self.found[modality][key] = (a, r)
+            self._keep(modality, keys, emb)
 
     def add(self, modality: str, keys: list[str], emb: np.ndarray) -> None:
         """Keep new embeddings of items (by key); flushed once ``every`` of them wait or ``every_seconds`` passed."""
@@ -90,9 +145,14 @@ class PendingEmbeddings:
         blob = np.frombuffer(json.dumps(keys).encode("utf-8"), dtype=np.uint8)
         name = f"{modality}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
         atomic_write(self.folder / name, lambda f: np.savez(f, keys=blob, emb=emb))
+        stored = StoredRows.in_npz(self.folder / name, "emb.npy")
+        assert stored is not None and stored.shape == emb.shape, name  # np.savez stores its arrays uncompressed
+        self._keep(modality, keys, stored)
+        self._buffer[modality] = ([], [])
+        self._last_flush[modality] = time.monotonic()
+
+    def _keep(self, modality: str, keys: list[str], emb: StoredRows) -> None:
         a = len(self.arrays)
         self.arrays.append(emb)
         for r, key in enumerate(keys):
             self.found[modality][key] = (a, r)
-        self._buffer[modality] = ([], [])
-        self._last_flush[modality] = time.monotonic()

@@ -274,7 +274,7 @@ def write_part(
     generation: int,
     cols: dict[str, list[Any]],
     sources: dict[str, tuple[int, int]],
-    arrays: list[np.ndarray],
+    arrays: list[Any],
     dim: int,
     shard_size: int,
     factory: str | None,
@@ -282,7 +282,9 @@ def write_part(
     auto: AutoSettings | None = None,
 ) -> dict[str, Any]:
     """Write one modality's shards, metadata and FAISS index into a new generation folder (``factory="auto"``:
-    the index :func:`vsekit.index.budget.build_auto` chooses under ``auto``)."""
+    the index :func:`vsekit.index.budget.build_auto` chooses under ``auto``). ``sources[key]`` is the array of
+    ``arrays`` (memory-mapped shards, :class:`~vsekit.index.pending.StoredRows`) and the row holding its
+    embedding; each shard reads only the arrays it takes rows from."""
     n = len(cols["id"])
     if n == 0:
         return {"count": 0, "folder": None, "shards": [], "metadata": None, "faiss": None, "recall": None}
