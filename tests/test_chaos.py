@@ -3,11 +3,13 @@ moments, several times in a row, then run to the end; what they leave must equal
 
 Each program first runs uninterrupted once, which gives the reference result, its wall time T and the moment S it
 first left partial work behind (its first checkpoint, progress file or pending shard). Then the same command starts
-over in a fresh folder and is killed after a delay drawn from ``random.Random(seed)`` between S and T, again and
-again, and finally runs to completion. The kills land during work and writes alike (a kill while Python starts is
-harmless and teaches nothing; drawn from the interpreter's start-up instead, every kill of a run on a loaded
-machine could land before the first checkpoint); the test also checks that some of them left partial work behind,
-so that resuming (not only restarting) is what it exercises. Set ``VSEKIT_CHAOS_SEED`` to draw other moments.
+over in a fresh folder and is killed, again and again, after delays drawn from ``random.Random(seed)`` within the
+work window (S, T), and finally runs to completion. The first kill's delay counts from the moment this run leaves
+its own first partial work (a run faster than the reference, on a machine less loaded than when the reference
+ran, would otherwise finish before a kill drawn from its start); the later ones count from the start, so that
+kills also land before any checkpoint. Kills land during work and writes alike; the test also checks that some of
+them left partial work behind, so that resuming (not only restarting) is what it exercises. Set
+``VSEKIT_CHAOS_SEED`` to draw other moments.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ def run_watching(cmd: list[str], ready: callable) -> tuple[float, float]:
     return seconds, seconds if first is None else first
 
 
-def kill_after(cmd: list[str], delay: float) -> bool:
-    """Start ``cmd``, SIGKILL it after ``delay`` seconds; True when it was still running then."""
+def kill_after(cmd: list[str], delay: float, began: callable | None = None) -> bool:
+    """Start ``cmd``, SIGKILL it ``delay`` seconds after its start or, with ``began``, after ``began()`` first
+    holds (polled every 10 ms); True when it was still running then."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
+        while began is not None and proc.poll() is None and not began():
+            time.sleep(0.01)
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         proc.kill()
@@ -71,17 +76,22 @@ def kill_after(cmd: list[str], delay: float) -> bool:
     return False
 
 
-def chaos(cmd: list[str], reference_seconds: float, start: float, partial: callable, rng: random.Random) -> list[dict]:
+def chaos(cmd: list[str], reference_seconds: float, start: float, began: callable, partial: callable,
+          rng: random.Random) -> list[dict]:  # fmt: skip
     """Kill ``cmd`` up to KILLS times at random moments, then run it to the end. Returns what each kill met.
 
-    The first delay is drawn from the first 10-60% of the work window (S, T) of the uninterrupted run (a kill in its
-    last part may meet only the final evaluation and drawing), each later one from a window 0.6 times as long, since
-    each rerun has less left to do; once a run finishes before its kill, the rest are moot."""
+    The first kill comes 5-40% of the uninterrupted run's work window (S, T) after ``began()`` (this run's first
+    partial work) holds; a kill in the window's last part may meet only the final evaluation and drawing. Each
+    later one comes after S plus 10-60% of a window 0.6 times as long per kill, since each rerun has less left to
+    do. Once a run finishes before its kill, the rest are moot."""
     kills = []
     window = max(reference_seconds - start, 0.5)
     for i in range(KILLS):
-        delay = start + rng.uniform(0.1, 0.6) * window * 0.6**i  # not the last 40%: the run's end (final files)
-        killed = kill_after(cmd, delay)
+        if i == 0:
+            delay, anchor = rng.uniform(0.05, 0.4) * window, began
+        else:
+            delay, anchor = start + rng.uniform(0.1, 0.6) * window * 0.6**i, None
+        killed = kill_after(cmd, delay, anchor)
         kills.append({"delay": round(delay, 2), "killed": killed, "partial": killed and partial()})
         if not killed:
             break
@@ -103,7 +113,7 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(tmp_path):
         epochs = len(history.read_text().splitlines()) if history.is_file() else 0
         return (run / "last.pt").is_file() and epochs < 2
 
-    kills = chaos(cmd, seconds, first_checkpoint, partial, random.Random(SEED))
+    kills = chaos(cmd, seconds, first_checkpoint, lambda: (run / "last.pt").is_file(), partial, random.Random(SEED))
     assert any(k["partial"] for k in kills), kills
     a = torch.load(ref / "last.pt", weights_only=True)
     b = torch.load(run / "last.pt", weights_only=True)
@@ -135,7 +145,8 @@ def test_killed_extraction_resumes_to_the_uninterrupted_features(tmp_path):
                                        lambda: (ref / "train.progress.json").is_file())  # fmt: skip
     out = tmp_path / "chaos"
     cmd = vsekit("extract", ann, tmp_path / "images", out, *args)
-    kills = chaos(cmd, seconds, first_save, lambda: (out / "train.progress.json").is_file(), random.Random(SEED + 1))
+    saved = lambda: (out / "train.progress.json").is_file()  # noqa: E731
+    kills = chaos(cmd, seconds, first_save, saved, saved, random.Random(SEED + 1))
     assert any(k["partial"] for k in kills), kills
     # batches of 4 split the same way in every run, so a resumed extraction gives the same numbers
     np.testing.assert_array_equal(np.load(out / "train_ims.npy"), np.load(tmp_path / "ref" / "train_ims.npy"))
@@ -158,7 +169,8 @@ def test_killed_encoding_resumes_to_the_uninterrupted_index(tmp_path):
                                         lambda: (tmp_path / "ref" / "pending").is_dir())  # fmt: skip
     out = tmp_path / "chaos"
     cmd = vsekit("encode", tmp_path / "m.pt", tmp_path / "photos", "--out", out, *args)
-    kills = chaos(cmd, seconds, first_shard, lambda: (out / "pending").is_dir(), random.Random(SEED + 2))
+    kept = lambda: (out / "pending").is_dir()  # noqa: E731
+    kills = chaos(cmd, seconds, first_shard, kept, kept, random.Random(SEED + 2))
     assert any(k["partial"] for k in kills), kills
     ref, got = Index.load(tmp_path / "ref"), Index.load(out)
     assert got.stats()["num_images"] == ref.stats()["num_images"] == 3000
