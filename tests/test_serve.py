@@ -347,6 +347,36 @@ def test_stats_name_the_model_and_its_metrics(scenes, client, captioned_client):
     assert describe_model(None)["model_name"] is None
 
 
+def test_the_python_api_and_the_cli_group_captions_as_the_api_does(captioned, captioned_client):
+    """Index.search(group="image") and vsekit search --group image give the pages the HTTP API gives."""
+    from vsekit.errors import ConfigError
+    from vsekit.index import ImageGroup
+
+    index, n = captioned["index"], NUM_COLORS
+    flat = index.search(text="a red car", target="text", k=3 * n)
+    for k, offset in ((n, 0), (3, 3)):
+        api = captioned_client.get("/api/search", params={"q": "a red car", "target": "text", "group": "image", "k": k,
+                                                          "offset": offset}).json()["hits"]  # fmt: skip
+        got = index.search(text="a red car", target="text", group="image", k=k, offset=offset)
+        assert all(type(g) is ImageGroup for g in got) and [g.rank for g in got] == list(range(offset + 1, offset + k + 1))
+        assert [(g.id, g.image_id, g.score) for g in got] == [(a["id"], a["image_id"], a["score"]) for a in api]
+        assert [[c.id for c in g.captions] for g in got] == [[m["id"] for m in a["captions"]] for a in api]
+    whole = index.search(text="a red car", target="text", group="image", k=n)
+    order = [h.id for h in flat]
+    assert sorted(c.id for g in whole for c in g.captions) == sorted(order)  # every caption once, under its image
+    assert all([order.index(c.id) for c in g.captions] == sorted(order.index(c.id) for c in g.captions) for g in whole)
+    assert [h.id for h in index.search(text="a red car", group="image", k=3)] == [h.id for h in index.search(text="a red car", k=3)]
+    with pytest.raises(ConfigError, match="group: expected one of none, image"):
+        index.search(text="a red car", group="caption")
+    cmd = [sys.executable, "-m", "vsekit", "search", str(captioned["index_dir"]), "--text", "a red car", "--target", "text",
+           "--group", "image", "-k", "2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    as_json = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=env, check=True).stdout)
+    assert [(h["id"], [c["id"] for c in h["captions"]]) for h in as_json] == [(g.id, [c.id for c in g.captions]) for g in whole[:2]]
+    table = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert len(table) == 1 + sum(len(g.captions) for g in whole[:2]) and whole[0].captions[1].id in table[2]
+
+
 def test_a_model_folder_with_a_damaged_manifest_is_still_named(tmp_path):
     from vsekit.serving.model_name import describe_model
 

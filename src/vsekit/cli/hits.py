@@ -15,14 +15,17 @@ BATCH = 256
 """Queries embedded in one forward pass when a file of queries is answered from an index."""
 
 
-def search_many(searcher: Any, queries: Sequence[tuple[str, str]], k: int, offset: int, target: str) -> list[list[Any]]:
+def search_many(
+    searcher: Any, queries: Sequence[tuple[str, str]], k: int, offset: int, target: str, group: str = "none"
+) -> list[list[Any]]:
     """The hits of every ``(kind, query)`` (kind ``text`` or ``image``), in order.
 
     An open :class:`vsekit.index.Index` embeds the texts, then the images, ``BATCH`` at a time, and ranks each
-    batch in one backend call; a :class:`vsekit.serving.SearchClient` sends one request a query.
+    batch in one backend call; a :class:`vsekit.serving.SearchClient`, or a grouped search, takes one query at a
+    time.
     """
-    if not hasattr(searcher, "search_batch"):
-        return [searcher.search(**{kind: query}, k=k, offset=offset, target=target) for kind, query in queries]
+    if not hasattr(searcher, "search_batch") or group != "none":
+        return [searcher.search(**{kind: query}, k=k, offset=offset, target=target, group=group) for kind, query in queries]
     answers: list[list[Any]] = [[] for _ in queries]
     for kind in ("text", "image"):
         rows = [i for i, (kk, _) in enumerate(queries) if kk == kind]
@@ -54,3 +57,5 @@ def print_hits(hits: Sequence[Any], as_json: bool, query: dict[str, str] | None 
     print(f"{'rank':>4}  {'score':>7}  {'id':<{width}}  caption")
     for h in hits:
         print(f"{h.rank:>4}  {h.score:>7.4f}  {h.id:<{width}}  {h.caption or ''}")
+        for c in getattr(h, "captions", [])[1:]:  # a grouped result: its image's other matching captions
+            print(f"{'':>4}  {c.score:>7.4f}  {c.id:<{width}}  {c.caption or ''}")

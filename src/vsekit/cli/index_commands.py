@@ -47,6 +47,8 @@ def _add_search(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     what.add_argument("--item", help="id of an indexed item (search with this result; loads no model)")
     what.add_argument("--queries", metavar="FILE", help="many queries, one a line: a text, or the path of an image file")
     q.add_argument("--target", default="image", choices=["image", "text"], help="what to return (default: image)")
+    q.add_argument("--group", default="none", choices=["none", "image"],
+                   help="image: with --target text, one result per image, listing its matching captions (default: none)")  # fmt: skip
     q.add_argument("-k", type=int, default=10, help="results (default: 10)")
     q.add_argument("--offset", type=int, default=0, help="results to skip (pagination)")
     q.add_argument("--json", action="store_true", help="print the hits as JSON (with --queries: one JSON line a query)")
@@ -119,7 +121,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         searcher: Any = SearchClient(server)
     else:
         searcher = open_index(args.index, args, lazy=True)  # --item never loads the model
-    options = {"k": args.k, "offset": args.offset, "target": args.target}
+    options = {"k": args.k, "offset": args.offset, "target": args.target, "group": args.group}
     if args.queries:
         from ..index.queries import read_query_file
 

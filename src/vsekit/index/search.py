@@ -21,6 +21,7 @@ import numpy as np
 
 from vsekit.errors import CheckpointError, ConfigError, DataError
 from vsekit.index.hits import Hit
+from vsekit.index.grouped import GROUPS, search_grouped
 from vsekit.index.build import BuildOptions, build_index, positive_int
 from vsekit.index.queries import embed_query_images, embed_query_texts
 from vsekit.index.store import MODALITIES, IndexPart, index_checkpoint, open_part, read_index_json
@@ -315,6 +316,7 @@ class Index:
         k: int = 10,
         offset: int = 0,
         target: str = "image",
+        group: str = "none",
     ) -> list[Hit]:
         """Search the index with one query.
 
@@ -327,9 +329,11 @@ class Index:
             k: results per page.
             offset: results skipped (pagination).
             target: ``"image"`` or ``"text"``: which items to return.
+            group: ``"image"`` with ``target="text"``: captions one per image, ``k`` and ``offset`` counting images
+                (:mod:`vsekit.index.grouped`); ``"none"``: every result on its own.
 
         Returns:
-            Up to ``k`` :class:`Hit` objects, best first.
+            Up to ``k`` :class:`Hit` objects, best first (:class:`ImageGroup` objects when grouped).
 
         Raises:
             DataError: for no query or several, an empty text, an unreadable image or an unknown item.
@@ -339,6 +343,10 @@ class Index:
         if len(given) != 1:
             raise DataError(f"search: give exactly one of text, image or item (got {', '.join(given) or 'none'})")
         k, offset, target = self._check_query(k, offset, target)
+        if group not in GROUPS:
+            raise ConfigError(f"group: expected one of {', '.join(GROUPS)}, got {group!r}")
+        if group == "image" and target == "text":
+            return search_grouped(self, k, offset, text=text, image=image, item=item)[0]
         exclude = None
         if text is not None:
             if not isinstance(text, str):

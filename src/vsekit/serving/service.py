@@ -215,41 +215,24 @@ class SearchService:
         return SearchResponse(query=info, hits=hits, has_more=has_more, took_ms=round(took * 1000.0, 3))
 
     def grouped_captions(self, query: dict[str, Any], k: int, offset: int) -> tuple[list[SearchHit], bool, float]:
-        """Caption results grouped by image: the ``k`` images after ``offset`` in the order of their best caption
-        (a caption of no image is a group of its own), each with its captions that rank before the first caption
-        of the next page's first image. The caption ranking is read deeper until ``offset + k + 1`` groups are
-        found or it ends, so that pages are slices of one grouped ranking."""
-        want = offset + k + 1  # this page's groups and the next page's first, which only tells has_more
-        total = max(1, int(self.index_stats().get("num_texts", 0)))
-        depth, took = min(total, max(64, 4 * want)), 0.0
-        while True:
-            found, seconds = self.ranked(query, depth, 0, "text")
-            took += seconds
-            groups = self.group_by_image(found, want)
-            if len(groups) >= want or len(found) < depth or depth >= total:
-                break
-            depth = min(total, 4 * depth)
-        page = []
-        for n, members in enumerate(groups[offset : offset + k]):
-            best, image_id = members[0]
-            matches = [CaptionMatch(id=h.id, caption=h.caption, score=h.score, rank=h.rank) for h, _ in members]
-            page.append(self.hit({**best.to_dict(), "rank": offset + n + 1, "image_id": image_id}, captions=matches))
-        return page, len(groups) > offset + k, took
+        """Caption results grouped by image (:func:`vsekit.index.grouped.search_grouped`), as the API answers
+        them, with the seconds they took; a refused query is a 400."""
+        from vsekit.index.grouped import search_grouped
 
-    def group_by_image(self, hits: list[Any], want: int) -> list[list[tuple[Any, str | None]]]:
-        """Caption hits (best first) as groups of ``(hit, image id)`` by image, in order of their first member, up to
-        the ``want``-th group, which is left empty: the captions after its first are not read."""
         index = self.require()
-        groups: dict[tuple[str, str], list[tuple[Any, str | None]]] = {}
-        for h in hits:
-            image_id = index.item(h.id).get("image_id")
-            key = ("image", image_id) if image_id else ("text", h.id)
-            if key not in groups:
-                groups[key] = []
-                if len(groups) == want:
-                    break
-            groups[key].append((h, image_id))
-        return list(groups.values())
+        try:
+            with self.lock:
+                t0 = time.perf_counter()
+                groups, has_more = search_grouped(index, k, offset, **query)
+                took = time.perf_counter() - t0
+        except VsekitError as exc:
+            raise ApiError(400, str(exc)) from None
+        page = []
+        for g in groups:
+            matches = [CaptionMatch(id=h.id, caption=h.caption, score=h.score, rank=h.rank) for h in g.captions]
+            hit = {f: getattr(g, f) for f in ("rank", "score", "id", "modality", "path", "caption", "image_id")}
+            page.append(self.hit(hit, captions=matches))
+        return page, has_more, took
 
     def captions_of(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """The captions of an item's image, in index order (ids ``{image id}#{n}``, see
