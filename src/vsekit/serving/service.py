@@ -8,7 +8,7 @@ import time
 import unicodedata
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from vsekit.data.images import ImageTooLargeError, open_image
@@ -184,17 +184,21 @@ class SearchService:
         base = "/api/items/" + quote(image_id, safe="/")
         return {"thumbnail_url": base + "/thumbnail", "image_url": base + "/image"}
 
-    def ranked(self, query: dict[str, Any], k: int, offset: int, target: str) -> tuple[list[Any], float]:
-        """The index's hits for ``query`` and the seconds they took, under the model's lock (timed inside: the
-        query's own work, not the wait for a busy model); a refused query is a 400."""
+    def timed(self, answer: Callable[[Any], Any]) -> tuple[Any, float]:
+        """``answer(index)`` and the seconds it took, under the model's lock (timed inside: the query's own work,
+        not the wait for a busy model); a refused query is a 400."""
         index = self.require()
         try:
             with self.lock:
                 t0 = time.perf_counter()
-                hits = index.search(**query, k=k, offset=offset, target=target)
-                return hits, time.perf_counter() - t0
+                result = answer(index)
+                return result, time.perf_counter() - t0
         except VsekitError as exc:
             raise ApiError(400, str(exc)) from None
+
+    def ranked(self, query: dict[str, Any], k: int, offset: int, target: str) -> tuple[list[Any], float]:
+        """The index's hits for ``query`` and the seconds they took (:meth:`timed`)."""
+        return self.timed(lambda index: index.search(**query, k=k, offset=offset, target=target))
 
     def hit(self, d: dict[str, Any], **extra: Any) -> SearchHit:
         """A hit as the API answers it: a caption with the id of its image, both with their image's URLs."""
@@ -216,17 +220,10 @@ class SearchService:
 
     def grouped_captions(self, query: dict[str, Any], k: int, offset: int) -> tuple[list[SearchHit], bool, float]:
         """Caption results grouped by image (:func:`vsekit.index.grouped.search_grouped`), as the API answers
-        them, with the seconds they took; a refused query is a 400."""
+        them, with the seconds they took (:meth:`timed`)."""
         from vsekit.index.grouped import search_grouped
 
-        index = self.require()
-        try:
-            with self.lock:
-                t0 = time.perf_counter()
-                groups, has_more = search_grouped(index, k, offset, **query)
-                took = time.perf_counter() - t0
-        except VsekitError as exc:
-            raise ApiError(400, str(exc)) from None
+        (groups, has_more), took = self.timed(lambda index: search_grouped(index, k, offset, **query))
         page = []
         for g in groups:
             matches = [CaptionMatch(id=h.id, caption=h.caption, score=h.score, rank=h.rank) for h in g.captions]
