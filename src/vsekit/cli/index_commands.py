@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..index.grouped import GROUPS
 from .common import comma_list
 from .hits import SERVER_ENV, print_hits, search_many
 
@@ -47,7 +48,7 @@ def _add_search(new_command: Callable[..., argparse.ArgumentParser]) -> None:
     what.add_argument("--item", help="id of an indexed item (search with this result; loads no model)")
     what.add_argument("--queries", metavar="FILE", help="many queries, one a line: a text, or the path of an image file")
     q.add_argument("--target", default="image", choices=["image", "text"], help="what to return (default: image)")
-    q.add_argument("--group", default="none", choices=["none", "image"],
+    q.add_argument("--group", default="none", choices=GROUPS,
                    help="image: with --target text, one result per image, listing its matching captions (default: none)")  # fmt: skip
     q.add_argument("-k", type=int, default=10, help="results (default: 10)")
     q.add_argument("--offset", type=int, default=0, help="results to skip (pagination)")
