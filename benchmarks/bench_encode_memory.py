@@ -35,6 +35,7 @@ EVERY = 4096
 def child(items: int, dim: int, work: Path) -> dict[str, float]:
     """Embed-and-write ``items`` rows into ``work`` with the library on ``sys.path``; returns its measurements."""
     import numpy as np
+    from bench_search import rss_bytes  # this script's folder is on sys.path
 
     from vsekit.index.build import stored_embeddings
     from vsekit.index.pending import PendingEmbeddings
@@ -53,7 +54,7 @@ def child(items: int, dim: int, work: Path) -> dict[str, float]:
     cols = {"id": keys, "path": [None] * items, "caption": keys, "image_id": [None] * items,
             "size": [None] * items, "mtime": [None] * items, "key": keys}  # fmt: skip
     entry = write_part(work, "text", 1, cols, rows["text"], arrays, dim, 65536, None, None)
-    measured = {"encode_seconds": encoded, "total_seconds": time.perf_counter() - start, "peak_rss_bytes": peak_rss()}
+    measured = {"encode_seconds": encoded, "total_seconds": time.perf_counter() - start, "peak_rss_bytes": rss_bytes("VmHWM")}
     return {**measured, "shards_hold_the_rows": same_rows(work, entry["shards"], items, dim)}
 
 
@@ -68,17 +69,6 @@ def same_rows(work: Path, shards: list[str], items: int, dim: int) -> bool:
         if any(not np.array_equal(row, next(stored, None)) for row in drawn):
             return False
     return next(stored, None) is None
-
-
-def peak_rss() -> int:
-    """This process's peak resident set (``VmHWM``) from Linux ``/proc``; 0 elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def run_version(name: str, src: Path, args: argparse.Namespace) -> dict[str, float]:
